@@ -1,0 +1,25 @@
+"""Tide's inference engine: paged KV cache, continuous batching, offline `LLM.generate`.
+
+Names are imported lazily, so `from engine.sampling_params import SamplingParams` (used by the job and API side)
+does not pull in torch and the model code.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "LLM": "engine.llm",
+    "LLMEngine": "engine.llm_engine",
+    "EngineStats": "engine.llm_engine",
+    "EngineConfig": "engine.config",
+    "SamplingParams": "engine.sampling_params",
+    "RequestOutput": "engine.outputs",
+    "CompletionOutput": "engine.outputs",
+    "RequestMetrics": "engine.outputs",
+    "TokenLogprob": "engine.outputs",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

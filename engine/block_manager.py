@@ -1,0 +1,142 @@
+"""Paged KV-cache bookkeeping: fixed-size blocks, block tables, and the prefix cache."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from engine.sequence import Sequence
+
+_NO_HASH = -1
+
+
+class Block:
+    """One physical KV block. `block_hash` is set once the block is full and its KV written."""
+
+    __slots__ = ("block_id", "ref_count", "block_hash", "token_ids")
+
+    def __init__(self, block_id: int) -> None:
+        self.block_id = block_id
+        self.ref_count = 0
+        self.block_hash = _NO_HASH
+        self.token_ids: tuple[int, ...] = ()
+
+
+def chain_hash(parent_hash: int, token_ids: tuple[int, ...]) -> int:
+    """Hash of a full block, chained to the hash of the block before it, so equal hashes mean equal prefixes."""
+    return hash((parent_hash, token_ids))
+
+
+class BlockManager:
+    """Hands out blocks to sequences and keeps a content-addressed cache of full blocks.
+
+    Free blocks sit in an LRU queue; a freed block keeps its hash until it is reused, so a later request with the same
+    prefix can revive it. A sequence frees its blocks tail first, so its prefix blocks are the last to be evicted.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        assert num_blocks > 0 and block_size > 0
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.hash_to_block: dict[int, int] = {}
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hits = 0  # prompt tokens served from it
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_queue)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # ---- prefix cache -------------------------------------------------------------------------------------------
+
+    def lookup_prefix(self, seq: Sequence, use_cache: bool) -> list[int]:
+        """Longest run of cached full blocks that prefixes `seq`, leaving its last token to be recomputed."""
+        hits: list[int] = []
+        if use_cache:
+            parent = _NO_HASH
+            for start in range(0, seq.num_tokens - 1 - self.block_size + 1, self.block_size):
+                tokens = tuple(seq.token_ids[start:start + self.block_size])
+                parent = chain_hash(parent, tokens)
+                block_id = self.hash_to_block.get(parent)
+                if block_id is None or self.blocks[block_id].token_ids != tokens:
+                    break
+                hits.append(block_id)
+        return hits
+
+    def record_prefix_use(self, seq: Sequence) -> None:
+        """Count a newly admitted prompt toward the prefix-cache hit rate."""
+        self.prefix_queries += seq.num_prompt_tokens
+        self.prefix_hits += seq.num_cached_tokens
+
+    def attach_prefix(self, seq: Sequence, block_ids: list[int]) -> None:
+        """Give a waiting sequence (no blocks yet) the cached blocks found by `lookup_prefix`."""
+        assert not seq.block_table
+        for block_id in block_ids:
+            block = self.blocks[block_id]
+            if block.ref_count == 0:
+                del self.free_queue[block_id]
+            block.ref_count += 1
+        seq.block_table = list(block_ids)
+        seq.num_computed_tokens = len(block_ids) * self.block_size
+        seq.num_cached_tokens = seq.num_computed_tokens
+
+    def register_full_blocks(self, seq: Sequence) -> None:
+        """Hash the blocks that the last step filled, so later requests can share them."""
+        num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        parent = _NO_HASH
+        for i in range(num_full):
+            block = self.blocks[seq.block_table[i]]
+            if block.block_hash == _NO_HASH:
+                block.token_ids = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
+                block.block_hash = chain_hash(parent, block.token_ids)
+                self.hash_to_block.setdefault(block.block_hash, block.block_id)
+            parent = block.block_hash
+
+    # ---- allocation -----------------------------------------------------------------------------------------------
+
+    def can_allocate(self, seq: Sequence, num_new_tokens: int, reserve: int = 0) -> bool:
+        needed = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
+        return needed + reserve <= self.num_free_blocks
+
+    def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Grow the block table to hold the computed tokens plus `num_new_tokens`."""
+        needed = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
+        assert needed <= self.num_free_blocks, "allocate() without can_allocate()"
+        for _ in range(needed):
+            seq.block_table.append(self._take_free_block())
+
+    def free(self, seq: Sequence) -> None:
+        """Release a sequence's blocks, tail first, and reset its progress."""
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            assert block.ref_count >= 0
+            if block.ref_count == 0:
+                if not self.enable_prefix_caching:
+                    self._forget(block)
+                self.free_queue[block_id] = None
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+
+    def _take_free_block(self) -> int:
+        block_id, _ = self.free_queue.popitem(last=False)
+        block = self.blocks[block_id]
+        self._forget(block)
+        block.ref_count = 1
+        return block_id
+
+    def _forget(self, block: Block) -> None:
+        if block.block_hash != _NO_HASH and self.hash_to_block.get(block.block_hash) == block.block_id:
+            del self.hash_to_block[block.block_hash]
+        block.block_hash = _NO_HASH
+        block.token_ids = ()

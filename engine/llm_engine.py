@@ -1,0 +1,186 @@
+"""The step-level engine: schedule -> run -> postprocess, with thread-safe intake for a background loop."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from itertools import count
+
+import torch
+
+from engine.config import EngineConfig
+from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from engine.request import Prompt, RequestState
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from engine.startup import EngineParts, build_engine_parts
+
+logger = logging.getLogger("tide.engine")
+
+
+@dataclass
+class EngineStats:
+    """Running totals since the engine started."""
+
+    num_steps: int = 0
+    preemptions: int = 0
+    prefix_cache_hit_rate: float = 0.0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    mean_batch_occupancy: float = 0.0
+    load_time_s: float = 0.0
+    busy_time_s: float = 0.0
+    _occupancy_sum: float = field(default=0.0, repr=False)
+
+
+class LLMEngine:
+    """Runs many requests at once on one model. `step()` advances every scheduled request by one step.
+
+    `add_request` and `abort` may be called from any thread; `step` from one thread at a time.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, **overrides) -> None:
+        self.config = config or EngineConfig(**overrides)
+        parts: EngineParts = build_engine_parts(self.config)
+        self.tokenizer = parts.tokenizer
+        self.model_name = self.config.model
+        self.max_model_len = parts.max_model_len
+        self.eos_token_ids = parts.eos_token_ids
+        self.block_manager = parts.block_manager
+        self.runner = parts.runner
+        self.sampler = parts.sampler
+        self.vocab_size = parts.vocab_size
+        self.max_seq_tokens = min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
+        self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
+                                   self.config.max_num_batched_tokens, self.config.enable_prefix_caching)
+        self.stats = EngineStats(load_time_s=parts.load_time_s)
+        self._lock = threading.Lock()
+        self._intake: list[RequestState] = []
+        self._aborts: list[str] = []
+        self._live_ids: set[str] = set()
+        self._requests: dict[str, RequestState] = {}
+        self._done: list[RequestOutput] = []
+        self._arrivals = count()
+
+    # ---- intake (any thread) --------------------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None,
+                    priority: int = 0) -> None:
+        """Queue a request. Raises ValueError for a duplicate id or parameters this model cannot honour."""
+        params = params or SamplingParams()
+        bad = [t for t in params.stop_token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"stop_token_ids {bad} are outside the vocabulary (size {self.vocab_size})")
+        state = RequestState.create(request_id, prompt, params, priority, self.tokenizer)
+        with self._lock:
+            if request_id in self._live_ids:
+                raise ValueError(f"request id {request_id!r} is already in the engine")
+            self._live_ids.add(request_id)
+            self._intake.append(state)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; it comes back from `step()` with finish_reason "abort"."""
+        with self._lock:
+            self._aborts.append(request_id)
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return bool(self._live_ids)
+
+    # ---- the loop (one thread) ------------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduler step; return the requests that finished during it."""
+        self._take_intake()
+        out = self.scheduler.schedule()
+        if not out.is_empty:
+            started = time.monotonic()
+            self._mark_scheduled(out.scheduled, started)
+            logits, sampling = self.runner.run(out.scheduled)
+            for seq, num_new in out.scheduled:
+                seq.num_computed_tokens += num_new
+                self.block_manager.register_full_blocks(seq)
+            if sampling:
+                self._postprocess(sampling, self.sampler(logits, sampling, self.eos_token_ids))
+                self.stats.generation_tokens += len(sampling)
+            self._account(out, time.monotonic() - started)
+        return self._collect_done()
+
+    def _take_intake(self) -> None:
+        with self._lock:
+            intake, self._intake = self._intake, []
+            aborts, self._aborts = self._aborts, []
+        for state in intake:
+            self._admit(state)
+        for request_id in aborts:
+            state = self._requests.get(request_id)
+            if state is not None:
+                for seq in state.active_seqs():
+                    self.scheduler.finish(seq)
+                    seq.finish_reason = "abort"
+                self._finish_request(state)
+
+    def _admit(self, state: RequestState) -> None:
+        n_prompt = len(state.prompt_token_ids)
+        limit = self.max_seq_tokens
+        if state.error is None and n_prompt >= limit:
+            state.error = (f"prompt has {n_prompt} tokens, but this engine holds at most {limit - 1} prompt tokens "
+                           f"per sequence (max_model_len={self.max_model_len}, KV cache "
+                           f"{self.block_manager.num_blocks * self.config.block_size} tokens)")
+        if state.error is not None:
+            self._done.append(state.to_output(error=True))
+            with self._lock:
+                self._live_ids.discard(state.request_id)
+            return
+        self._requests[state.request_id] = state
+        self.stats.prompt_tokens += n_prompt
+        state.seqs = [Sequence(state.request_id, state.prompt_token_ids, state.params, index=i,
+                               priority=state.priority, arrival_order=next(self._arrivals), max_total_tokens=limit)
+                      for i in range(state.params.n)]
+        for seq in state.seqs:
+            state.attach_detokenizer(seq, self.tokenizer)
+        # Samples after the first wait until its prompt is in the cache, then share its full blocks.
+        self.scheduler.add(state.seqs[0])
+
+    def _mark_scheduled(self, scheduled: list[tuple[Sequence, int]], now: float) -> None:
+        for seq, _ in scheduled:
+            metrics = self._requests[seq.request_id].metrics
+            if metrics.first_scheduled_time is None:
+                metrics.first_scheduled_time = now
+
+    def _postprocess(self, seqs: list[Sequence], sampled) -> None:
+        now = time.monotonic()
+        for seq, token_id, logprob in zip(seqs, sampled.token_ids, sampled.logprobs):
+            state = self._requests[seq.request_id]
+            if state.metrics.first_token_time is None:
+                state.metrics.first_token_time = now
+            if seq.index == 0 and seq.num_output_tokens == 0:
+                for child in state.seqs[1:]:
+                    self.scheduler.add(child)
+            seq.append_token(token_id, logprob)
+            if state.check_stop(seq, token_id, self.eos_token_ids):
+                self.scheduler.finish(seq)
+                if all(s.is_finished for s in state.seqs):
+                    self._finish_request(state)
+
+    def _finish_request(self, state: RequestState) -> None:
+        state.metrics.finished_time = time.monotonic()
+        self._requests.pop(state.request_id, None)
+        self._done.append(state.to_output(error=False))
+        with self._lock:
+            self._live_ids.discard(state.request_id)
+
+    def _collect_done(self) -> list[RequestOutput]:
+        done, self._done = self._done, []
+        return done
+
+    def _account(self, out, seconds: float) -> None:
+        stats = self.stats
+        stats.num_steps += 1
+        stats.busy_time_s += seconds
+        stats.preemptions = self.scheduler.num_preemptions
+        stats.prefix_cache_hit_rate = self.block_manager.hit_rate
+        stats._occupancy_sum += len(out.scheduled) / self.config.max_num_seqs
+        stats.mean_batch_occupancy = stats._occupancy_sum / stats.num_steps

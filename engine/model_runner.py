@@ -1,0 +1,94 @@
+"""Turns a scheduled step into flat tensors, runs the model over the paged KV cache, returns logits."""
+from __future__ import annotations
+
+import torch
+
+import kernels
+from engine.models.llama import ForwardContext, LlamaForCausalLM
+from engine.sequence import Sequence
+from kernels.metadata import AttentionMetadata
+
+
+class ModelRunner:
+    """Owns the model and its KV cache: [layers, 2 (k/v), num_blocks, block_size, kv_heads, head_dim]."""
+
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, max_model_len: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        args = model.args
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.kv_cache = torch.zeros(args.num_layers, 2, num_blocks, block_size, args.num_kv_heads, args.head_dim,
+                                    dtype=dtype, device=device)
+        self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
+        self.cos_sin_cache = kernels.build_cos_sin_cache(
+            args.inv_freq, max_model_len, args.attention_scaling, dtype).to(device)
+
+    @staticmethod
+    def kv_bytes_per_token(model: LlamaForCausalLM, dtype: torch.dtype) -> int:
+        args = model.args
+        return 2 * args.num_layers * args.num_kv_heads * args.head_dim * torch.empty((), dtype=dtype).element_size()
+
+    @torch.inference_mode()
+    def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
+        """Compute the scheduled tokens; return fp32 logits [S, vocab] for the S sequences that reach their end."""
+        input_ids, ctx, logits_indices, sampling = self._prepare(scheduled)
+        hidden = self.model(input_ids, ctx, self.kv_caches)
+        if not sampling:
+            return torch.empty(0), []
+        return self.model.compute_logits(hidden[logits_indices]).float(), sampling
+
+    def _prepare(self, scheduled: list[tuple[Sequence, int]]):
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_lens: list[int] = []
+        seq_lens: list[int] = []
+        logits_indices: list[int] = []
+        sampling: list[Sequence] = []
+        bs = self.block_size
+        for seq, num_new in scheduled:
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
+            tokens.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            query_lens.append(num_new)
+            seq_lens.append(end)
+            if end == seq.num_tokens:
+                logits_indices.append(len(tokens) - 1)
+                sampling.append(seq)
+        max_blocks = max(len(seq.block_table) for seq, _ in scheduled)
+        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq, _ in scheduled]
+        query_start_loc = [0]
+        for n in query_lens:
+            query_start_loc.append(query_start_loc[-1] + n)
+        dev = self.device
+        attn = AttentionMetadata(
+            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            num_decodes=_leading_ones(query_lens),
+            max_query_len=max(query_lens),
+            max_seq_len=max(seq_lens),
+            query_lens_host=query_lens,
+            seq_lens_host=seq_lens,
+        )
+        ctx = ForwardContext(
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            attn=attn,
+            cos_sin_cache=self.cos_sin_cache,
+        )
+        input_ids = torch.tensor(tokens, dtype=torch.int64, device=dev)
+        return input_ids, ctx, torch.tensor(logits_indices, dtype=torch.int64, device=dev), sampling
+
+
+def _leading_ones(query_lens: list[int]) -> int:
+    """Number of decode sequences: the run of one-token queries the scheduler put first."""
+    count = 0
+    for n in query_lens:
+        if n != 1:
+            break
+        count += 1
+    return count

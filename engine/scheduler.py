@@ -1,0 +1,130 @@
+"""Continuous batching: one token budget per step, running sequences first, chunked prefill, preemption."""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from engine.block_manager import BlockManager
+from engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class SchedulerOutput:
+    """What to compute this step: each sequence with its number of new tokens, decodes first."""
+
+    scheduled: list[tuple[Sequence, int]] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    """Decides, each step, which sequences advance and by how many tokens.
+
+    Running sequences are served first in priority order; waiting ones join while the token budget, the sequence cap
+    and free blocks allow. When a running sequence cannot get a block, the lowest-priority, latest sequence is
+    preempted: its blocks are freed and it is recomputed later (all-or-nothing).
+    """
+
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 use_prefix_cache: bool) -> None:
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.use_prefix_cache = use_prefix_cache
+        self.waiting: list[tuple[tuple[int, int, int], int, Sequence]] = []  # heap by Sequence.sort_key
+        self.running: list[Sequence] = []  # kept sorted by Sequence.sort_key
+        self.num_preemptions = 0
+        # Admission leaves a few blocks spare so running decodes rarely have to preempt right after a join.
+        self.watermark_blocks = max(1, block_manager.num_blocks // 100)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        heapq.heappush(self.waiting, (seq.sort_key, seq.seq_id, seq))
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.max_num_batched_tokens)
+        if not out.preempted:
+            self._schedule_waiting(out, budget)
+        out.scheduled.sort(key=lambda item: item[1] != 1)  # decodes first, as AttentionMetadata expects
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            while not self.block_manager.can_allocate(seq, num_new):
+                victim = self.running.pop()
+                self._preempt(victim, out)
+                if victim is seq:
+                    break
+            else:
+                self.block_manager.allocate(seq, num_new)
+                out.scheduled.append((seq, num_new))
+                budget -= num_new
+                i += 1
+        return budget
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0][2]
+            if not seq.block_table:
+                use_cache = self.use_prefix_cache or seq.index > 0
+                self.block_manager.attach_prefix(seq, self.block_manager.lookup_prefix(seq, use_cache))
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if not self.block_manager.can_allocate(seq, num_new, reserve=self.watermark_blocks):
+                if not self.running and not out.scheduled:
+                    # Nothing else holds blocks: the watermark must not block the only candidate.
+                    if not self.block_manager.can_allocate(seq, num_new):
+                        num_new = self._largest_fitting_chunk(seq)
+                    if num_new == 0:
+                        self.block_manager.free(seq)
+                        break
+                else:
+                    self.block_manager.free(seq)  # give back revived prefix blocks while it waits
+                    break
+            heapq.heappop(self.waiting)
+            if seq.num_admissions == 0:
+                self.block_manager.record_prefix_use(seq)
+            seq.num_admissions += 1
+            self.block_manager.allocate(seq, num_new)
+            seq.status = SequenceStatus.RUNNING
+            self._insert_running(seq)
+            out.scheduled.append((seq, num_new))
+            budget -= num_new
+
+    def _largest_fitting_chunk(self, seq: Sequence) -> int:
+        capacity = (len(seq.block_table) + self.block_manager.num_free_blocks) * self.block_manager.block_size
+        return max(0, min(seq.num_uncomputed_tokens, capacity - seq.num_computed_tokens))
+
+    def _insert_running(self, seq: Sequence) -> None:
+        keys = [s.sort_key for s in self.running]
+        pos = next((j for j, k in enumerate(keys) if k > seq.sort_key), len(keys))
+        self.running.insert(pos, seq)
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.block_manager.free(seq)
+        self.num_preemptions += 1
+        out.preempted.append(seq)
+        self.add(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a finished or aborted sequence from the queues and free its blocks."""
+        if seq.status is SequenceStatus.RUNNING and seq in self.running:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting = [item for item in self.waiting if item[2] is not seq]
+            heapq.heapify(self.waiting)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED

@@ -1,0 +1,35 @@
+"""Describes one mixed batch (prefill chunks and decodes) to the paged-attention op."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Layout of the flat token batch handed to the model for one step.
+
+    Sequences are ordered decodes first: the first `num_decodes` sequences have exactly one query token each, so
+    query rows [0, num_decodes) are decode tokens and the rest are prefill chunks.
+
+    query_start_loc: int32 [B + 1], query rows of sequence b are query_start_loc[b]:query_start_loc[b + 1].
+    seq_lens:        int32 [B], tokens in the KV cache for sequence b after this step's write (prefix + chunk).
+    block_tables:    int32 [B, max_blocks], physical block ids, padded with 0 past a sequence's last block.
+    The query token i of sequence b (0-based inside its chunk) sits at position seq_lens[b] - q_len_b + i and attends
+    causally to cache positions 0..that position.
+    query_lens_host / seq_lens_host: the same lengths as Python ints, so CPU code needs no device sync per layer.
+    """
+
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_tables: torch.Tensor
+    num_decodes: int
+    max_query_len: int
+    max_seq_len: int
+    query_lens_host: list[int]
+    seq_lens_host: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_host)
