@@ -107,8 +107,7 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
 
 def _load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype):
     ops = kernels.get_ops(device)
-    with torch.device("meta"):
-        model = build_model(hf_config, ops)
+    model = build_model(hf_config, ops)
     model = model.to_empty(device=device).to(dtype)
     if model.args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

@@ -1,6 +1,8 @@
 """Model registry: HF architecture name -> implementation."""
 from __future__ import annotations
 
+import torch
+
 from engine.models.llama import LlamaForCausalLM, ModelArgs
 
 SUPPORTED_ARCHITECTURES = {
@@ -12,11 +14,12 @@ SUPPORTED_ARCHITECTURES = {
 
 
 def build_model(hf_config, ops) -> LlamaForCausalLM:
-    """Instantiate the implementation for `hf_config.architectures[0]` (weights uninitialised)."""
+    """Instantiate the implementation for `hf_config.architectures[0]` on the meta device (no weights yet)."""
     architectures = getattr(hf_config, "architectures", None) or []
     arch = architectures[0] if architectures else "<none given in config.json>"
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"model architecture {arch} is not supported; supported: "
                          + ", ".join(sorted(SUPPORTED_ARCHITECTURES)))
     args = ModelArgs.from_hf_config(hf_config, arch)
-    return SUPPORTED_ARCHITECTURES[arch](args, ops)
+    with torch.device("meta"):  # skip random init: every weight is loaded from the checkpoint
+        return SUPPORTED_ARCHITECTURES[arch](args, ops)
