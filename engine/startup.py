@@ -14,6 +14,7 @@ from engine.config import EngineConfig
 from engine.loader import iter_weights, load_config, load_tokenizer, resolve_model
 from engine.model_runner import ModelRunner
 from engine.models import build_model
+from engine.models.cpu_linear import can_pack, pack_linears
 from engine.sampler import Sampler
 
 logger = logging.getLogger("tide.engine")
@@ -112,7 +113,10 @@ def _load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype):
     if model.args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.load_weights(iter_weights(model_dir))
-    return model.eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
+    if device.type == "cpu" and can_pack(dtype):
+        pack_linears(model)
+    return model
 
 
 def _num_kv_blocks(config: EngineConfig, model, device: torch.device, dtype: torch.dtype, max_model_len: int) -> int:
