@@ -18,8 +18,8 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.kv_cache = torch.zeros(args.num_layers, 2, num_blocks, block_size, args.num_kv_heads, args.head_dim,
-                                    dtype=dtype, device=device)
+        shape = (args.num_layers, 2, num_blocks, block_size, args.num_kv_heads, args.head_dim)
+        self.kv_cache = _zeroed_cache(shape, dtype, device)
         self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
         self.cos_sin_cache = kernels.build_cos_sin_cache(
             args.inv_freq, max_model_len, args.attention_scaling, dtype).to(device)
@@ -82,6 +82,19 @@ class ModelRunner:
         )
         input_ids = torch.tensor(tokens, dtype=torch.int64, device=dev)
         return input_ids, ctx, torch.tensor(logits_indices, dtype=torch.int64, device=dev), sampling
+
+
+def _zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero-filled KV cache, without touching every page up front on CPU.
+
+    A CPU allocation above glibc's largest mmap threshold (32 MiB) is a fresh anonymous mapping whose pages the OS
+    zero-fills on first touch, so torch.empty already reads as zeros and costs nothing at start; torch.zeros would
+    write every page first (~8 s for 5 GiB here). Smaller ones may reuse heap memory, so they are zeroed.
+    """
+    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cpu" and nbytes > 64 * 2**20:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 def _leading_ones(query_lens: list[int]) -> int:

@@ -109,7 +109,7 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
 def _load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype):
     ops = kernels.get_ops(device)
     model = build_model(hf_config, ops)
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # cast while still on meta: no throwaway fp32 copy
     if model.args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.load_weights(iter_weights(model_dir))

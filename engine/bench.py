@@ -1,0 +1,365 @@
+"""`tide bench`: Tide's engine against HF transformers `generate` on the same seeded workload, in one run.
+
+Both sides get the same token ids, greedy decoding and the same dtype and thread count. HF runs static batches with
+left padding at each of a few batch sizes and its best is the reference. Besides the throughput ratios the run
+reports the engine's stats, the share of engine time spent in paged attention, and the model FLOP/s reached as a
+fraction of the best rate the engine's own linear layers reach on the model's shapes, measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.llm import LLM
+from engine.loader import resolve_model
+from engine.sampling_params import SamplingParams
+
+CHAT_MIN_TOKENS, CHAT_MAX_TOKENS, CHAT_NEW_TOKENS = 20, 400, 128
+
+_INSTRUCTIONS = [
+    "Summarize the notes below in three short bullet points about {topic}.",
+    "Explain {topic} to a new team member, using the notes below where they help.",
+    "Write a short, friendly email to a colleague about {topic}, based on these notes.",
+    "List the main risks of {topic} mentioned in the notes and suggest one fix for each.",
+    "Answer in one paragraph: what should a beginner know about {topic}? Use the notes below.",
+    "Turn the following notes on {topic} into a numbered checklist.",
+    "Rewrite these notes on {topic} as a clear, plain-language paragraph.",
+    "Give two arguments for and two against {topic}, drawing on the notes below.",
+]
+_TOPICS = ["moving a service to the cloud", "a weekly team meeting", "learning to cook", "training for a 10k run",
+           "planting a vegetable garden", "reducing energy use at home", "onboarding new engineers",
+           "planning a trip to the mountains", "writing unit tests", "saving money each month"]
+_FILLER = [
+    "The first draft was finished on Monday and shared with everyone for comments.",
+    "Several people asked whether the schedule could slip by a week without trouble.",
+    "Costs were slightly higher than expected because prices went up in spring.",
+    "Most of the feedback was positive, although the second part felt rushed.",
+    "We agreed to keep the scope small and revisit the larger ideas next quarter.",
+    "One open question is who will own the follow-up work once the project ends.",
+    "The tools we picked are easy to learn but have a few rough edges.",
+    "A short survey showed that people prefer clear written steps to long meetings.",
+    "Weather and travel made it hard to meet in person during the winter months.",
+    "The budget allows for one extra person for about three months.",
+    "Earlier attempts failed mainly because nobody measured progress along the way.",
+    "Some steps can run in parallel, which should save a few days overall.",
+    "Documentation is thin, so new people spend their first week asking questions.",
+    "The pilot group reported fewer problems after the second round of changes.",
+    "There is a risk that the main supplier will be late with the next delivery.",
+    "Everyone agreed that simple, repeatable habits matter more than big plans.",
+]
+
+
+@dataclass
+class Workload:
+    """A fixed list of prompts (token ids) and how much to generate for each."""
+
+    name: str
+    prompts: list[list[int]]
+    max_tokens: int
+    ignore_eos: bool
+
+    def describe(self) -> str:
+        lens = [len(p) for p in self.prompts]
+        stop = "exactly, ignoring EOS" if self.ignore_eos else "at most, stopping at EOS"
+        return (f"{self.name}: {len(lens)} prompts of {min(lens)}-{max(lens)} tokens (mean {sum(lens) / len(lens):.0f}), "
+                f"{self.max_tokens} new tokens {stop}, greedy")
+
+
+@dataclass
+class RunResult:
+    """Throughput of one side on one workload."""
+
+    label: str
+    num_requests: int
+    prompt_tokens: int
+    output_tokens: int
+    seconds: float
+
+    @property
+    def rates(self) -> tuple[float, float, float]:
+        """(requests/s, total tokens/s, output tokens/s)."""
+        s = self.seconds
+        return self.num_requests / s, (self.prompt_tokens + self.output_tokens) / s, self.output_tokens / s
+
+    def line(self) -> str:
+        req, total, out = self.rates
+        return (f"  {self.label:<14} {req:8.2f} req/s {total:10.1f} total tok/s {out:9.1f} output tok/s"
+                f"   ({self.output_tokens} output tokens in {self.seconds:.1f} s)")
+
+
+@dataclass
+class Probe:
+    """Counts what the engine's model runner computes and times it and the paged-attention calls inside it."""
+
+    tokens_computed: int = 0
+    rows_sampled: int = 0
+    forward_s: float = 0.0
+    attention_s: float = 0.0
+    _timers: list = field(default_factory=list, repr=False)
+
+    def install(self, llm: LLM) -> None:
+        runner = llm.engine.runner
+        run = runner.run
+
+        def counted_run(scheduled):
+            started = time.perf_counter()
+            logits, sampling = run(scheduled)
+            self.forward_s += time.perf_counter() - started
+            self.tokens_computed += sum(n for _, n in scheduled)
+            self.rows_sampled += len(sampling)
+            return logits, sampling
+
+        runner.run = counted_run
+        for layer in runner.model.layers:
+            attn = layer.self_attn
+            attn.ops = dataclasses.replace(attn.ops, paged_attention=self._timed(attn.ops.paged_attention))
+
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.attention_s += time.perf_counter() - started
+            return out
+
+        return timed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tide bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m", help="alias, HF directory or GGUF file (default smollm2-135m)")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--workload", default="both", choices=["chat", "fixed", "both"])
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=256, help="prompt tokens per request in the fixed workload")
+    p.add_argument("--output-len", type=int, default=128, help="output tokens per request in the fixed workload")
+    p.add_argument("--hf-batch-sizes", default="16,64", help="comma list; HF's best of these is the reference")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: all cores)")
+    p.add_argument("--skip-hf", action="store_true", help="run Tide only")
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=int, default=1024)
+    p.add_argument("--kv-cache-gib", type=float, default=None, help="KV budget (default: the engine's fraction)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints one block per workload with the Tide/HF ratios."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        batch_sizes = sorted({int(b) for b in args.hf_batch_sizes.split(",") if b.strip()})
+    except ValueError:
+        print(f"tide bench: error: --hf-batch-sizes must be a comma list of integers, got {args.hf_batch_sizes!r}",
+              file=sys.stderr)
+        return 2
+    threads = args.threads or os.cpu_count() or 1
+    names = ["chat", "fixed"] if args.workload == "both" else [args.workload]
+    print(f"tide bench: model {args.model}, dtype {args.dtype}, {threads} threads, "
+          f"max_num_seqs {args.max_num_seqs}, max_num_batched_tokens {args.max_num_batched_tokens}")
+    peak = None
+    for name in names:
+        llm = _make_llm(args, threads)
+        if peak is None:
+            peak = measure_linear_peak(llm.engine.runner.model, sorted({args.max_num_seqs, 256}))
+        workload = build_workload(name, llm.tokenizer, args)
+        print(f"\nworkload {workload.describe()}")
+        probe = Probe()
+        probe.install(llm)
+        tide = run_tide(llm, workload)
+        print(tide.line())
+        _print_engine_report(llm, probe, tide, peak)
+        del llm
+        gc.collect()
+        if not args.skip_hf:
+            best = run_hf_best(args, workload, batch_sizes, threads)
+            _print_ratios(tide, best)
+    return 0
+
+
+def _make_llm(args: argparse.Namespace, threads: int) -> LLM:
+    kv_bytes = None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30)
+    return LLM(model=args.model, dtype=args.dtype, num_threads=threads, max_num_seqs=args.max_num_seqs,
+               max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=kv_bytes, seed=args.seed)
+
+
+# ---- workloads ------------------------------------------------------------------------------------------------------
+
+def build_workload(name: str, tokenizer, args: argparse.Namespace) -> Workload:
+    rng = random.Random(args.seed)
+    if name == "fixed":
+        special = set(tokenizer.all_special_ids)
+        vocab = [t for t in range(len(tokenizer)) if t not in special]
+        prompts = [[rng.choice(vocab) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
+        return Workload("fixed", prompts, args.output_len, ignore_eos=True)
+    prompts = [chat_prompt(tokenizer, rng) for _ in range(args.num_prompts)]
+    return Workload("chat", prompts, CHAT_NEW_TOKENS, ignore_eos=False)
+
+
+def chat_prompt(tokenizer, rng: random.Random) -> list[int]:
+    """One instruction through the chat template, padded with filler notes up to a random target length."""
+    target = rng.randint(CHAT_MIN_TOKENS, CHAT_MAX_TOKENS)
+    instruction = rng.choice(_INSTRUCTIONS).format(topic=rng.choice(_TOPICS))
+    notes: list[str] = []
+    ids = _templated(tokenizer, instruction)
+    while len(ids) < target:
+        notes.append(rng.choice(_FILLER))
+        longer = _templated(tokenizer, instruction + "\n\nNotes: " + " ".join(notes))
+        if len(longer) > CHAT_MAX_TOKENS:
+            break
+        ids = longer
+    return ids
+
+
+def _templated(tokenizer, text: str) -> list[int]:
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+# ---- the two sides --------------------------------------------------------------------------------------------------
+
+def run_tide(llm: LLM, workload: Workload) -> RunResult:
+    params = SamplingParams(temperature=0.0, max_tokens=workload.max_tokens, ignore_eos=workload.ignore_eos)
+    started = time.perf_counter()
+    outputs = llm.generate(workload.prompts, params)
+    seconds = time.perf_counter() - started
+    failed = [o for o in outputs if o.error]
+    if failed:
+        raise RuntimeError(f"{len(failed)} requests failed in the engine, e.g. {failed[0].error}")
+    return RunResult("tide", len(outputs), sum(len(p) for p in workload.prompts),
+                     sum(len(o.token_ids) for o in outputs), seconds)
+
+
+def run_hf_best(args: argparse.Namespace, workload: Workload, batch_sizes: list[int], threads: int) -> RunResult:
+    """HF `generate` at each batch size; prints each and returns the best by output tokens/s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    model_dir = resolve_model(args.model)
+    dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    results = []
+    for batch_size in batch_sizes:
+        result = run_hf(model, workload, batch_size, eos, pad)
+        print(result.line())
+        results.append(result)
+    return max(results, key=lambda r: r.rates[2])
+
+
+def run_hf(model, workload: Workload, batch_size: int, eos: set[int], pad: int) -> RunResult:
+    """Static batches in workload order, left-padded; counts generated tokens up to and including the first EOS."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=False, max_new_tokens=workload.max_tokens,
+                              min_new_tokens=workload.max_tokens if workload.ignore_eos else 0,
+                              eos_token_id=sorted(eos), pad_token_id=pad)
+    output_tokens = 0
+    started = time.perf_counter()
+    for i in range(0, len(workload.prompts), batch_size):
+        input_ids, mask = _left_pad(workload.prompts[i : i + batch_size], pad)
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        output_tokens += sum(_generated_length(row, eos) for row in out[:, input_ids.shape[1]:].tolist())
+    seconds = time.perf_counter() - started
+    return RunResult(f"hf batch {batch_size}", len(workload.prompts), sum(len(p) for p in workload.prompts),
+                     output_tokens, seconds)
+
+
+def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def _generated_length(row: list[int], eos: set[int]) -> int:
+    for i, token in enumerate(row):
+        if token in eos:
+            return i + 1
+    return len(row)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids) if isinstance(ids, (list, tuple)) else ({ids} if ids is not None else set())
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+# ---- machine rate and report ----------------------------------------------------------------------------------------
+
+def linear_shapes(model) -> dict[str, tuple[torch.nn.Module, int, int]]:
+    """The model's matmuls as name -> (the engine's own module, in_features, out_features)."""
+    a = model.args
+    q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    layer = model.layers[0]
+    return {
+        "qkv": (layer.self_attn.qkv_proj, a.hidden_size, q + 2 * kv),
+        "o": (layer.self_attn.o_proj, q, a.hidden_size),
+        "gate_up": (layer.mlp.gate_up_proj, a.hidden_size, 2 * a.intermediate_size),
+        "down": (layer.mlp.down_proj, a.intermediate_size, a.hidden_size),
+        "lm_head": (model.lm_head, a.hidden_size, a.vocab_size),
+    }
+
+
+@torch.inference_mode()
+def measure_linear_peak(model, token_counts: list[int], min_seconds: float = 0.1) -> float:
+    """Best FLOP/s of the engine's linear layers over the model's shapes at `token_counts` rows; prints each shape."""
+    dtype = next(model.parameters()).dtype
+    best = 0.0
+    print("linear layers (the engine's own modules), best GFLOP/s at rows " + "/".join(map(str, token_counts)) + ":")
+    for name, (module, k, n) in linear_shapes(model).items():
+        rates = []
+        for m in token_counts:
+            x = torch.randn(m, k, dtype=dtype)
+            module(x)
+            reps, elapsed = 0, 0.0
+            started = time.perf_counter()
+            while elapsed < min_seconds:
+                module(x)
+                reps += 1
+                elapsed = time.perf_counter() - started
+            rates.append(2 * m * k * n * reps / elapsed)
+        best = max(best, *rates)
+        print(f"  {name:<8} [{k} -> {n}]  " + "  ".join(f"{r / 1e9:7.1f}" for r in rates))
+    return best
+
+
+def model_flops(model, tokens_computed: int, rows_sampled: int) -> float:
+    """2 x non-embedding linear weights per computed token, plus lm_head for the rows that are sampled."""
+    a = model.args
+    per_token = sum(k * n for name, (_, k, n) in linear_shapes(model).items() if name != "lm_head") * a.num_layers
+    return 2.0 * per_token * tokens_computed + 2.0 * a.hidden_size * a.vocab_size * rows_sampled
+
+
+def _print_engine_report(llm: LLM, probe: Probe, tide: RunResult, peak: float) -> None:
+    stats = llm.engine.stats
+    print(f"  engine: {stats.num_steps} steps, {stats.preemptions} preemptions, prefix hit rate "
+          f"{stats.prefix_cache_hit_rate:.1%}, mean batch occupancy {stats.mean_batch_occupancy:.1%}, "
+          f"{probe.tokens_computed} tokens computed")
+    print(f"  engine time: model forward+logits {probe.forward_s / tide.seconds:.1%} of wall time, paged attention "
+          f"{probe.attention_s / tide.seconds:.1%} of wall time ({probe.attention_s / probe.forward_s:.1%} of forward)")
+    achieved = model_flops(llm.engine.runner.model, probe.tokens_computed, probe.rows_sampled) / tide.seconds
+    print(f"  matmul rate: tide reached {achieved / 1e9:.1f} model GFLOP/s = {achieved / peak:.1%} of the best "
+          f"linear-shape rate measured ({peak / 1e9:.1f} GFLOP/s)")
+
+
+def _print_ratios(tide: RunResult, hf: RunResult) -> None:
+    ratios = [t / h for t, h in zip(tide.rates, hf.rates)]
+    print(f"  ratio tide/hf (best: {hf.label}): requests/s {ratios[0]:.2f}x, total tokens/s {ratios[1]:.2f}x, "
+          f"output tokens/s {ratios[2]:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
