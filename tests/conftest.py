@@ -1,6 +1,12 @@
 """Shared fixtures: the real SmolLM2-135M model directory and tiny random models of each supported architecture."""
 from __future__ import annotations
 
+import os
+
+# Triton kernels run in its interpreter on CPU; the flag must be set before anything imports triton (transformers
+# does), or it has no effect.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 

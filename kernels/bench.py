@@ -1,0 +1,156 @@
+"""`python -m kernels.bench`: times each Triton kernel on CUDA against its PyTorch twin and against the
+bytes/FLOPs floor of the GPU, and checks the Triton results in bf16.
+
+Without CUDA it says so and exits 0; `--cpu` instead compares the CPU decode-attention strategies of the twin
+(kernels.bench_cpu), which is how the twin's design was chosen.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from kernels import build_cos_sin_cache, torch_ops
+from kernels.bench_cpu import add_cpu_args, run_cpu_bench
+from kernels.metadata import AttentionMetadata
+
+
+@dataclass
+class Case:
+    """One op on one shape: both backends' calls, the bytes it must move and the FLOPs it must do."""
+
+    name: str
+    triton_fn: Callable[[], torch.Tensor]
+    twin_fn: Callable[[], torch.Tensor]
+    bytes_moved: float
+    flops: float
+    tolerance: float
+
+
+def paged_batch(decode_lens: list[int], prefills: list[tuple[int, int]], hq: int, hkv: int, head_dim: int,
+                block_size: int, dtype: torch.dtype):
+    """Random batch on the GPU with shuffled block tables; returns (q, k_cache, v_cache, meta, attended_keys)."""
+    seq_lens = decode_lens + [s for s, _ in prefills]
+    q_lens = [1] * len(decode_lens) + [q for _, q in prefills]
+    per_seq = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(per_seq)
+    k_cache = torch.randn(num_blocks, block_size, hkv, head_dim, device="cuda", dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    ids = torch.randperm(num_blocks, device="cuda").to(torch.int32)
+    tables = torch.zeros(len(seq_lens), max(per_seq), dtype=torch.int32, device="cuda")
+    offsets = torch.tensor([0] + per_seq).cumsum(0).tolist()
+    for b, n in enumerate(per_seq):
+        tables[b, :n] = ids[offsets[b] : offsets[b] + n]
+    starts = torch.tensor([0] + q_lens).cumsum(0)
+    meta = AttentionMetadata(starts.to(torch.int32).cuda(), torch.tensor(seq_lens, dtype=torch.int32).cuda(), tables,
+                             len(decode_lens), max(q_lens), max(seq_lens), q_lens, seq_lens)
+    q = torch.randn(int(starts[-1]), hq, head_dim, device="cuda", dtype=dtype)
+    attended = sum(s - q + (i + 1) for s, q in zip(seq_lens, q_lens) for i in range(q))
+    return q, k_cache, v_cache, meta, attended
+
+
+def attention_case(name: str, decode_lens, prefills, args, triton_ops, dtype) -> Case:
+    hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
+    q, k_cache, v_cache, meta, attended = paged_batch(decode_lens, prefills, hq, hkv, d, args.block_size, dtype)
+    scale = d**-0.5
+    kv_bytes = 2 * sum(meta.seq_lens_host) * hkv * d * k_cache.element_size()
+    return Case(name, lambda: triton_ops.paged_attention(q, k_cache, v_cache, meta, scale),
+                lambda: torch_ops.paged_attention(q, k_cache, v_cache, meta, scale),
+                kv_bytes + 2 * q.numel() * q.element_size(), 4.0 * attended * hq * d, 2e-2)
+
+
+def elementwise_cases(args, triton_ops, dtype) -> list[Case]:
+    t, h, d, inter = args.tokens, args.hidden, args.head_dim, args.intermediate
+    hq, hkv, es = args.q_heads, args.kv_heads, torch.tensor([], dtype=dtype).element_size()
+    x, res = torch.randn(t, h, device="cuda", dtype=dtype), torch.randn(t, h, device="cuda", dtype=dtype)
+    w = torch.randn(h, device="cuda", dtype=dtype)
+    gate_up = torch.randn(t, 2 * inter, device="cuda", dtype=dtype)
+    key, value = torch.randn(t, hkv, d, device="cuda", dtype=dtype), torch.randn(t, hkv, d, device="cuda", dtype=dtype)
+    num_blocks = -(-t // args.block_size)
+    k_cache = torch.zeros(num_blocks, args.block_size, hkv, d, device="cuda", dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.randperm(num_blocks * args.block_size, device="cuda")[:t]
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, d, 2, device="cuda").float() / d))
+    cache = build_cos_sin_cache(inv_freq, 8192, 1.0, dtype)
+    positions = torch.randint(0, 8192, (t,), device="cuda")
+    q, k = torch.randn(t, hq, d, device="cuda", dtype=dtype), torch.randn(t, hkv, d, device="cuda", dtype=dtype)
+
+    def rope(ops):
+        qc, kc = q.clone(), k.clone()
+        ops.rotary_embedding(positions, qc, kc, cache, True)
+        return torch.cat((qc.flatten(), kc.flatten()))
+
+    def kv_write(ops):
+        ops.write_kv_cache(key, value, k_cache, v_cache, slots)
+        return torch.cat((k_cache.flatten(), v_cache.flatten()))
+
+    return [
+        Case("fused_add_rms_norm", lambda: triton_ops.fused_add_rms_norm(x, res, w, 1e-6)[0],
+             lambda: torch_ops.fused_add_rms_norm(x, res, w, 1e-6)[0], 5 * t * h * es, 0, 2e-2),
+        Case("silu_and_mul", lambda: triton_ops.silu_and_mul(gate_up), lambda: torch_ops.silu_and_mul(gate_up),
+             3 * t * inter * es, 0, 2e-2),
+        # The timed rope and kv-write calls include a clone / concat that both backends share.
+        Case("rotary_embedding", lambda: rope(triton_ops), lambda: rope(torch_ops),
+             2 * t * (hq + hkv) * d * es, 0, 2e-2),
+        Case("write_kv_cache", lambda: kv_write(triton_ops), lambda: kv_write(torch_ops),
+             4 * t * hkv * d * es, 0, 0.0),
+    ]
+
+
+def run_cuda_bench(args: argparse.Namespace) -> bool:
+    import triton.testing
+
+    from kernels import triton_ops
+
+    dtype = torch.bfloat16
+    ctx, n = args.decode_context, args.decode_batch
+    cases = elementwise_cases(args, triton_ops, dtype) + [
+        attention_case(f"decode {n}x{ctx}", [ctx - i for i in range(n)], [], args, triton_ops, dtype),
+        attention_case(f"split-K decode 2x{8 * ctx}", [8 * ctx, 8 * ctx - 5], [], args, triton_ops, dtype),
+        attention_case("prefill 4x512 on 512 prefix", [], [(1024, 512)] * 4, args, triton_ops, dtype),
+        attention_case(f"mixed {n} decodes + 2x256 chunks", [ctx] * n, [(ctx + 256, 256)] * 2, args, triton_ops,
+                       dtype),
+    ]
+    print(f"{torch.cuda.get_device_name()}: bf16, floor = max(bytes / {args.peak_gbps} GB/s, "
+          f"FLOPs / {args.peak_tflops} TFLOP/s)")
+    ok = True
+    for case in cases:
+        got, want = case.triton_fn().float(), case.twin_fn().float()
+        err = (got - want).abs().max().item()
+        passed = err <= case.tolerance * max(1.0, want.abs().max().item())
+        ok &= passed
+        t_triton = triton.testing.do_bench(case.triton_fn) * 1e-3
+        t_twin = triton.testing.do_bench(case.twin_fn) * 1e-3
+        floor = max(case.bytes_moved / (args.peak_gbps * 1e9), case.flops / (args.peak_tflops * 1e12))
+        print(f"{case.name:>34}: triton {t_triton * 1e6:9.1f} us | twin {t_twin * 1e6:9.1f} us "
+              f"(x{t_twin / t_triton:5.1f}) | floor {floor * 1e6:8.1f} us ({floor / t_triton:5.1%} of it) | "
+              f"bf16 max err vs twin {err:.2e} {'ok' if passed else 'FAIL'}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="compare the CPU decode strategies of the twin")
+    parser.add_argument("--tokens", type=int, default=4096, help="rows for the per-token ops")
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--intermediate", type=int, default=14336)
+    parser.add_argument("--decode-batch", type=int, default=64)
+    parser.add_argument("--decode-context", type=int, default=2048)
+    parser.add_argument("--peak-gbps", type=float, default=3350.0, help="memory bandwidth (H100 SXM: 3350)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 tensor FLOPs (H100 SXM: 989)")
+    add_cpu_args(parser)  # shapes shared with --cpu: heads, head_dim, block size
+    args = parser.parse_args(argv)
+    if args.cpu:
+        run_cpu_bench(args)
+        return 0
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to time for the Triton kernels (run with --cpu for the CPU twin comparison)")
+        return 0
+    return 0 if run_cuda_bench(args) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

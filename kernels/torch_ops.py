@@ -1,0 +1,64 @@
+"""PyTorch twins of the hot-path ops (CPU fast path, and the oracle for the Triton kernels)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.torch_attention import paged_attention
+
+__all__ = [
+    "fused_add_rms_norm",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv_cache",
+]
+
+
+def write_kv_cache(
+    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Stores key/value [T, Hkv, D] at cache slots block_id * block_size + offset; slot -1 is skipped."""
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key[keep].to(k_cache.dtype))
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value[keep].to(v_cache.dtype))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, normalised in fp32 and cast back before the weight (HF Llama numerics)."""
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rms_norm(x + residual), x + residual); the sum is taken in x.dtype."""
+    residual_out = x if residual is None else x + residual
+    return rms_norm(residual_out, weight, eps), residual_out
+
+
+def rotary_embedding(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor, is_neox: bool
+) -> None:
+    """Rotates q [T, Hq, D] and k [T, Hkv, D] in place by their positions' rows of cos_sin_cache [max_pos, D]."""
+    cos, sin = cos_sin_cache.index_select(0, positions).to(q.dtype)[:, None, :].chunk(2, dim=-1)
+    for x in (q, k):
+        if is_neox:
+            x1, x2 = x.chunk(2, dim=-1)
+        else:
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+        r1 = x1 * cos - x2 * sin
+        r2 = x2 * cos + x1 * sin
+        x1.copy_(r1)
+        x2.copy_(r2)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[:, :I]) * x[:, I:] for x [T, 2I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
