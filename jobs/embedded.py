@@ -1,0 +1,75 @@
+"""`tide run`: the whole pipeline in one process, with an in-memory job store, local storage and a thread pool in
+place of Redis, S3 and Celery. The shard, planning and finalization code is the same that workers run."""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from jobs.dispatch import ShardRetry, shard_task_id
+from jobs.lifecycle import Finalizer, finalize_job, submit_job
+from jobs.progress import wait_for_job
+from jobs.shard_runner import ShardContext, run_shard
+from jobs.specs import JobSpec, ShardTask
+from jobs.state import Job
+from jobs.store import MemoryJobStore
+from jobs.webhook import SECRET_ENV
+
+logger = logging.getLogger("tide.run")
+
+
+class LocalDispatcher:
+    """Runs shard and finalize tasks on a thread pool; `threads` shards in flight share the one engine."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tide-shard")
+        self._revoked: set[str] = set()
+        self.failures: list[BaseException] = []
+        self.shard_context: ShardContext | None = None
+        self.finalizer: Finalizer | None = None
+
+    def send_shard(self, task: ShardTask) -> None:
+        self._pool.submit(self._guarded, self._run_shard, task)
+
+    def send_finalize(self, job_id: str, model: str) -> None:
+        self._pool.submit(self._guarded, finalize_job, job_id, self.finalizer)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        self._revoked.update(task_ids)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_shard(self, task: ShardTask) -> None:
+        if shard_task_id(task.job_id, task.shard.index) in self._revoked:
+            return
+        try:
+            run_shard(task, self.shard_context)
+        except ShardRetry:
+            self.send_shard(task)
+
+    def _guarded(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # surfaced by `check_failures` in the waiting thread
+            logger.exception("local task failed")
+            self.failures.append(exc)
+
+    def check_failures(self) -> None:
+        if self.failures:
+            raise RuntimeError(f"tide run failed: {self.failures[0]}") from self.failures[0]
+
+
+def run_embedded(spec: JobSpec, service, shards_in_flight: int = 2, show_progress: bool = True,
+                 group_prefixes: bool = True) -> Job:
+    """Submit `spec` to an in-process pipeline around `service` (an EngineService) and wait for it to end."""
+    store = MemoryJobStore()
+    dispatcher = LocalDispatcher(shards_in_flight)
+    dispatcher.shard_context = ShardContext(store=store, dispatcher=dispatcher, service=service, worker="embedded",
+                                            group_prefixes=group_prefixes)
+    dispatcher.finalizer = Finalizer(store=store, webhook_secret=os.environ.get(SECRET_ENV))
+    try:
+        job = submit_job(spec, store, dispatcher)
+        return wait_for_job(store, job.id, poll_s=0.5, show=show_progress, check=dispatcher.check_failures)
+    finally:
+        dispatcher.close()

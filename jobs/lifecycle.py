@@ -1,0 +1,163 @@
+"""A job's life: submit (validate, plan, fan out), status, cancel, and finalize (summary, status, webhook).
+
+Everything here talks to a `JobStore` and a `Dispatcher`, so the same code drives Redis/Celery jobs and `tide run`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jobs.dispatch import Dispatcher, shard_task_id
+from jobs.planner import Plan, plan_job
+from jobs.specs import JobSpec, ShardTask, window_seconds
+from jobs.state import Job, JobStatus, RequestCounts, ShardState, ShardStatus, with_counts
+from jobs.storage import StorageError, resolve
+from jobs.store import JobNotFound, JobStore
+from jobs.summary import build_summary
+from jobs.webhook import deliver
+
+logger = logging.getLogger("tide.jobs")
+
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass
+class Finalizer:
+    """What finalization needs besides the store: where to send the webhook from, and its signing secret."""
+
+    store: JobStore
+    webhook_secret: str | None = None
+    clock: Callable[[], float] = time.time
+    webhook_backoff_s: float = 0.5
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex[:24]}"
+
+
+def submit_job(spec: JobSpec, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float] = time.time) -> Job:
+    """Create the job, validate and shard its input in one streaming pass, and enqueue one task per shard.
+
+    The same idempotency key returns the job it first created. An unreadable input fails the job (status failed,
+    with the reason); bad rows only become error rows.
+    """
+    job_id = new_job_id()
+    if spec.idempotency_key:
+        owner = store.claim_idempotency(spec.idempotency_key, job_id)
+        if owner != job_id:
+            return _await_job(store, owner)
+    now = clock()
+    job = Job(id=job_id, spec=spec, created_at=now, expires_at=now + window_seconds(spec.completion_window),
+              output_prefix=resolve(spec.output).child(job_id).uri)
+    store.put_job(job)
+    try:
+        plan = plan_job(spec)
+    except (StorageError, OSError, ValueError) as exc:
+        return store.update_job(job_id, lambda j: j.moved_to(JobStatus.FAILED, clock(), error=str(exc)))
+    return _fan_out(job, plan, store, dispatcher, clock)
+
+
+def _fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float]) -> Job:
+    cancelled = store.get_job(job.id).status == JobStatus.CANCELLING  # cancelled while validating
+    initial = ShardStatus.CANCELLED if cancelled else ShardStatus.PENDING
+    store.put_shards(job.id, [ShardState(index=s.index, num_rows=s.num_rows, status=initial,
+                                         task_id=shard_task_id(job.id, s.index)) for s in plan.shards])
+    sample = [e.message for e in plan.first_errors]
+
+    def start(j: Job) -> Job:
+        changes = dict(num_shards=len(plan.shards), request_counts=RequestCounts(total=plan.total_rows),
+                       sample_errors=sample)
+        if j.status != JobStatus.VALIDATING:
+            return j.model_copy(update=changes)
+        return j.moved_to(JobStatus.IN_PROGRESS, clock(), **changes)
+
+    job = store.update_job(job.id, start)
+    if job.status == JobStatus.IN_PROGRESS:
+        for shard in plan.shards:
+            dispatcher.send_shard(ShardTask(job_id=job.id, spec=job.spec, format=plan.format, shard=shard,
+                                            output_prefix=job.output_prefix, deadline=job.expires_at))
+    if not plan.shards or cancelled:
+        dispatcher.send_finalize(job.id, job.spec.model)
+    logger.info("job %s: %d rows (%d invalid) in %d shards", job.id, plan.total_rows, plan.invalid_rows,
+                len(plan.shards))
+    return job
+
+
+def _await_job(store: JobStore, job_id: str, timeout_s: float = 10.0) -> Job:
+    """The job behind an idempotency key; its creator may not have written it yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return store.get_job(job_id)
+        except JobNotFound:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def job_status(store: JobStore, job_id: str) -> Job:
+    """The job with live request counts and token usage summed over its shards."""
+    return with_counts(store.get_job(job_id), store.get_shards(job_id))
+
+
+def cancel_job(store: JobStore, dispatcher: Dispatcher, job_id: str, clock: Callable[[], float] = time.time) -> Job:
+    """Stop a job: pending shards are revoked and marked cancelled, running ones abort at their next check.
+
+    Finished parts are kept; finalization writes the summary and moves the job to `cancelled`.
+    """
+    job = store.update_job(job_id, lambda j: j.moved_to(JobStatus.CANCELLING, clock())
+                           if j.status in (JobStatus.VALIDATING, JobStatus.IN_PROGRESS) else None)
+    if job.status != JobStatus.CANCELLING:
+        return job_status(store, job_id)
+    pending = [s for s in store.get_shards(job_id) if s.status == ShardStatus.PENDING]
+    dispatcher.revoke([s.task_id for s in pending if s.task_id])
+    for shard in pending:
+        remaining = store.finish_shard(job_id, shard.index, lambda s: s.model_copy(
+            update={"status": ShardStatus.CANCELLED, "finished_at": clock()})
+            if s.status == ShardStatus.PENDING else None)
+        if remaining == 0:
+            dispatcher.send_finalize(job_id, job.spec.model)
+    return job_status(store, job_id)
+
+
+def finalize_job(job_id: str, finalizer: Finalizer) -> Job:
+    """Write summary.json, move the job to its terminal status, and send the webhook. Safe to call twice."""
+    store, clock = finalizer.store, finalizer.clock
+    job = store.get_job(job_id)
+    if job.status.terminal:
+        return job
+    shards = store.get_shards(job_id)
+    final = _final_status(job, shards)
+    if job.status == JobStatus.IN_PROGRESS:
+        job = store.update_job(job_id, lambda j: j.moved_to(JobStatus.FINALIZING, clock())
+                               if j.status == JobStatus.IN_PROGRESS else None)
+    job = with_counts(job, shards)
+    prefix = resolve(job.output_prefix)
+    summary_location = prefix.child(SUMMARY_NAME)
+    summary = build_summary(job.model_copy(update={"status": final}), shards, prefix, clock())
+    summary_location.write_bytes(json.dumps(summary, indent=2).encode())
+    job = store.update_job(job_id, lambda j: None if j.status.terminal else with_counts(j, shards).moved_to(
+        final, clock(), summary_uri=summary_location.uri))
+    if job.spec.webhook_url:
+        _notify(job, finalizer)
+    return job
+
+
+def _final_status(job: Job, shards: list[ShardState]) -> JobStatus:
+    if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
+        return JobStatus.CANCELLED
+    if any(s.status == ShardStatus.EXPIRED for s in shards):
+        return JobStatus.EXPIRED
+    return JobStatus.COMPLETED
+
+
+def _notify(job: Job, finalizer: Finalizer) -> None:
+    body = json.dumps({"type": f"job.{job.status.value}", "job": json.loads(job.model_dump_json())}).encode()
+    if not finalizer.webhook_secret:
+        logger.warning("TIDE_WEBHOOK_SECRET is not set: the webhook for job %s goes out unsigned", job.id)
+    if not deliver(job.spec.webhook_url, body, finalizer.webhook_secret, backoff_s=finalizer.webhook_backoff_s):
+        logger.error("webhook for job %s could not be delivered to %s", job.id, job.spec.webhook_url)

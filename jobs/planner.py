@@ -1,0 +1,113 @@
+"""Validate an input file in one streaming pass and cut it into shards.
+
+Memory stays flat whatever the file size: rows are parsed one at a time and dropped; the only state kept per row is
+an 8-byte digest of its id (to find duplicate ids) and the shard boundaries.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from jobs.readers import Format, detect_format, iter_jsonl_lines, iter_parquet_rows
+from jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
+from jobs.specs import JobSpec, ShardPlan
+from jobs.storage import Location, resolve
+
+
+@dataclass
+class Plan:
+    format: Format
+    shards: list[ShardPlan]
+    total_rows: int = 0
+    invalid_rows: int = 0  # rows that will become error rows before reaching a worker
+    first_errors: list[ErrorRow] = field(default_factory=list)  # a few, to show the user at submit
+
+
+@dataclass
+class _Cutter:
+    """Accumulates rows into shards of `shard_rows` rows."""
+
+    shard_rows: int
+    shards: list[ShardPlan] = field(default_factory=list)
+    start: int = 0
+    first_row: int = 0  # row index of the line at `start` (blank lines count, so it is line number - 1)
+    num_rows: int = 0
+    duplicates: list[int] = field(default_factory=list)
+
+    def add(self, row: int, duplicate: bool) -> None:
+        self.num_rows += 1
+        if duplicate:
+            self.duplicates.append(row)
+
+    def full(self) -> bool:
+        return self.num_rows >= self.shard_rows
+
+    def cut(self, end: int, next_start: int, next_row: int) -> None:
+        """Close the current shard at `end`; the next starts at byte/row `next_start`, numbered `next_row`."""
+        if self.num_rows:
+            self.shards.append(ShardPlan(index=len(self.shards), start=self.start, end=end, first_row=self.first_row,
+                                         num_rows=self.num_rows, duplicate_rows=self.duplicates))
+        self.start, self.first_row, self.num_rows, self.duplicates = next_start, next_row, 0, []
+
+
+def plan_job(spec: JobSpec, max_errors_shown: int = 5) -> Plan:
+    """Stream the input once: count rows, validate each, find duplicate ids, and cut shards."""
+    location = resolve(spec.input)
+    fmt = detect_format(location, spec.format)
+    plan = Plan(format=fmt, shards=[])
+    cutter = _Cutter(spec.shard_rows)
+    seen: set[int] = set()
+    rows = _jsonl_rows(location, spec, cutter) if fmt == "jsonl" else _parquet_rows(location, spec, cutter)
+    for parsed in rows:
+        plan.total_rows += 1
+        duplicate = False
+        if isinstance(parsed, ErrorRow):
+            _note_error(plan, parsed, max_errors_shown)
+        else:
+            digest = _digest(parsed.custom_id)
+            duplicate = digest in seen
+            seen.add(digest)
+            if duplicate:
+                _note_error(plan, duplicate_error(parsed.row, parsed.custom_id), max_errors_shown)
+        cutter.add(parsed.row, duplicate)
+    plan.shards = cutter.shards
+    return plan
+
+
+def duplicate_error(row: int, custom_id: str) -> ErrorRow:
+    return ErrorRow(row, custom_id, "duplicate_custom_id",
+                    f"line {row + 1} (id {custom_id}): id {custom_id!r} already appears on an earlier line")
+
+
+def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[PromptRow | ErrorRow]:
+    end = rows = 0
+    for line in iter_jsonl_lines(location):
+        if cutter.full():
+            cutter.cut(line.start, line.start, line.row)
+        end, rows = line.end, line.row + 1
+        if line.data is None:
+            continue
+        yield parse_json_line(line.data, line.row, spec.sampling)
+    cutter.cut(end, end, rows)
+
+
+def _parquet_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[PromptRow | ErrorRow]:
+    end = 0
+    for row, raw in iter_parquet_rows(location, spec.columns):
+        if cutter.full():
+            cutter.cut(row, row, row)
+        end = row + 1
+        yield parse_row(raw, row, spec.sampling)
+    cutter.cut(end, end, end)
+
+
+def _digest(custom_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "little")
+
+
+def _note_error(plan: Plan, error: ErrorRow, limit: int) -> None:
+    plan.invalid_rows += 1
+    if len(plan.first_errors) < limit:
+        plan.first_errors.append(error)
+

@@ -1,0 +1,106 @@
+"""Stream rows out of an input file: JSONL by byte range, Parquet by the row groups covering a row range.
+
+Nothing is read whole: JSONL is consumed line by line through a buffered (ranged, for S3) stream, Parquet a record
+batch at a time. Every reader yields `(row_index, raw)` where raw is the line's bytes (JSONL) or a dict (Parquet).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jobs.specs import ColumnMap
+from jobs.storage import Location, StorageError
+
+Format = Literal["jsonl", "parquet"]
+PARQUET_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class JsonlLine:
+    row: int
+    start: int  # byte offset of the line
+    end: int  # byte offset just past its newline
+    data: bytes | None  # None for a blank line (not a row, but it keeps line numbers)
+
+
+def detect_format(location: Location, declared: str) -> Format:
+    """The declared format, else the file extension, else the Parquet magic bytes."""
+    if declared != "auto":
+        return declared  # type: ignore[return-value]
+    name = location.uri.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    with location.open_read() as f:
+        return "parquet" if f.read(4) == b"PAR1" else "jsonl"
+
+
+def iter_jsonl_lines(location: Location, start: int = 0, end: int | None = None,
+                     first_row: int = 0) -> Iterator[JsonlLine]:
+    """Lines starting in [start, end), numbered from `first_row`; `start` must be a line start."""
+    with location.open_read() as f:
+        f.seek(start)
+        pos, row = start, first_row
+        for line in f:
+            if end is not None and pos >= end:
+                return
+            stripped = line.strip()
+            yield JsonlLine(row, pos, pos + len(line), stripped or None)
+            pos += len(line)
+            row += 1
+
+
+def parquet_columns(location: Location, columns: ColumnMap) -> list[str]:
+    """The mapped columns this file has; fails naming the columns when it has neither prompt nor messages."""
+    import pyarrow.parquet as pq
+
+    with location.open_read() as f:
+        names = set(pq.ParquetFile(f).schema_arrow.names)
+    wanted = [c for c in (columns.prompt, columns.messages, columns.id) if c in names]
+    if columns.prompt not in names and columns.messages not in names:
+        raise StorageError(f"{location.uri} has no {columns.prompt!r} or {columns.messages!r} column "
+                           f"(columns: {', '.join(sorted(names))}); map them with the job's `columns`")
+    return wanted
+
+
+def parquet_num_rows(location: Location) -> int:
+    import pyarrow.parquet as pq
+
+    with location.open_read() as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def iter_parquet_rows(location: Location, columns: ColumnMap, start: int = 0,
+                      end: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows [start, end) as plain-row dicts (`prompt` / `messages` / `id`), reading only the covering row groups."""
+    import pyarrow.parquet as pq
+
+    wanted = parquet_columns(location, columns)
+    rename = {columns.prompt: "prompt", columns.messages: "messages", columns.id: "id"}
+    with location.open_read() as f:
+        pf = pq.ParquetFile(f)
+        end = pf.metadata.num_rows if end is None else end
+        groups, row = _covering_groups(pf.metadata, start, end)
+        if not groups:
+            return
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=wanted):
+            for record in batch.to_pylist():
+                if start <= row < end:
+                    yield row, {rename[k]: v for k, v in record.items() if v is not None}
+                row += 1
+                if row >= end:
+                    return
+
+
+def _covering_groups(metadata, start: int, end: int) -> tuple[list[int], int]:
+    """Row groups overlapping [start, end), and the index of the first row of the first one."""
+    groups, first, offset = [], None, 0
+    for i in range(metadata.num_row_groups):
+        n = metadata.row_group(i).num_rows
+        if offset < end and offset + n > start:
+            groups.append(i)
+            first = offset if first is None else first
+        offset += n
+    return groups, first or 0

@@ -1,0 +1,20 @@
+"""Read a job's committed parts back, a record batch at a time, in shard (hence input) order."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+
+from jobs.storage import resolve
+
+
+def iter_output_rows(output_prefix: str, errors: bool = False) -> Iterator[dict]:
+    """Result rows (or, with `errors`, error rows) of a job as dicts."""
+    prefix = resolve(output_prefix)
+    kind = "errors-" if errors else "part-"
+    for name in prefix.list_names():
+        if not (name.startswith(kind) and name.endswith(".parquet")):
+            continue
+        with prefix.child(name).open_read() as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+                yield from batch.to_pylist()

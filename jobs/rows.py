@@ -1,0 +1,170 @@
+"""One input row -> a prompt with its sampling parameters, or an error row naming the reason.
+
+Row forms: OpenAI batch lines (`custom_id`, `method`, `url`, `body`), plain rows (`prompt` or `messages`, optional
+`id`, optional SamplingParams fields as per-row overrides), and Parquet rows mapped to the same plain form.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+from pydantic import ValidationError
+
+from engine.sampling_params import SamplingParams
+
+Prompt = Union[str, list[dict]]
+
+CHAT_URL = "/v1/chat/completions"
+COMPLETIONS_URL = "/v1/completions"
+_BATCH_KEYS = {"custom_id", "method", "url", "body"}
+_SAMPLING_KEYS = set(SamplingParams.model_fields)
+_PLAIN_KEYS = {"id", "custom_id", "prompt", "messages"} | _SAMPLING_KEYS
+# OpenAI body fields that map onto SamplingParams under another name, or carry no sampling meaning here.
+_BODY_RENAMES = {"max_completion_tokens": "max_tokens"}
+_BODY_IGNORED = {"model", "user", "stream", "top_logprobs", "logprobs"}
+_ROLES = {"system", "user", "assistant", "tool", "developer"}
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    row: int  # 0-based index among the file's rows (JSONL: line number - 1)
+    custom_id: str
+    prompt: Prompt
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    row: int
+    custom_id: str | None
+    code: str
+    message: str
+
+    @property
+    def line(self) -> int:
+        return self.row + 1
+
+
+class RowError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_id(row: int) -> str:
+    return f"row-{row}"
+
+
+def parse_json_line(line: bytes, row: int, defaults: dict[str, Any]) -> PromptRow | ErrorRow:
+    """A JSONL line -> PromptRow or ErrorRow."""
+    try:
+        raw = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return ErrorRow(row, None, "invalid_json", f"line {row + 1}: not valid JSON ({exc})")
+    return parse_row(raw, row, defaults)
+
+
+def parse_row(raw: Any, row: int, defaults: dict[str, Any]) -> PromptRow | ErrorRow:
+    """A decoded row (dict) -> PromptRow or ErrorRow; never raises for bad input."""
+    if not isinstance(raw, dict):
+        return ErrorRow(row, None, "invalid_row", f"line {row + 1}: a row must be a JSON object")
+    custom_id = row_id(raw, row)
+    try:
+        if _BATCH_KEYS & (set(raw) - {"custom_id"}):
+            prompt, overrides = _batch_line(raw)
+        else:
+            prompt, overrides = _plain_row(raw)
+        params = _params(defaults, overrides)
+    except RowError as exc:
+        return ErrorRow(row, custom_id, exc.code, f"line {row + 1} (id {custom_id}): {exc}")
+    return PromptRow(row, custom_id, prompt, params)
+
+
+def row_id(raw: dict, row: int) -> str:
+    """The row's id (`custom_id`, else `id`, else `row-<index>`) as a string."""
+    value = raw.get("custom_id", raw.get("id"))
+    return default_id(row) if value is None else str(value)
+
+
+def _batch_line(raw: dict) -> tuple[Prompt, dict[str, Any]]:
+    _no_unknown(raw, _BATCH_KEYS)
+    if "custom_id" not in raw:
+        raise RowError("missing_field", "batch line has no custom_id")
+    if raw.get("method", "POST") != "POST":
+        raise RowError("invalid_field", f"method must be POST, got {raw.get('method')!r}")
+    url, body = raw.get("url", CHAT_URL), raw.get("body")
+    if url not in (CHAT_URL, COMPLETIONS_URL):
+        raise RowError("invalid_field", f"url must be {CHAT_URL} or {COMPLETIONS_URL}, got {url!r}")
+    if not isinstance(body, dict):
+        raise RowError("missing_field", "batch line has no body object")
+    prompt_key = "messages" if url == CHAT_URL else "prompt"
+    _no_unknown(body, {prompt_key} | _SAMPLING_KEYS | set(_BODY_RENAMES) | _BODY_IGNORED)
+    overrides = {_BODY_RENAMES.get(k, k): v for k, v in body.items()
+                 if k != prompt_key and k not in _BODY_IGNORED}
+    overrides.update(_openai_logprobs(body, chat=url == CHAT_URL))
+    return _prompt_from({prompt_key: body.get(prompt_key)}), overrides
+
+
+def _openai_logprobs(body: dict, chat: bool) -> dict[str, Any]:
+    """Chat asks `logprobs: true` + `top_logprobs: k`; completions ask `logprobs: k`."""
+    if chat:
+        if not body.get("logprobs"):
+            return {}
+        return {"logprobs": body.get("top_logprobs") or 0}
+    return {} if body.get("logprobs") is None else {"logprobs": body["logprobs"]}
+
+
+def _plain_row(raw: dict) -> tuple[Prompt, dict[str, Any]]:
+    _no_unknown(raw, _PLAIN_KEYS)
+    overrides = {k: v for k, v in raw.items() if k in _SAMPLING_KEYS}
+    return _prompt_from(raw), overrides
+
+
+def _prompt_from(raw: dict) -> Prompt:
+    prompt, messages = raw.get("prompt"), raw.get("messages")
+    if prompt is not None and messages is not None:
+        raise RowError("invalid_field", "row has both prompt and messages; give one")
+    if messages is not None:
+        return _messages(messages)
+    if prompt is None:
+        raise RowError("missing_prompt", "row has no prompt or messages")
+    if not isinstance(prompt, str) or not prompt:
+        raise RowError("invalid_field", "prompt must be a non-empty string")
+    return prompt
+
+
+def _messages(messages: Any) -> list[dict]:
+    if isinstance(messages, str):  # Parquet columns may hold messages as a JSON string
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as exc:
+            raise RowError("invalid_field", f"messages is not valid JSON ({exc})") from exc
+    if not isinstance(messages, list) or not messages:
+        raise RowError("invalid_field", "messages must be a non-empty list of {role, content} objects")
+    return [_message(m, i) for i, m in enumerate(messages)]
+
+
+def _message(message: Any, index: int) -> dict:
+    if not isinstance(message, dict) or message.get("role") not in _ROLES:
+        raise RowError("invalid_field", f"messages[{index}] needs a role among {sorted(_ROLES)}")
+    content = message.get("content")
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if not isinstance(content, str):
+        raise RowError("invalid_field", f"messages[{index}].content must be a string or text parts")
+    return {"role": message["role"], "content": content}
+
+
+def _no_unknown(raw: dict, known: set[str]) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise RowError("unknown_field", f"unknown field(s) {', '.join(unknown)}")
+
+
+def _params(defaults: dict[str, Any], overrides: dict[str, Any]) -> SamplingParams:
+    try:
+        return SamplingParams(**{**defaults, **overrides})
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RowError("invalid_field", f"bad sampling parameter ({fields})") from exc

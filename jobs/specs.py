@@ -1,0 +1,115 @@
+"""What a user asks for (`JobSpec`) and what travels on the queue (`ShardTask`): pydantic models, JSON on the wire."""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.sampling_params import SamplingParams
+
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(window: str | int | float) -> float:
+    """'24h', '30m', '90s', '2d' or a number of seconds -> seconds."""
+    if isinstance(window, (int, float)):
+        seconds = float(window)
+    else:
+        match = _WINDOW.match(window)
+        if match is None:
+            raise ValueError(f"completion_window {window!r} is not a duration like '24h', '30m' or '90s'")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"completion_window must be positive, got {window!r}")
+    return seconds
+
+
+class ColumnMap(BaseModel):
+    """Which Parquet columns hold the prompt text, the chat messages and the row id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = "prompt"
+    messages: str = "messages"
+    id: str = "id"
+
+
+class JobSpec(BaseModel):
+    """A batch job: where the prompts are, how to sample them, where the results go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str = Field(min_length=1, description="local path or s3://bucket/key of a JSONL or Parquet file")
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    model: str = "smollm2-135m"
+    sampling: dict[str, Any] = Field(default_factory=dict, description="job-level SamplingParams defaults")
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    output: str = Field(min_length=1, description="local directory or s3://bucket/prefix for results")
+    priority: int = Field(0, ge=0, le=9, description="higher runs first")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    webhook_url: str | None = None
+    completion_window: str = "24h"
+    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+    shard_rows: int = Field(256, ge=1, le=1_000_000, description="rows per shard: a few minutes of work")
+
+    @field_validator("sampling")
+    @classmethod
+    def _sampling_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        SamplingParams(**value)  # raises a ValidationError naming the bad field
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 16:
+            raise ValueError(f"metadata holds at most 16 keys, got {len(value)}")
+        for key, item in value.items():
+            if len(key) > 64 or len(item) > 512:
+                raise ValueError(f"metadata key {key[:64]!r}: keys hold at most 64 characters, values 512")
+        return value
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window_valid(cls, value: str) -> str:
+        window_seconds(value)
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url must be an http(s) URL, got {value!r}")
+        return value
+
+
+class ShardPlan(BaseModel):
+    """One shard: a row range of the input. For JSONL `start`/`end` are byte offsets, for Parquet row indices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(ge=0)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    first_row: int = Field(ge=0)
+    num_rows: int = Field(ge=0)
+    duplicate_rows: list[int] = Field(default_factory=list, description="rows whose id repeats an earlier row's")
+
+
+class ShardTask(BaseModel):
+    """The payload of one `tide.run_shard` task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    spec: JobSpec
+    format: Literal["jsonl", "parquet"]
+    shard: ShardPlan
+    output_prefix: str
+    deadline: float = Field(description="unix time after which the shard expires")
+
+
+def queue_for(model: str) -> str:
+    """The Celery queue of a served model name (`tide.<model>`), made safe for paths used as names."""
+    return "tide." + re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")

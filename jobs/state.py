@@ -1,0 +1,119 @@
+"""A job's state as stored (Redis, or memory for `tide run`): the `Job` document and one `ShardState` per shard."""
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.specs import JobSpec
+
+
+class JobStatus(str, Enum):
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED)
+
+
+class ShardStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (ShardStatus.PENDING, ShardStatus.RUNNING)
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ShardProgress(BaseModel):
+    """Counts of one shard so far; overwritten while it runs, final once it is terminal."""
+
+    completed: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class EngineFigures(BaseModel):
+    """What a worker's engine reported when a shard finished (running totals of that engine)."""
+
+    mean_batch_occupancy: float = 0.0
+    prefix_cache_hit_rate: float = 0.0
+    preemptions: int = 0
+    busy_time_s: float = 0.0
+    generation_tokens: int = 0
+
+
+class ShardState(BaseModel):
+    index: int
+    num_rows: int
+    status: ShardStatus = ShardStatus.PENDING
+    task_id: str | None = None
+    worker: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: ShardProgress = Field(default_factory=ShardProgress)
+    engine: EngineFigures | None = None
+    error: str | None = None
+
+
+class Job(BaseModel):
+    """A job as `tide status` shows it. Timestamps are unix seconds, one per status reached."""
+
+    model_config = ConfigDict(use_enum_values=False)
+
+    id: str
+    spec: JobSpec
+    status: JobStatus = JobStatus.VALIDATING
+    created_at: float
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
+    completed_at: float | None = None
+    failed_at: float | None = None
+    expired_at: float | None = None
+    cancelling_at: float | None = None
+    cancelled_at: float | None = None
+    expires_at: float
+    output_prefix: str
+    num_shards: int = 0
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    usage: Usage = Field(default_factory=Usage)
+    error: str | None = None
+    sample_errors: list[str] = Field(default_factory=list, description="the first few invalid rows, as messages")
+    summary_uri: str | None = None
+
+    def moved_to(self, status: JobStatus, now: float, **changes) -> "Job":
+        """A copy in `status`, with that status's timestamp set."""
+        return self.model_copy(update={"status": status, f"{status.value}_at": now, **changes})
+
+
+def with_counts(job: Job, shards: list[ShardState]) -> Job:
+    """The job with request counts and token usage summed over its shards."""
+    completed = sum(s.progress.completed for s in shards)
+    failed = sum(s.progress.failed for s in shards)
+    usage = Usage(prompt_tokens=sum(s.progress.prompt_tokens for s in shards),
+                  completion_tokens=sum(s.progress.completion_tokens for s in shards))
+    counts = RequestCounts(total=job.request_counts.total, completed=completed, failed=failed)
+    return job.model_copy(update={"request_counts": counts, "usage": usage})

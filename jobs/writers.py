@@ -1,0 +1,90 @@
+"""Parquet parts: one results part and (when a shard has bad rows) one errors part per shard, at deterministic keys
+written through a temporary name and committed, so a re-run shard overwrites its part instead of duplicating it."""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.rows import ErrorRow
+from jobs.storage import Location
+
+_LOGPROB = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
+RESULT_SCHEMA = pa.schema([
+    ("custom_id", pa.string()),
+    ("row_index", pa.int64()),
+    ("sample_index", pa.int16()),
+    ("text", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("cached_prompt_tokens", pa.int32()),
+    ("ttft_s", pa.float64()),
+    ("latency_s", pa.float64()),
+    ("tpot_s", pa.float64()),
+    ("logprobs", pa.list_(pa.struct([("token_id", pa.int32()), ("logprob", pa.float32()),
+                                     ("top", pa.list_(_LOGPROB))]))),
+])
+ERROR_SCHEMA = pa.schema([
+    ("line", pa.int64()),
+    ("row_index", pa.int64()),
+    ("custom_id", pa.string()),
+    ("code", pa.string()),
+    ("message", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    custom_id: str
+    row_index: int
+    sample_index: int
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+    ttft_s: float | None
+    latency_s: float | None
+    tpot_s: float | None
+    logprobs: list[dict] | None
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
+def errors_name(shard: int) -> str:
+    return f"errors-{shard:05d}.parquet"
+
+
+def write_results(prefix: Location, shard: int, rows: Iterable[ResultRow]) -> None:
+    """Commit the shard's results part, sorted by row so parts read back in input order."""
+    ordered = sorted(rows, key=lambda r: (r.row_index, r.sample_index))
+    columns = {name: [getattr(r, name) for r in ordered] for name in RESULT_SCHEMA.names}
+    _commit(prefix.child(part_name(shard)), pa.table(columns, schema=RESULT_SCHEMA))
+
+
+def write_errors(prefix: Location, shard: int, errors: Iterable[ErrorRow]) -> None:
+    """Commit the shard's errors part, or remove a stale one when the shard has no bad rows."""
+    ordered = sorted(errors, key=lambda e: e.row)
+    target = prefix.child(errors_name(shard))
+    if not ordered:
+        if target.exists():
+            target.delete()
+        return
+    columns = {"line": [e.line for e in ordered], "row_index": [e.row for e in ordered],
+               "custom_id": [e.custom_id for e in ordered], "code": [e.code for e in ordered],
+               "message": [e.message for e in ordered]}
+    _commit(target, pa.table(columns, schema=ERROR_SCHEMA))
+
+
+def _commit(target: Location, table: pa.Table) -> None:
+    with tempfile.TemporaryDirectory(prefix="tide-part-") as tmp:
+        path = Path(tmp) / "part.parquet"
+        pq.write_table(table, path, compression="zstd")
+        target.commit_file(path)

@@ -1,0 +1,51 @@
+import queue
+import threading
+
+import pytest
+
+from engine.sampling_params import SamplingParams
+from tests.jobs.fake_engine import FakeEngine
+from workers.engine_service import EngineFailed, EngineService
+
+
+def test_each_thread_gets_exactly_its_own_outputs(service):
+    params = SamplingParams(max_tokens=2)
+    got: dict[int, list[str]] = {}
+
+    def shard(k: int) -> None:
+        sink: queue.Queue = queue.Queue()
+        for i in range(25):
+            service.submit(f"{k}-{i}", f"prompt {k} {i}", params, 0, sink)
+        got[k] = sorted(sink.get(timeout=5).request_id for _ in range(25))
+
+    threads = [threading.Thread(target=shard, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {k: sorted(f"{k}-{i}" for i in range(25)) for k in range(4)}
+    assert service.figures().mean_batch_occupancy > 0.5  # requests from several threads shared the steps
+
+
+def test_a_refused_request_raises_to_its_caller_and_leaves_no_sink(service):
+    with pytest.raises(ValueError, match="empty"):
+        service.submit("x", "", SamplingParams(), 0, queue.Queue())
+    sink: queue.Queue = queue.Queue()
+    service.submit("x", "fine now", SamplingParams(), 0, sink)
+    assert sink.get(timeout=5).request_id == "x"
+
+
+class BrokenEngine(FakeEngine):
+    def step(self):
+        raise RuntimeError("CUDA error: device lost")
+
+
+def test_a_failing_step_is_delivered_to_every_waiter():
+    service = EngineService(BrokenEngine(), idle_wait_s=0.01)
+    sink: queue.Queue = queue.Queue()
+    service.submit("a", "some prompt", SamplingParams(), 0, sink)
+    failure = sink.get(timeout=5)
+    assert isinstance(failure, EngineFailed) and "device lost" in str(failure)
+    with pytest.raises(EngineFailed):
+        service.submit("b", "next", SamplingParams(), 0, queue.Queue())
+    service.close()

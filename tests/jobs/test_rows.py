@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
+
+
+def parse(raw, defaults=None):
+    return parse_row(raw, 6, defaults or {})
+
+
+def test_openai_chat_batch_line_maps_body_to_sampling():
+    row = parse({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                 "body": {"model": "x", "messages": [{"role": "user", "content": "hi"}],
+                          "max_completion_tokens": 7, "temperature": 0, "seed": 3, "stop": "END",
+                          "logprobs": True, "top_logprobs": 2}})
+    assert isinstance(row, PromptRow)
+    assert row.custom_id == "a" and row.prompt == [{"role": "user", "content": "hi"}]
+    p = row.params
+    assert (p.max_tokens, p.temperature, p.seed, p.stop, p.logprobs) == (7, 0.0, 3, ["END"], 2)
+
+
+def test_openai_completions_line_takes_prompt_and_integer_logprobs():
+    row = parse({"custom_id": "c", "method": "POST", "url": "/v1/completions",
+                 "body": {"prompt": "Once", "max_tokens": 5, "logprobs": 1, "n": 2}})
+    assert row.prompt == "Once" and row.params.logprobs == 1 and row.params.n == 2
+
+
+def test_plain_rows_default_ids_and_row_overrides_beat_job_defaults():
+    row = parse({"prompt": "hello", "max_tokens": 9}, defaults={"max_tokens": 4, "temperature": 0.5})
+    assert row.custom_id == "row-6"
+    assert row.params.max_tokens == 9 and row.params.temperature == 0.5
+    content_parts = parse({"id": 12, "messages": [{"role": "user", "content": [{"type": "text", "text": "yo"}]}]})
+    assert content_parts.custom_id == "12" and content_parts.prompt[0]["content"] == "yo"
+
+
+@pytest.mark.parametrize("raw, code, words", [
+    ({"id": "x"}, "missing_prompt", "no prompt"),
+    ({"id": "x", "prompt": "p", "colour": 1}, "unknown_field", "colour"),
+    ({"custom_id": "x", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "a"}],
+                                                                "frobnicate": 1}}, "unknown_field", "frobnicate"),
+    ({"id": "x", "prompt": "p", "temperature": -1}, "invalid_field", "temperature"),
+    ({"id": "x", "messages": [{"role": "wizard", "content": "a"}]}, "invalid_field", "messages[0]"),
+    ({"custom_id": "x", "url": "/v1/embeddings", "body": {}}, "invalid_field", "/v1/embeddings"),
+    ([1, 2], "invalid_row", "JSON object"),
+])
+def test_bad_rows_become_error_rows_naming_line_id_and_reason(raw, code, words):
+    error = parse(raw)
+    assert isinstance(error, ErrorRow) and error.code == code
+    assert words in error.message and "line 7" in error.message
+    if isinstance(raw, dict):
+        assert error.custom_id == "x" and "id x" in error.message
+
+
+def test_invalid_json_line():
+    error = parse_json_line(b'{"prompt": "unterminated', 0, {})
+    assert isinstance(error, ErrorRow) and error.code == "invalid_json" and error.line == 1
+    assert isinstance(parse_json_line(json.dumps({"prompt": "ok"}).encode(), 0, {}), PromptRow)

@@ -1,0 +1,26 @@
+"""The Celery implementation of `jobs.dispatch.Dispatcher`: tasks by name, routed to the job's model queue."""
+from __future__ import annotations
+
+from celery import Celery
+
+from jobs.dispatch import shard_task_id
+from jobs.specs import ShardTask, queue_for
+from workers.celery_app import FINALIZE_TASK, SHARD_TASK, celery_priority
+
+
+class CeleryDispatcher:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def send_shard(self, task: ShardTask) -> None:
+        self.app.send_task(SHARD_TASK, args=[task.model_dump(mode="json")],
+                           task_id=shard_task_id(task.job_id, task.shard.index),
+                           queue=queue_for(task.spec.model), priority=celery_priority(task.spec.priority))
+
+    def send_finalize(self, job_id: str, model: str) -> None:
+        # Highest priority: finalization is cheap and should not wait behind other jobs' shards.
+        self.app.send_task(FINALIZE_TASK, args=[job_id], queue=queue_for(model), priority=0)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        if task_ids:
+            self.app.control.revoke(task_ids)

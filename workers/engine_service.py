@@ -1,0 +1,90 @@
+"""One engine per worker process, stepped by one background thread; any thread may submit requests to it.
+
+Each caller hands in a `queue.Queue` as its sink and gets its own finished `RequestOutput`s there, so shard tasks on
+several threads share one continuously refilled batch and each waits only for its own rows.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from jobs.state import EngineFigures
+
+logger = logging.getLogger("tide.worker")
+
+
+class EngineFailed(RuntimeError):
+    """The engine's step loop raised; every request in flight is lost and the shard must be retried."""
+
+
+class EngineService:
+    def __init__(self, engine, idle_wait_s: float = 0.2) -> None:
+        self.engine = engine
+        self._idle_wait_s = idle_wait_s
+        self._sinks: dict[str, queue.Queue] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="tide-engine-step", daemon=True)
+        self._thread.start()
+
+    def submit(self, request_id: str, prompt, params, priority: int, sink: queue.Queue) -> None:
+        """Queue one request; its output will be put on `sink`. Raises ValueError for a request the engine refuses."""
+        if self._failure is not None:
+            raise EngineFailed(f"the engine loop stopped: {self._failure!r}")
+        with self._lock:
+            self._sinks[request_id] = sink
+        try:
+            self.engine.add_request(request_id, prompt, params, priority=priority)
+        except BaseException:
+            with self._lock:
+                self._sinks.pop(request_id, None)
+            raise
+        self._wake.set()
+
+    def abort(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+        self._wake.set()
+
+    def figures(self) -> EngineFigures:
+        stats = self.engine.stats
+        return EngineFigures(mean_batch_occupancy=stats.mean_batch_occupancy,
+                             prefix_cache_hit_rate=stats.prefix_cache_hit_rate, preemptions=stats.preemptions,
+                             busy_time_s=getattr(stats, "busy_time_s", 0.0),
+                             generation_tokens=stats.generation_tokens)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            # Clear before looking: a submit that lands after this line sets the event again, so none is missed.
+            self._wake.clear()
+            if not self.engine.has_unfinished():
+                self._wake.wait(self._idle_wait_s)
+                continue
+            try:
+                outputs = self.engine.step()
+            except BaseException as exc:  # deliver the failure to every waiter instead of hanging them
+                logger.exception("engine step failed")
+                self._fail(exc)
+                return
+            self._deliver(outputs)
+
+    def _deliver(self, outputs) -> None:
+        with self._lock:
+            sinks = [(self._sinks.pop(o.request_id, None), o) for o in outputs]
+        for sink, output in sinks:
+            if sink is not None:
+                sink.put(output)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        with self._lock:
+            sinks, self._sinks = list(self._sinks.values()), {}
+        for sink in sinks:
+            sink.put(EngineFailed(f"the engine loop stopped: {exc!r}"))
