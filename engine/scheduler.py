@@ -77,8 +77,16 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        # A prompt whose first block is being prefilled by a running sequence waits for it, then reuses its
+        # blocks from the prefix cache instead of computing the same prefix a second time in parallel.
+        in_flight = {self._first_block(s) for s in self.running if s.num_computed_tokens < s.num_prompt_tokens}
+        deferred = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0][2]
+            key = self._first_block(seq)
+            if key is not None and key in in_flight and (self.use_prefix_cache or seq.index > 0):
+                deferred.append(heapq.heappop(self.waiting))
+                continue
             if not seq.block_table:
                 use_cache = self.use_prefix_cache or seq.index > 0
                 self.block_manager.attach_prefix(seq, self.block_manager.lookup_prefix(seq, use_cache))
@@ -103,6 +111,13 @@ class Scheduler:
             self._insert_running(seq)
             out.scheduled.append((seq, num_new))
             budget -= num_new
+            in_flight.add(key)
+        for item in deferred:
+            heapq.heappush(self.waiting, item)
+
+    def _first_block(self, seq: Sequence) -> tuple[int, ...] | None:
+        size = self.block_manager.block_size
+        return tuple(seq.token_ids[:size]) if seq.num_tokens > size else None
 
     def _largest_fitting_chunk(self, seq: Sequence) -> int:
         capacity = (len(seq.block_table) + self.block_manager.num_free_blocks) * self.block_manager.block_size

@@ -61,9 +61,9 @@ def test_greedy_matches_transformers(reference, mode):
     if mode == "preempt":
         assert stats.preemptions > 0
     if mode == "default":
-        # The batch was admitted in one step, so nothing could hit yet; the same prompts again must hit the
-        # cache and give the same tokens.
-        assert stats.prefix_cache_hit_rate == 0
+        # The three prompts sharing 40 tokens: the later two waited for the first one's prefill, then hit.
+        assert stats.prefix_cache_hit_rate > 0
+        # The same prompts again are served from the cache and give the same tokens.
         again = llm.generate(prompts, params)
         assert llm.engine.stats.prefix_cache_hit_rate > 0.4
         assert [o.token_ids for o in again] == [o.token_ids for o in outputs]

@@ -131,3 +131,26 @@ def test_finish_of_waiting_sequence_frees_it_from_the_queue():
     sched.finish(b)  # aborted while waiting
     sched.finish(a)  # aborted while running
     assert not sched.has_unfinished() and bm.num_free_blocks == 100
+
+
+def test_waits_for_a_shared_prefix_in_flight_instead_of_computing_it_twice():
+    bm = BlockManager(num_blocks=100, block_size=4)
+    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64, use_prefix_cache=True)
+    leader, follower = make_seq(13, order=0), make_seq(13, order=1)
+    other = make_seq(13, order=2, start=50)
+    for s in (leader, follower, other):
+        sched.add(s)
+    finished = []
+    first = run_step(sched, finished)
+    assert [s for s, _ in first.scheduled] == [leader, other]  # the follower is held back, the other goes ahead
+    second = run_step(sched, finished)
+    assert (follower, 1) in second.scheduled and follower.num_cached_tokens == 12
+
+
+def test_no_waiting_for_prefixes_when_prefix_caching_is_off():
+    bm = BlockManager(num_blocks=100, block_size=4)
+    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64, use_prefix_cache=False)
+    a, b = make_seq(13, order=0), make_seq(13, order=1)
+    sched.add(a)
+    sched.add(b)
+    assert [s for s, _ in sched.schedule().scheduled] == [a, b]

@@ -1,0 +1,18 @@
+"""Smoke test of `tide bench` on a tiny random model: both workloads run on both sides and the ratios print."""
+from __future__ import annotations
+
+from engine.bench import main
+
+
+def test_bench_prints_ratios_for_both_workloads(tiny_model_dir, capsys) -> None:
+    argv = ["--model", str(tiny_model_dir("llama")), "--dtype", "float32", "--workload", "both",
+            "--num-prompts", "3", "--input-len", "8", "--output-len", "5", "--hf-batch-sizes", "2,3",
+            "--max-num-seqs", "4", "--kv-cache-gib", "0.01", "--threads", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    ratio_lines = [line for line in out.splitlines() if line.strip().startswith("ratio tide/hf")]
+    assert len(ratio_lines) == 2, out
+    # The fixed workload ignores EOS, so each side generates exactly 3 x 5 tokens.
+    assert out.count("(15 output tokens in") == 3, out  # tide and both HF batch sizes
+    assert "of the best linear-shape rate measured" in out
+    assert "paged attention" in out
