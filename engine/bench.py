@@ -133,11 +133,12 @@ class Probe:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tide bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="tide bench", description="Tide's engine against HF transformers `generate` on "
+                                "the same seeded workload, in one run.")
     p.add_argument("--model", default="smollm2-135m", help="alias, HF directory or GGUF file (default smollm2-135m)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--workload", default="both", choices=["chat", "fixed", "both"])
-    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--num-prompts", type=int, default=64, help="requests per workload")
     p.add_argument("--input-len", type=int, default=256, help="prompt tokens per request in the fixed workload")
     p.add_argument("--output-len", type=int, default=128, help="output tokens per request in the fixed workload")
     p.add_argument("--hf-batch-sizes", default="16,64", help="comma list; HF's best of these is the reference")
