@@ -77,9 +77,11 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        # A prompt whose first block is being prefilled by a running sequence waits for it, then reuses its
-        # blocks from the prefix cache instead of computing the same prefix a second time in parallel.
-        in_flight = {self._first_block(s) for s in self.running if s.num_computed_tokens < s.num_prompt_tokens}
+        # A prompt whose first block is being computed right now by a running sequence waits one step, then reuses
+        # the cached prefix instead of computing the same prefix twice in parallel. Sequences that already found
+        # the first block cached compute only their own suffix, so they hold nobody back.
+        size = self.block_manager.block_size
+        in_flight = {self._first_block(s) for s in self.running if s.num_computed_tokens < size}
         deferred = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0][2]
@@ -111,7 +113,8 @@ class Scheduler:
             self._insert_running(seq)
             out.scheduled.append((seq, num_new))
             budget -= num_new
-            in_flight.add(key)
+            if seq.num_cached_tokens == 0:
+                in_flight.add(key)
         for item in deferred:
             heapq.heappush(self.waiting, item)
 

@@ -154,3 +154,17 @@ def test_no_waiting_for_prefixes_when_prefix_caching_is_off():
     sched.add(a)
     sched.add(b)
     assert [s for s, _ in sched.schedule().scheduled] == [a, b]
+
+
+def test_followers_of_a_cached_prefix_are_admitted_together():
+    bm = BlockManager(num_blocks=100, block_size=4)
+    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=64, use_prefix_cache=True)
+    finished = []
+    sched.add(make_seq(13, order=0))
+    run_step(sched, finished)  # the shared prefix is now cached
+    followers = [make_seq(13, order=i) for i in range(1, 5)]
+    for s in followers:
+        sched.add(s)
+    out = run_step(sched, finished)
+    assert {s.seq_id for s, _ in out.scheduled} >= {s.seq_id for s in followers}
+    assert all(s.num_cached_tokens == 12 for s in followers)

@@ -41,8 +41,9 @@ def test_smollm2_chat_batch_matches_transformers(reference, mode):
     model_dir, prompts, refs = reference
     config = {"default": {}, "chunked": {"max_num_batched_tokens": 24},
               "no_prefix_cache": {"enable_prefix_caching": False},
-              # 46080 bytes per token in fp32: 12 blocks of 16 tokens cannot hold 8 sequences at once.
-              "preempt": {"kv_cache_bytes": 46080 * 16 * 12}}[mode]
+              # 46080 bytes per token in fp32: 12 blocks of 16 tokens cannot hold 8 sequences at once (without
+              # prefix caching, which would let them share the chat template's system prompt).
+              "preempt": {"kv_cache_bytes": 46080 * 16 * 12, "enable_prefix_caching": False}}[mode]
     llm = LLM(model=str(model_dir), dtype="float32", **config)
     messages = [[{"role": "user", "content": c}] for c in CHATS]
     outputs = llm.generate(messages, SamplingParams(temperature=0.0, max_tokens=MAX_NEW, logprobs=5))
