@@ -59,18 +59,26 @@ class BlockManager:
 
     # ---- prefix cache -------------------------------------------------------------------------------------------
 
+    def block_hashes(self, seq: Sequence) -> list[int]:
+        """Chained hashes of every full block of `seq`'s tokens, kept on the sequence (tokens only get appended)."""
+        hashes = seq.block_hashes
+        size = self.block_size
+        for i in range(len(hashes), seq.num_tokens // size):
+            hashes.append(chain_hash(hashes[-1] if hashes else _NO_HASH, tuple(seq.token_ids[i * size:(i + 1) * size])))
+        return hashes
+
     def lookup_prefix(self, seq: Sequence, use_cache: bool) -> list[int]:
         """Longest run of cached full blocks that prefixes `seq`, leaving its last token to be recomputed."""
         hits: list[int] = []
-        if use_cache:
-            parent = _NO_HASH
-            for start in range(0, seq.num_tokens - 1 - self.block_size + 1, self.block_size):
-                tokens = tuple(seq.token_ids[start:start + self.block_size])
-                parent = chain_hash(parent, tokens)
-                block_id = self.hash_to_block.get(parent)
-                if block_id is None or self.blocks[block_id].token_ids != tokens:
-                    break
-                hits.append(block_id)
+        if not use_cache:
+            return hits
+        usable = (seq.num_tokens - 1) // self.block_size
+        for i, block_hash in enumerate(self.block_hashes(seq)[:usable]):
+            block_id = self.hash_to_block.get(block_hash)
+            tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            hits.append(block_id)
         return hits
 
     def record_prefix_use(self, seq: Sequence) -> None:

@@ -77,21 +77,23 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        # A prompt whose first block is being computed right now by a running sequence waits one step, then reuses
-        # the cached prefix instead of computing the same prefix twice in parallel. Sequences that already found
-        # the first block cached compute only their own suffix, so they hold nobody back.
-        size = self.block_manager.block_size
-        in_flight = {self._first_block(s) for s in self.running if s.num_computed_tokens < size}
+        # A prompt whose next uncached block is being computed right now by another prefilling sequence waits for
+        # it, then reuses it from the prefix cache instead of computing the same prefix twice in parallel.
+        bm = self.block_manager
+        in_flight: set[int] = set()
+        for s in self.running:
+            if s.num_computed_tokens < s.num_prompt_tokens:
+                in_flight.update(bm.block_hashes(s)[s.num_computed_tokens // bm.block_size:])
         deferred = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0][2]
-            key = self._first_block(seq)
-            if key is not None and key in in_flight and (self.use_prefix_cache or seq.index > 0):
+            use_cache = self.use_prefix_cache or seq.index > 0
+            hits = bm.lookup_prefix(seq, use_cache)  # waiting sequences hold no blocks
+            upcoming = bm.block_hashes(seq)[len(hits):] if use_cache else []
+            if upcoming and upcoming[0] in in_flight:
                 deferred.append(heapq.heappop(self.waiting))
                 continue
-            if not seq.block_table:
-                use_cache = self.use_prefix_cache or seq.index > 0
-                self.block_manager.attach_prefix(seq, self.block_manager.lookup_prefix(seq, use_cache))
+            bm.attach_prefix(seq, hits)
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self.block_manager.can_allocate(seq, num_new, reserve=self.watermark_blocks):
                 if not self.running and not out.scheduled:
@@ -113,14 +115,9 @@ class Scheduler:
             self._insert_running(seq)
             out.scheduled.append((seq, num_new))
             budget -= num_new
-            if seq.num_cached_tokens == 0:
-                in_flight.add(key)
+            in_flight.update(upcoming)
         for item in deferred:
             heapq.heappush(self.waiting, item)
-
-    def _first_block(self, seq: Sequence) -> tuple[int, ...] | None:
-        size = self.block_manager.block_size
-        return tuple(seq.token_ids[:size]) if seq.num_tokens > size else None
 
     def _largest_fitting_chunk(self, seq: Sequence) -> int:
         capacity = (len(seq.block_table) + self.block_manager.num_free_blocks) * self.block_manager.block_size
