@@ -8,20 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
+from engine.llm_engine import EngineStats
 from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
-
-
-@dataclass
-class FakeStats:
-    num_steps: int = 0
-    preemptions: int = 0
-    prefix_cache_hit_rate: float = 0.0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    mean_batch_occupancy: float = 0.0
-    busy_time_s: float = 0.0
 
 
 def prompt_words(prompt) -> list[str]:
@@ -38,7 +27,7 @@ def expected_text(prompt, max_tokens: int | None) -> str:
 class FakeEngine:
     def __init__(self, max_num_seqs: int = 4, max_model_len: int = 64, step_delay_s: float = 0.0) -> None:
         self.max_num_seqs, self.max_model_len, self.step_delay_s = max_num_seqs, max_model_len, step_delay_s
-        self.stats = FakeStats()
+        self.stats = EngineStats()
         self.added: list[str] = []  # request ids in the order they arrived
         self._lock = threading.Lock()
         self._waiting: list[tuple[str, object, object, float]] = []
