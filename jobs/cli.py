@@ -138,6 +138,8 @@ def _add_worker(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--kv-cache-bytes", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch compute threads (default: all cores; 1 is faster when other busy processes share them)")
     p.add_argument("--max-attempts", type=int, default=3, help="runs of one shard before its rows fail")
     p.add_argument("--loglevel", default="INFO")
     _add_redis(p)
@@ -283,7 +285,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # share this one engine (and its batch); prefork would load one copy per child, solo would run one shard at
     # a time and leave nothing to refill the batch with.
     service = _engine_service(args.model, args.dtype, max_num_seqs=args.max_num_seqs,
-                              kv_cache_bytes=args.kv_cache_bytes)
+                              kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads)
     context = ShardContext(store=store, dispatcher=dispatcher, service=service, worker=name,
                            max_attempts=args.max_attempts)
     register_tasks(dispatcher.app, context, Finalizer(store=store, webhook_secret=os.environ.get(SECRET_ENV)))
