@@ -99,16 +99,18 @@ class BlockManager:
         seq.num_cached_tokens = seq.num_computed_tokens
 
     def register_full_blocks(self, seq: Sequence) -> None:
-        """Hash the blocks that the last step filled, so later requests can share them."""
-        num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
-        parent = _NO_HASH
-        for i in range(num_full):
+        """Hash the blocks that the last step filled, so later requests can share them.
+
+        Blocks fill in order, so the unhashed full blocks are a run at the end of the full ones.
+        """
+        i = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        hashes = self.block_hashes(seq)
+        while i > 0 and self.blocks[seq.block_table[i - 1]].block_hash == _NO_HASH:
+            i -= 1
             block = self.blocks[seq.block_table[i]]
-            if block.block_hash == _NO_HASH:
-                block.token_ids = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
-                block.block_hash = chain_hash(parent, block.token_ids)
-                self.hash_to_block.setdefault(block.block_hash, block.block_id)
-            parent = block.block_hash
+            block.token_ids = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
+            block.block_hash = hashes[i]
+            self.hash_to_block.setdefault(block.block_hash, block.block_id)
 
     # ---- allocation -----------------------------------------------------------------------------------------------
 

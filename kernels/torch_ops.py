@@ -6,14 +6,6 @@ import torch.nn.functional as F
 
 from kernels.torch_attention import paged_attention
 
-__all__ = [
-    "fused_add_rms_norm",
-    "paged_attention",
-    "rms_norm",
-    "rotary_embedding",
-    "silu_and_mul",
-    "write_kv_cache",
-]
 
 
 def write_kv_cache(

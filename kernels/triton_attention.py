@@ -34,6 +34,19 @@ def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, scale_log2, DOT_PRECISIO
 
 
 @triton.jit
+def _load_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr, seq, stride_bt, start, seq_len, kv_head,
+                  stride_cb, stride_cs, stride_ch, offs_s, offs_d, d_ok, BLOCK_SIZE: tl.constexpr):
+    """K and V of the cache block holding positions start..start+BLOCK_SIZE of `seq`, zero past seq_len."""
+    block = tl.load(block_tables_ptr + seq * stride_bt + start // BLOCK_SIZE).to(tl.int64)
+    key_ok = start + offs_s < seq_len
+    tile_off = block * stride_cb + offs_s[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
+    kv_mask = key_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_cache_ptr + tile_off, mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + tile_off, mask=kv_mask, other=0.0)
+    return k, v, key_ok
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr,
     scale_log2, num_decodes,
@@ -63,12 +76,8 @@ def _prefill_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start in range(0, kv_end, BLOCK_SIZE):
-            block = tl.load(block_tables_ptr + seq * stride_bt + start // BLOCK_SIZE).to(tl.int64)
-            key_ok = start + offs_s < seq_len
-            tile_off = block * stride_cb + offs_s[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
-            kv_mask = key_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_cache_ptr + tile_off, mask=kv_mask, other=0.0)
-            v = tl.load(v_cache_ptr + tile_off, mask=kv_mask, other=0.0)
+            k, v, key_ok = _load_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr, seq, stride_bt, start, seq_len,
+                                         kv_head, stride_cb, stride_cs, stride_ch, offs_s, offs_d, d_ok, BLOCK_SIZE)
             valid = ((start + offs_s)[None, :] <= q_pos[:, None]) & key_ok[None, :]
             m_i, l_i, acc = _online_softmax_step(q, k, v, valid, m_i, l_i, acc, scale_log2, DOT_PRECISION)
         out = acc / l_i[:, None]
@@ -103,12 +112,8 @@ def _decode_kernel(
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     for start in range(first, last, BLOCK_SIZE):
-        block = tl.load(block_tables_ptr + seq * stride_bt + start // BLOCK_SIZE).to(tl.int64)
-        key_ok = start + offs_s < seq_len
-        tile_off = block * stride_cb + offs_s[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
-        kv_mask = key_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_cache_ptr + tile_off, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + tile_off, mask=kv_mask, other=0.0)
+        k, v, key_ok = _load_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr, seq, stride_bt, start, seq_len,
+                                     kv_head, stride_cb, stride_cs, stride_ch, offs_s, offs_d, d_ok, BLOCK_SIZE)
         m_i, l_i, acc = _online_softmax_step(q, k, v, key_ok[None, :], m_i, l_i, acc, scale_log2, DOT_PRECISION)
     store_mask = g_ok[:, None] & d_ok[None, :]
     if NUM_SPLITS == 1:

@@ -8,11 +8,3 @@ from kernels.triton_elementwise import (
     write_kv_cache,
 )
 
-__all__ = [
-    "fused_add_rms_norm",
-    "paged_attention",
-    "rms_norm",
-    "rotary_embedding",
-    "silu_and_mul",
-    "write_kv_cache",
-]
