@@ -1,7 +1,9 @@
-"""Chooses the kernel backend for a device: Triton on CUDA, the PyTorch twins elsewhere."""
+"""Chooses the kernel backend for a device: Triton on CUDA, the native C++ library on CPU, the PyTorch twins when
+the native library cannot be built."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -9,8 +11,11 @@ from typing import Callable
 
 import torch
 
+logger = logging.getLogger("tide.kernels")
+
 BACKEND_ENV = "TIDE_KERNELS"
-_BACKEND_MODULES = {"triton": "kernels.triton_ops", "torch": "kernels.torch_ops"}
+_BACKEND_MODULES = {"triton": "kernels.triton_ops", "native": "kernels.native_ops", "torch": "kernels.torch_ops"}
+_logged: set[str] = set()
 _OP_NAMES = (
     "write_kv_cache",
     "paged_attention",
@@ -39,16 +44,23 @@ class KernelOps:
 
 
 def get_ops(device: torch.device) -> KernelOps:
-    """Returns the ops for `device`: Triton on CUDA, PyTorch twins otherwise.
+    """Returns the ops for `device`: Triton on CUDA; on CPU the native library, or the PyTorch twins without it.
 
-    The environment variable TIDE_KERNELS=triton|torch overrides the choice; it is read on every call. Triton on a
-    CPU device only makes sense with TRITON_INTERPRET=1 set before the first import (used by the tests).
+    The environment variable TIDE_KERNELS=triton|native|torch overrides the choice; it is read on every call. Triton
+    on a CPU device only makes sense with TRITON_INTERPRET=1 set before the first import (used by the tests). The
+    CPU choice is logged once per process: which paged attention runs, or why the native one does not.
     """
     backend = os.environ.get(BACKEND_ENV, "").strip().lower()
     if not backend:
-        backend = "triton" if torch.device(device).type == "cuda" else "torch"
+        backend = "triton" if torch.device(device).type == "cuda" else "native"
     if backend not in _BACKEND_MODULES:
-        raise ValueError(f"{BACKEND_ENV} must be 'triton' or 'torch', got {backend!r}")
+        raise ValueError(f"{BACKEND_ENV} must be 'triton', 'native' or 'torch', got {backend!r}")
+    if backend == "native":
+        from kernels import native
+
+        if native.load() is None:
+            backend = "torch"
+        _log_once(f"CPU paged attention: {native.status()}")
     try:
         module = importlib.import_module(_BACKEND_MODULES[backend])
     except ImportError as exc:
@@ -57,3 +69,18 @@ def get_ops(device: torch.device) -> KernelOps:
             f"or set {BACKEND_ENV}=torch"
         ) from exc
     return KernelOps.from_module(backend, module)
+
+
+def cpu_attention_path() -> str:
+    """What paged attention runs on CPU in this process, in words (printed by `tide bench`)."""
+    from kernels import native
+
+    if os.environ.get(BACKEND_ENV, "").strip().lower() == "torch":
+        return f"torch twin ({BACKEND_ENV}=torch)"
+    return native.status()
+
+
+def _log_once(line: str) -> None:
+    if line not in _logged:
+        _logged.add(line)
+        logger.info(line)

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from engine import LLM, SamplingParams
+from kernels import native, torch_ops
 from tests.engine.hf_reference import compare_greedy, hf_greedy
 
 MAX_NEW = 20
@@ -46,13 +47,23 @@ def reference(request, tiny_model_dir):
     return model_dir, prompts, refs
 
 
+def _twin_must_not_run(*args, **kwargs):
+    raise AssertionError("the PyTorch twin ran although the native paged attention was available")
+
+
 @pytest.mark.parametrize("mode", list(MODES))
-def test_greedy_matches_transformers(reference, mode):
+def test_greedy_matches_transformers(reference, mode, monkeypatch):
+    """On CPU with a compiler, every attention call of these runs goes through the native kernel."""
     model_dir, prompts, refs = reference
     config = dict(MODES[mode])
     if config.get("kv_cache_bytes") == "tiny":
         config["kv_cache_bytes"] = kv_bytes_for(model_dir, 16 * 6)  # 6 blocks: growing decodes must preempt
+    monkeypatch.delenv("TIDE_KERNELS", raising=False)
+    native_available = native.load() is not None
+    if native_available:
+        monkeypatch.setattr(torch_ops, "paged_attention", _twin_must_not_run)
     llm = LLM(model=str(model_dir), dtype="float32", block_size=16, **config)
+    assert llm.engine.runner.model.ops.backend == ("native" if native_available else "torch")
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=5)
     outputs = llm.generate(prompts, params)
     flips = sum(compare_greedy(out, *ref) for out, ref in zip(outputs, refs))

@@ -5,11 +5,23 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 import kernels
+from kernels import native
 
 
-def test_cpu_gets_the_torch_twins(monkeypatch):
+def test_cpu_gets_the_native_library_or_the_twins(monkeypatch):
     monkeypatch.delenv("TIDE_KERNELS", raising=False)
-    assert kernels.get_ops(torch.device("cpu")).backend == "torch"
+    ops = kernels.get_ops(torch.device("cpu"))
+    assert ops.backend == ("torch" if native.load() is None else "native")
+    assert ops.paged_attention.__module__ == f"kernels.{ops.backend}_{'attention' if ops.backend == 'torch' else 'ops'}"
+
+
+def test_cpu_choice_is_logged(monkeypatch, caplog):
+    monkeypatch.delenv("TIDE_KERNELS", raising=False)
+    monkeypatch.setattr(kernels.dispatch, "_logged", set())
+    with caplog.at_level("INFO", logger="tide.kernels"):
+        kernels.get_ops(torch.device("cpu"))
+    assert [r.message for r in caplog.records if "CPU paged attention" in r.message] == [
+        f"CPU paged attention: {native.status()}"]
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

@@ -4,27 +4,30 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import kernels
-from kernels import torch_ops, triton_ops
+from kernels import native_ops, torch_ops, triton_ops
 
 DTYPES = [torch.float32, torch.float16]
 BACKENDS = {"triton": triton_ops, "torch": torch_ops}
+KV_WRITERS = {**BACKENDS, "native": native_ops}  # native: fp32/bf16 rows by memcpy, fp16 through the twin
 
 
 def rand(*shape, dtype=torch.float32, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", list(KV_WRITERS))
+@pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16])
 @pytest.mark.parametrize("block_size", [16, 32])
 def test_write_kv_cache_fills_mapped_slots_only(backend, dtype, block_size):
+    if backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("the interpreter gets bf16 wrong")
     num_blocks, heads, head_dim = 5, 3, 64
     slots = torch.tensor([7, -1, 2 * block_size + 5, block_size - 1, -1, 4 * block_size, block_size])
     key = rand(len(slots), heads, head_dim, dtype=dtype, seed=1)
     value = rand(len(slots), heads, head_dim, dtype=dtype, seed=2)
     k_cache = torch.full((num_blocks, block_size, heads, head_dim), float("nan"), dtype=dtype)
     v_cache = k_cache.clone()
-    BACKENDS[backend].write_kv_cache(key, value, k_cache, v_cache, slots)
+    KV_WRITERS[backend].write_kv_cache(key, value, k_cache, v_cache, slots)
     keep = slots >= 0
     for cache, src in ((k_cache, key), (v_cache, value)):
         flat = cache.view(-1, heads, head_dim)

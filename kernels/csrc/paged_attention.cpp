@@ -1,0 +1,387 @@
+// Native CPU paged attention for Tide: a C ABI library loaded through ctypes (kernels/native.py builds it).
+//
+// One translation unit, no torch headers, so it compiles in about a second. The ISA comes from the compiler flags
+// that the loader picks at run time from the CPU's features: the vector width W is 16 floats with AVX-512, 8 with
+// AVX2, 4 otherwise (GCC vector extensions, so the same code is exercised at every width). TIDE_VECTOR_WIDTH forces
+// a width: the tests build the 16-wide code on an AVX2 machine, where GCC runs each 16-wide op as two 8-wide ones.
+//
+// Work items are (sequence, kv head, query tile, key range): one item reads each K/V block once for every query
+// head of its GQA group and every query row of its tile, with an fp32 online softmax. Long decodes are split over
+// key ranges when there are too few items to keep the threads busy; a merge step then combines the splits'
+// partial states by their softmax maxima.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(TIDE_VECTOR_WIDTH)
+constexpr int W = TIDE_VECTOR_WIDTH;
+#elif defined(__AVX512F__)
+constexpr int W = 16;
+#elif defined(__AVX2__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;
+#endif
+
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int32_t vi __attribute__((vector_size(W * 4)));
+typedef uint32_t vu __attribute__((vector_size(W * 4)));
+typedef uint16_t vh __attribute__((vector_size(W * 2)));
+typedef uint16_t bf16;
+
+namespace {
+
+constexpr float NEG_INF = -INFINITY;
+
+inline vf splat(float x) { return (vf){} + x; }
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline vf load(const bf16* p) {  // bf16 -> fp32 is a 16-bit shift
+  vh h;
+  std::memcpy(&h, p, sizeof h);
+  return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+
+inline float hsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < W; ++i) s += v[i];
+  return s;
+}
+
+inline float to_float(float x) { return x; }
+inline float to_float(bf16 x) {
+  uint32_t u = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline void from_float(float x, float* dst) { *dst = x; }
+inline void from_float(float x, bf16* dst) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  *dst = bf16(u >> 16);
+}
+
+// exp(x) for x <= 0 (softmax arguments), Cephes' expf polynomial: about 1 ulp. exp(-inf) and anything below the
+// smallest normal float's logarithm give exactly 0.
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.3365448f);
+  vi dead = x < lo;
+  x = x < lo ? lo : x;
+  vf t = x * 1.44269504088896341f;
+  vi n_i = __builtin_convertvector(t + (t >= 0 ? splat(0.5f) : splat(-0.5f)), vi);
+  vf n = __builtin_convertvector(n_i, vf);
+  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf y = splat(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3333452003e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.f;
+  y = y * (vf)((n_i + 127) << 23);
+  return (vf)((vi)y & ~dead);
+}
+
+struct Args {
+  const void* q;
+  int64_t q_stride;  // elements between query tokens (heads are contiguous, head_dim elements each)
+  const void* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  const void* v_cache;
+  void* out;  // [T, num_q_heads, head_dim], contiguous
+  const int32_t* query_start_loc;
+  const int32_t* seq_lens;
+  const int32_t* block_tables;
+  int64_t table_stride;
+  int num_seqs, num_q_heads, num_kv_heads, head_dim, block_size;
+  float scale;
+};
+
+struct Item {
+  int seq, head, q0, q1;  // query rows [q0, q1) of the sequence's chunk
+  int k0, k1;             // key positions [k0, k1)
+  int part;               // slot of this split's partial state, -1 when the item writes `out` itself
+  int64_t cost;
+};
+
+// Per-thread scratch, grown on demand and kept between calls.
+struct Scratch {
+  std::vector<float> q, acc, m, l, s, k, v;
+  std::vector<int> lim;
+};
+
+template <typename T>
+void run_item(const Args& a, const Item& it, Scratch& sc, float* part) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size;
+  const int BSP = (BS + W - 1) / W * W, nq = it.q1 - it.q0, R = nq * G;
+  const int q_len = a.query_start_loc[it.seq + 1] - a.query_start_loc[it.seq];
+  const int first_pos = a.seq_lens[it.seq] - q_len;
+  const int64_t kv_stride = int64_t(a.num_kv_heads) * D;  // elements between keys of one block
+  sc.q.resize(size_t(R) * D);
+  sc.acc.assign(size_t(R) * D, 0.f);
+  sc.m.assign(R, NEG_INF);
+  sc.l.assign(R, 0.f);
+  sc.s.resize(size_t(R) * BSP);
+  sc.lim.resize(R);
+  if (sizeof(T) != sizeof(float)) {
+    sc.k.resize(size_t(BS) * D);
+    sc.v.resize(size_t(BS) * D);
+  }
+  const T* q = static_cast<const T*>(a.q);
+  for (int i = 0; i < nq; ++i) {
+    const int64_t row = a.query_start_loc[it.seq] + it.q0 + i;
+    for (int g = 0; g < G; ++g) {
+      const int r = i * G + g;
+      const T* src = q + row * a.q_stride + int64_t(it.head * G + g) * D;
+      for (int d = 0; d < D; ++d) sc.q[size_t(r) * D + d] = to_float(src[d]) * a.scale;
+      sc.lim[r] = first_pos + it.q0 + i + 1;  // keys < lim are visible to this row
+    }
+  }
+  const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
+  const T* k_cache = static_cast<const T*>(a.k_cache);
+  const T* v_cache = static_cast<const T*>(a.v_cache);
+  const int nc = D / W;
+  for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += BS) {
+    const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head) * D;
+    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
+    const float* kp;
+    const float* vp;
+    int64_t ks;
+    if constexpr (sizeof(T) == sizeof(float)) {
+      kp = reinterpret_cast<const float*>(k_cache + base);
+      vp = reinterpret_cast<const float*>(v_cache + base);
+      ks = kv_stride;
+    } else {
+      for (int j = j0; j < j1; ++j)
+        for (int c = 0; c < nc; ++c) {
+          store(&sc.k[size_t(j) * D + c * W], load(k_cache + base + j * kv_stride + c * W));
+          store(&sc.v[size_t(j) * D + c * W], load(v_cache + base + j * kv_stride + c * W));
+        }
+      kp = sc.k.data();
+      vp = sc.v.data();
+      ks = D;
+    }
+    for (int r = 0; r < R; ++r) {
+      const int je = std::min(j1, sc.lim[r] - key0);
+      if (je <= j0) continue;
+      float* s = &sc.s[size_t(r) * BSP];
+      const float* qr = &sc.q[size_t(r) * D];
+      int j = j0;
+      for (; j + 4 <= je; j += 4) {  // four independent dot products
+        vf s0 = {}, s1 = {}, s2 = {}, s3 = {};
+        for (int c = 0; c < nc; ++c) {
+          const vf qc = load(qr + c * W);
+          s0 += qc * load(kp + (j + 0) * ks + c * W);
+          s1 += qc * load(kp + (j + 1) * ks + c * W);
+          s2 += qc * load(kp + (j + 2) * ks + c * W);
+          s3 += qc * load(kp + (j + 3) * ks + c * W);
+        }
+        s[j] = hsum(s0), s[j + 1] = hsum(s1), s[j + 2] = hsum(s2), s[j + 3] = hsum(s3);
+      }
+      for (; j < je; ++j) {
+        vf s0 = {};
+        for (int c = 0; c < nc; ++c) s0 += load(qr + c * W) * load(kp + j * ks + c * W);
+        s[j] = hsum(s0);
+      }
+      float block_max = NEG_INF;
+      for (j = j0; j < je; ++j) block_max = std::max(block_max, s[j]);
+      const float m_old = sc.m[r], m_new = std::max(m_old, block_max);
+      const float alpha = m_old == NEG_INF ? 0.f : std::exp(m_old - m_new);
+      // Probabilities over whole vectors: entries outside [j0, je) are -inf and come out as 0.
+      for (j = 0; j < j0; ++j) s[j] = NEG_INF;
+      for (j = je; j < BSP; ++j) s[j] = NEG_INF;
+      vf psum = {};
+      for (int c = 0; c < BSP / W; ++c) {
+        const vf p = vexp(load(s + c * W) - m_new);
+        store(s + c * W, p);
+        psum += p;
+      }
+      sc.m[r] = m_new;
+      sc.l[r] = sc.l[r] * alpha + hsum(psum);
+      float* acc = &sc.acc[size_t(r) * D];
+      for (int c = 0; c < nc; ++c) {
+        vf o0 = load(acc + c * W) * alpha, o1 = {};
+        int jj = j0;
+        for (; jj + 2 <= je; jj += 2) {
+          o0 += s[jj] * load(vp + jj * ks + c * W);
+          o1 += s[jj + 1] * load(vp + (jj + 1) * ks + c * W);
+        }
+        if (jj < je) o0 += s[jj] * load(vp + jj * ks + c * W);
+        store(acc + c * W, o0 + o1);
+      }
+    }
+  }
+  if (part) {  // partial state of one split: [R, D] accumulator, then R maxima, then R denominators
+    std::memcpy(part, sc.acc.data(), sizeof(float) * R * D);
+    std::memcpy(part + R * D, sc.m.data(), sizeof(float) * R);
+    std::memcpy(part + R * D + R, sc.l.data(), sizeof(float) * R);
+    return;
+  }
+  T* out = static_cast<T*>(a.out);
+  for (int i = 0; i < nq; ++i) {
+    const int64_t row = a.query_start_loc[it.seq] + it.q0 + i;
+    for (int g = 0; g < G; ++g) {
+      const int r = i * G + g;
+      T* dst = out + (row * a.num_q_heads + it.head * G + g) * D;
+      const float inv = 1.f / sc.l[r];
+      for (int d = 0; d < D; ++d) from_float(sc.acc[size_t(r) * D + d] * inv, dst + d);
+    }
+  }
+}
+
+// Combines the splits of one decode (sequence, kv head): weights each by exp(its max - the overall max).
+template <typename T>
+void merge_splits(const Args& a, const Item* first, int num_splits, const float* parts, int part_size) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim;
+  const int64_t row = a.query_start_loc[first->seq];
+  T* out = static_cast<T*>(a.out);
+  for (int g = 0; g < G; ++g) {
+    float m = NEG_INF;
+    for (int s = 0; s < num_splits; ++s) m = std::max(m, parts[size_t(first[s].part) * part_size + G * D + g]);
+    float l = 0.f;
+    std::vector<float> o(D, 0.f);
+    for (int s = 0; s < num_splits; ++s) {
+      const float* p = parts + size_t(first[s].part) * part_size;
+      const float w = std::exp(p[G * D + g] - m);
+      l += w * p[G * D + G + g];
+      for (int d = 0; d < D; ++d) o[d] += w * p[g * D + d];
+    }
+    T* dst = out + (row * a.num_q_heads + first->head * G + g) * D;
+    for (int d = 0; d < D; ++d) from_float(o[d] / l, dst + d);
+  }
+}
+
+// Query rows per prefill tile: about 48 rows (query tokens x heads of the group) share each K/V block read.
+inline int tile_tokens(int group) { return std::max(1, 48 / group); }
+
+// Decodes are split over key ranges of at least this many keys when there are too few items for the threads.
+constexpr int MIN_SPLIT_KEYS = 256;
+
+std::vector<Item> plan(const Args& a, int num_threads, std::vector<int>& split_first, int& num_parts) {
+  const int G = a.num_q_heads / a.num_kv_heads, tm = tile_tokens(G);
+  int64_t base_items = 0;
+  for (int b = 0; b < a.num_seqs; ++b) {
+    const int q_len = a.query_start_loc[b + 1] - a.query_start_loc[b];
+    base_items += int64_t((q_len + tm - 1) / tm) * a.num_kv_heads;
+  }
+  const int64_t want = 4 * int64_t(num_threads);
+  std::vector<Item> items;
+  num_parts = 0;
+  for (int b = 0; b < a.num_seqs; ++b) {
+    const int q_len = a.query_start_loc[b + 1] - a.query_start_loc[b], len = a.seq_lens[b];
+    if (q_len <= 0) continue;
+    int splits = 1;
+    if (q_len == 1 && base_items < want && num_threads > 1) {
+      splits = int(std::min<int64_t>((want + base_items - 1) / base_items, len / MIN_SPLIT_KEYS));
+      splits = std::max(splits, 1);
+    }
+    for (int h = 0; h < a.num_kv_heads; ++h) {
+      if (splits > 1) {
+        const int chunk = (len / splits + a.block_size - 1) / a.block_size * a.block_size;
+        split_first.push_back(int(items.size()));
+        for (int k0 = 0; k0 < len; k0 += chunk)
+          items.push_back({b, h, 0, 1, k0, std::min(len, k0 + chunk), num_parts++, int64_t(G) * chunk});
+        split_first.push_back(int(items.size()));
+        continue;
+      }
+      for (int q0 = 0; q0 < q_len; q0 += tm) {
+        const int q1 = std::min(q_len, q0 + tm), k1 = len - q_len + q1;
+        items.push_back({b, h, q0, q1, 0, k1, -1, int64_t(q1 - q0) * G * k1});
+      }
+    }
+  }
+  return items;
+}
+
+template <typename T>
+void paged_attention(const Args& a, int num_threads) {
+  std::vector<int> split_bounds;
+  int num_parts = 0;
+  std::vector<Item> items = plan(a, num_threads, split_bounds, num_parts);
+  // Largest first, handed out dynamically: the long tail of small items evens out the threads.
+  std::vector<int> order(items.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+  std::sort(order.begin(), order.end(), [&](int x, int y) { return items[x].cost > items[y].cost; });
+  const int G = a.num_q_heads / a.num_kv_heads;
+  const int part_size = G * a.head_dim + 2 * G;
+  std::vector<float> parts(size_t(num_parts) * part_size);
+  const int n = int(items.size());
+#pragma omp parallel num_threads(num_threads)
+  {
+    static thread_local Scratch scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int i = 0; i < n; ++i) {
+      const Item& it = items[order[i]];
+      run_item<T>(a, it, scratch, it.part < 0 ? nullptr : parts.data() + size_t(it.part) * part_size);
+    }
+    const int num_merges = int(split_bounds.size() / 2);
+#pragma omp for schedule(static)
+    for (int i = 0; i < num_merges; ++i) {
+      const int first = split_bounds[2 * i], last = split_bounds[2 * i + 1];
+      merge_splits<T>(a, &items[first], last - first, parts.data(), part_size);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// What the library was compiled for: the vector width in floats.
+int tide_vector_width() { return W; }
+
+// Attention of q [T, Hq, D] (row stride q_stride elements) over the paged cache; writes out [T, Hq, D].
+// dtype: 0 = float32, 1 = bfloat16 (q, caches and out share it). Returns 0, or -1 for arguments it cannot serve.
+int tide_paged_attention(const void* q, int64_t q_stride, const void* k_cache, const void* v_cache, void* out,
+                         const int32_t* query_start_loc, const int32_t* seq_lens, const int32_t* block_tables,
+                         int64_t table_stride, int num_seqs, int num_q_heads, int num_kv_heads, int head_dim,
+                         int block_size, float scale, int dtype, int num_threads) {
+  if (num_kv_heads <= 0 || num_q_heads % num_kv_heads || head_dim % W || block_size <= 0) return -1;
+  const Args a{q, q_stride, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables, table_stride,
+               num_seqs, num_q_heads, num_kv_heads, head_dim, block_size, scale};
+  num_threads = std::max(1, num_threads);
+  if (dtype == 0)
+    paged_attention<float>(a, num_threads);
+  else if (dtype == 1)
+    paged_attention<bf16>(a, num_threads);
+  else
+    return -1;
+  return 0;
+}
+
+// Copies key/value rows [T, row_elems] (row stride key_stride / value_stride) into the caches at slot_mapping[t]
+// (slot = block * block_size + offset, row_elems = Hkv * D contiguous elements per slot); slot -1 is skipped.
+// Returns 0, or -1 (and writes nothing) when a slot is past num_slots.
+int tide_write_kv_cache(const void* key, int64_t key_stride, const void* value, int64_t value_stride,
+                        void* k_cache, void* v_cache, const int64_t* slot_mapping, int64_t num_tokens,
+                        int64_t num_slots, int64_t row_elems, int elem_size) {
+  for (int64_t t = 0; t < num_tokens; ++t)
+    if (slot_mapping[t] >= num_slots) return -1;
+  const char* k = static_cast<const char*>(key);
+  const char* v = static_cast<const char*>(value);
+  char* kc = static_cast<char*>(k_cache);
+  char* vc = static_cast<char*>(v_cache);
+  const size_t row_bytes = size_t(row_elems) * elem_size;
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    const int64_t slot = slot_mapping[t];
+    if (slot < 0) continue;
+    std::memcpy(kc + slot * row_bytes, k + t * key_stride * elem_size, row_bytes);
+    std::memcpy(vc + slot * row_bytes, v + t * value_stride * elem_size, row_bytes);
+  }
+  return 0;
+}
+
+}  // extern "C"

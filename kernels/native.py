@@ -1,0 +1,160 @@
+"""Builds and loads the native CPU library (kernels/csrc/paged_attention.cpp) on first use, cached on disk.
+
+The library is a plain C ABI called through ctypes: no torch headers, so one compile takes about a second. The
+compiler flags follow the CPU's features, read at run time (AVX-512 with or without BF16, else AVX2 + FMA), and the
+build is cached under Tide's cache directory by a hash of the source, the flags and the compiler. A build writes a
+temporary file and renames it into place, so there is no lock that a killed build could leave behind. Anything
+that goes wrong (no compiler, an unsupported CPU, a failed build) leaves `load()` returning None with the reason in
+`status()`, and the engine uses the PyTorch twins instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("tide.kernels")
+
+SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
+DISABLE_ENV = "TIDE_NATIVE"  # TIDE_NATIVE=0 turns the native library off
+ISA_ENV = "TIDE_NATIVE_ISA"  # avx512 | avx2: build for less than the CPU has (tests, comparisons)
+BUILD_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class NativeLibrary:
+    """The loaded library and what it was built for."""
+
+    lib: ctypes.CDLL
+    isa: str  # e.g. "avx512+bf16", "avx2+fma"
+    vector_width: int  # floats per vector op
+    path: Path
+
+
+_lock = threading.Lock()
+_loaded: dict[tuple, NativeLibrary | None] = {}
+_reasons: dict[tuple, str] = {}
+
+
+def cache_dir() -> Path:
+    """$TIDE_CACHE_DIR/kernels if set, else ~/.cache/tide/kernels."""
+    env = os.environ.get("TIDE_CACHE_DIR")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "tide") / "kernels"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel reports them (Linux /proc/cpuinfo); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isa_flags(flags: set[str], limit: str | None = None) -> tuple[str, list[str]] | None:
+    """(name, compiler flags) for the best ISA this CPU supports, or None when it has neither AVX-512 nor AVX2+FMA."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    avx2 = ["-mavx2", "-mfma", "-mf16c"]
+    if limit != "avx2" and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        extra = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
+        if "avx512_bf16" in flags:
+            return "avx512+bf16", avx2 + extra + ["-mavx512bf16"]
+        return "avx512", avx2 + extra
+    if {"avx2", "fma"} <= flags:
+        return "avx2+fma", avx2
+    return None
+
+
+def load(vector_width: int | None = None) -> NativeLibrary | None:
+    """The native library for this CPU, built on first use; None when it cannot be had (see `status()`).
+
+    `vector_width` forces the width of the vector code (tests run the 16-wide code on an AVX2 machine this way).
+    """
+    key = (vector_width, os.environ.get(ISA_ENV, ""), os.environ.get(DISABLE_ENV, ""))
+    with _lock:
+        if key not in _loaded:
+            try:
+                _loaded[key] = _build_and_load(vector_width)
+                _reasons[key] = ""
+            except _Unavailable as exc:
+                _loaded[key], _reasons[key] = None, str(exc)
+            except Exception as exc:  # a failed build must never fail a job: the twins take over
+                _loaded[key], _reasons[key] = None, f"{type(exc).__name__}: {exc}"
+        return _loaded[key]
+
+
+def status(vector_width: int | None = None) -> str:
+    """One line: the native library in use, or why not."""
+    native = load(vector_width)
+    if native is None:
+        key = (vector_width, os.environ.get(ISA_ENV, ""), os.environ.get(DISABLE_ENV, ""))
+        return f"torch twin (native library unavailable: {_reasons[key]})"
+    return f"native C++ ({native.isa}, {native.vector_width} floats per vector op)"
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _build_and_load(vector_width: int | None) -> NativeLibrary:
+    if os.environ.get(DISABLE_ENV, "").strip() in ("0", "false", "off", "no"):
+        raise _Unavailable(f"{DISABLE_ENV}={os.environ[DISABLE_ENV]}")
+    isa = isa_flags(cpu_flags(), os.environ.get(ISA_ENV, "").strip().lower() or None)
+    if isa is None:
+        raise _Unavailable(f"no AVX-512 or AVX2+FMA on this CPU ({platform.machine()})")
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        raise _Unavailable("no C++ compiler found (set CXX)")
+    name, flags = isa
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno", *flags]
+    if vector_width is not None:
+        flags.append(f"-DTIDE_VECTOR_WIDTH={vector_width}")
+    path = _cached_build(compiler, flags)
+    lib = ctypes.CDLL(str(path))
+    _declare(lib)
+    return NativeLibrary(lib=lib, isa=name, vector_width=lib.tide_vector_width(), path=path)
+
+
+def _cached_build(compiler: str, flags: list[str]) -> Path:
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    digest = hashlib.sha256(source + " ".join([compiler, version, *flags]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"tide_attention_{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT_S)
+        if proc.returncode != 0:
+            raise _Unavailable(f"build failed: {' '.join([compiler, *flags])}: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, target)  # atomic: a concurrent or killed build never leaves a half-written library
+        logger.info("built the native kernels in %s", target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    lib.tide_vector_width.restype = i32
+    lib.tide_vector_width.argtypes = []
+    lib.tide_paged_attention.restype = i32
+    lib.tide_paged_attention.argtypes = [p, i64, p, p, p, p, p, p, i64, i32, i32, i32, i32, i32, f32, i32, i32]
+    lib.tide_write_kv_cache.restype = i32
+    lib.tide_write_kv_cache.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64, i32]

@@ -1,0 +1,145 @@
+"""The native C++ paged attention (kernels/csrc) against the float64 reference and the PyTorch twin."""
+import pytest
+import torch
+
+from kernels import native, native_ops, torch_attention
+from kernels.metadata import AttentionMetadata
+from tests.kernels.test_attention import reference
+
+LIBRARY = native.load()
+pytestmark = pytest.mark.skipif(LIBRARY is None, reason=f"native library unavailable: {native.status()}")
+
+# name: (decode context lengths, prefill (context, chunk) pairs); (n, n) is a prefill with an empty prefix.
+SHAPES = {
+    "mixed": ([1, 17, 33, 129, 5], [(19, 19), (40, 7), (1, 1), (150, 37), (40, 1)]),
+    "decode_only": ([300, 2, 64, 77], []),
+    "prefill_only": ([], [(100, 100), (61, 61), (200, 3)]),
+}
+TOLERANCE = {torch.float32: 3e-5, torch.bfloat16: 4e-2}
+# The twin rounds bf16 scores and probabilities; the native kernel keeps them in fp32, so they differ by more.
+TWIN_TOLERANCE = {torch.float32: 3e-5, torch.bfloat16: 6e-2}
+
+
+def run_native(batch, vector_width=None, num_threads=None):
+    library = native.load(vector_width)
+    assert library is not None
+    assert native_ops.native_serves(batch.q, batch.k_cache, library)
+    return native_ops.paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale,
+                                      library=library, num_threads=num_threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [1, 3, 8])
+@pytest.mark.parametrize("block_size", [16, 32, 128])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_native_matches_reference_and_twin(paged_batch, dtype, group, block_size, shape):
+    decodes, prefills = SHAPES[shape]
+    num_kv_heads = 2 if group < 8 else 1
+    seed = 100 * group + block_size + len(shape)
+    # Unused cache slots hold NaN: the native kernel must never read past a sequence's end.
+    batch = paged_batch(decodes, prefills, group * num_kv_heads, num_kv_heads, 64, block_size, dtype,
+                        float("nan"), seed)
+    out = run_native(batch)
+    expected = reference(batch)
+    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    twin_batch = paged_batch(decodes, prefills, group * num_kv_heads, num_kv_heads, 64, block_size, dtype, 0.0,
+                             seed)
+    twin = torch_attention.paged_attention(twin_batch.q, twin_batch.k_cache, twin_batch.v_cache, twin_batch.meta,
+                                           twin_batch.scale)
+    torch.testing.assert_close(out, twin, atol=TWIN_TOLERANCE[dtype], rtol=TWIN_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sixteen_wide_code_matches(paged_batch, dtype):
+    """The AVX-512-width code (run as pairs of 8-wide ops where the CPU lacks AVX-512) gives the same results."""
+    batch = paged_batch([1, 17, 300], [(40, 7), (33, 33)], 6, 2, 128, 16, dtype, float("nan"), seed=3)
+    wide = run_native(batch, vector_width=16)
+    torch.testing.assert_close(wide.double(), reference(batch), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    torch.testing.assert_close(wide, run_native(batch), atol=TOLERANCE[dtype] / 4, rtol=TOLERANCE[dtype] / 4)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 8])
+def test_split_decodes_equal_one_pass(paged_batch, num_threads):
+    """Few long decodes are split over key ranges (more threads, more splits) and merged."""
+    batch = paged_batch([1500, 700, 3], [], 3, 1, 64, 16, torch.float32, float("nan"), seed=7)
+    out = run_native(batch, num_threads=num_threads)
+    torch.testing.assert_close(out.double(), reference(batch), atol=3e-5, rtol=3e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_full_cache(dtype):
+    """Every block of the cache is in use and every sequence ends on a block boundary."""
+    block_size, num_kv_heads, head_dim = 16, 3, 64
+    seq_lens, query_lens = [64, 48, 16, 32], [1, 1, 16, 5]
+    num_blocks = sum(n // block_size for n in seq_lens)
+    gen = torch.Generator().manual_seed(1)
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=gen).to(dtype)
+    ids = torch.randperm(num_blocks, generator=gen).to(torch.int32)
+    tables = torch.zeros(len(seq_lens), max(seq_lens) // block_size, dtype=torch.int32)
+    used = 0
+    for b, n in enumerate(seq_lens):
+        tables[b, : n // block_size] = ids[used : used + n // block_size]
+        used += n // block_size
+    starts = torch.tensor([0, 1, 2, 18, 23], dtype=torch.int32)
+    meta = AttentionMetadata(starts, torch.tensor(seq_lens, dtype=torch.int32), tables, 2, 16, 64, query_lens,
+                             seq_lens)
+    q = torch.randn(23, 9, head_dim, generator=gen).to(dtype)
+    out = native_ops.paged_attention(q, k_cache, v_cache, meta, 0.125, library=LIBRARY)
+    twin = torch_attention.paged_attention(q, k_cache, v_cache, meta, 0.125)
+    torch.testing.assert_close(out, twin, atol=TWIN_TOLERANCE[dtype], rtol=TWIN_TOLERANCE[dtype])
+
+
+def test_query_view_with_a_row_stride(paged_batch):
+    """q as the engine passes it: a [T, Hq, D] view into the fused qkv projection's output."""
+    batch = paged_batch([5, 40], [(30, 9)], 6, 2, 64, 16, torch.float32, float("nan"), seed=9)
+    qkv = torch.cat([batch.q.flatten(1), torch.randn(batch.q.shape[0], 256)], dim=1)
+    q_view = qkv[:, : 6 * 64].view(-1, 6, 64)
+    out = native_ops.paged_attention(q_view, batch.k_cache, batch.v_cache, batch.meta, batch.scale,
+                                     library=LIBRARY)
+    torch.testing.assert_close(out.double(), reference(batch), atol=3e-5, rtol=3e-5)
+
+
+def test_unserved_arguments_go_to_the_twin(paged_batch):
+    """fp16, and a head_dim that is not a multiple of the vector width, run on the twin."""
+    batch = paged_batch([5, 40], [(30, 9)], 6, 2, 64, 16, torch.float16, 0.0, seed=9)
+    assert not native_ops.native_serves(batch.q, batch.k_cache, LIBRARY)
+    out = native_ops.paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+    torch.testing.assert_close(out.double(), reference(batch), atol=4e-3, rtol=4e-3)
+    odd = paged_batch([5], [], 2, 1, 4, 16, torch.float32, 0.0, seed=9)
+    assert not native_ops.native_serves(odd.q, odd.k_cache, LIBRARY)
+
+
+def test_build_failure_falls_back(monkeypatch, tmp_path):
+    """No compiler: load() returns None with a reason, and the CPU backend becomes the twins."""
+    import kernels
+    from kernels import dispatch
+
+    monkeypatch.setenv("TIDE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.delenv("TIDE_KERNELS", raising=False)
+    assert native.load() is None
+    assert "no C++ compiler" in native.status()
+    assert kernels.get_ops(torch.device("cpu")).backend == "torch"
+    assert dispatch.cpu_attention_path().startswith("torch twin")
+
+
+def test_build_is_cached(monkeypatch, tmp_path):
+    """A second load in a fresh process state reuses the library on disk instead of compiling again."""
+    monkeypatch.setenv("TIDE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_loaded", {})
+    first = native.load()
+    assert first is not None and first.path.parent == tmp_path / "kernels"
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native.subprocess, "run", _no_compile(native.subprocess.run))
+    assert native.load().path == first.path
+    assert not list(first.path.parent.glob("*.tmp"))
+
+
+def _no_compile(run):
+    def guarded(cmd, *args, **kwargs):
+        assert "--version" in cmd, "compiled again although a cached build exists"
+        return run(cmd, *args, **kwargs)
+    return guarded
