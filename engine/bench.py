@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         llm = _make_llm(args, threads)
         if peak is None:
+            print(f"paged attention: {attention_path(llm)}")
             peak = measure_linear_peak(llm.engine.runner.model, sorted({args.max_num_seqs, 256}))
         workload = build_workload(name, llm.tokenizer, args)
         print(f"\nworkload {workload.describe()}")
@@ -182,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             best = run_hf_best(args, workload, batch_sizes, threads)
             _print_ratios(tide, best)
     return 0
+
+
+def attention_path(llm: LLM) -> str:
+    """Which paged attention the engine runs, in words."""
+    from kernels.dispatch import cpu_attention_path
+
+    return "Triton kernels" if llm.engine.runner.model.ops.backend == "triton" else cpu_attention_path()
 
 
 def _make_llm(args: argparse.Namespace, threads: int) -> LLM:

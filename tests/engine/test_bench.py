@@ -16,3 +16,4 @@ def test_bench_prints_ratios_for_both_workloads(tiny_model_dir, capsys) -> None:
     assert out.count("(15 output tokens in") == 3, out  # tide and both HF batch sizes
     assert "of the best linear-shape rate measured" in out
     assert "paged attention" in out
+    assert any(line.startswith("paged attention: ") for line in out.splitlines()), out
