@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.dispatch import Dispatcher, shard_task_id
+from jobs.openai_output import write_openai_files
 from jobs.planner import Plan, plan_job
 from jobs.specs import JobSpec, ShardTask, window_seconds
-from jobs.state import Job, JobStatus, RequestCounts, ShardState, ShardStatus, with_counts
+from jobs.state import Job, JobStatus, RequestCounts, SampleError, ShardState, ShardStatus, with_counts
 from jobs.storage import StorageError, resolve
 from jobs.store import JobNotFound, JobStore
 from jobs.summary import build_summary
@@ -35,8 +36,8 @@ class Finalizer:
     webhook_backoff_s: float = 0.5
 
 
-def new_job_id() -> str:
-    return f"job_{uuid.uuid4().hex[:24]}"
+def new_job_id(prefix: str = "job") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
 def submit_job(spec: JobSpec, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float] = time.time) -> Job:
@@ -46,6 +47,17 @@ def submit_job(spec: JobSpec, store: JobStore, dispatcher: Dispatcher, clock: Ca
     with the reason); bad rows only become error rows.
     """
     job_id = new_job_id()
+    job = create_job(spec, store, job_id, clock)
+    if job.id != job_id:  # the idempotency key's earlier job
+        return job
+    return start_job(job, store, dispatcher, clock)
+
+
+def create_job(spec: JobSpec, store: JobStore, job_id: str, clock: Callable[[], float] = time.time) -> Job:
+    """Record a new job `job_id` in `validating`; `start_job` then plans and enqueues it.
+
+    With an idempotency key already used, returns the job that key first created instead (another id).
+    """
     if spec.idempotency_key:
         owner = store.claim_idempotency(spec.idempotency_key, job_id)
         if owner != job_id:
@@ -54,10 +66,15 @@ def submit_job(spec: JobSpec, store: JobStore, dispatcher: Dispatcher, clock: Ca
     job = Job(id=job_id, spec=spec, created_at=now, expires_at=now + window_seconds(spec.completion_window),
               output_prefix=resolve(spec.output).child(job_id).uri)
     store.put_job(job)
+    return job
+
+
+def start_job(job: Job, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float] = time.time) -> Job:
+    """Validate and shard a created job's input in one streaming pass, then enqueue one task per shard."""
     try:
-        plan = plan_job(spec)
+        plan = plan_job(job.spec)
     except (StorageError, OSError, ValueError) as exc:
-        return store.update_job(job_id, lambda j: j.moved_to(JobStatus.FAILED, clock(), error=str(exc)))
+        return store.update_job(job.id, lambda j: j.moved_to(JobStatus.FAILED, clock(), error=str(exc)))
     return _fan_out(job, plan, store, dispatcher, clock)
 
 
@@ -66,7 +83,7 @@ def _fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher, cloc
     initial = ShardStatus.CANCELLED if cancelled else ShardStatus.PENDING
     store.put_shards(job.id, [ShardState(index=s.index, num_rows=s.num_rows, status=initial,
                                          task_id=shard_task_id(job.id, s.index)) for s in plan.shards])
-    sample = [e.message for e in plan.first_errors]
+    sample = [SampleError(line=e.line, code=e.code, message=e.message, param=e.param) for e in plan.first_errors]
 
     def start(j: Job) -> Job:
         changes = dict(num_shards=len(plan.shards), request_counts=RequestCounts(total=plan.total_rows),
@@ -140,6 +157,8 @@ def finalize_job(job_id: str, finalizer: Finalizer) -> Job:
     summary_location = prefix.child(SUMMARY_NAME)
     summary = build_summary(job.model_copy(update={"status": final}), shards, prefix, clock())
     summary_location.write_bytes(json.dumps(summary, indent=2).encode())
+    if job.spec.endpoint is not None:  # an OpenAI batch: its output and error files exist before it is terminal
+        write_openai_files(prefix, job.id, job.spec.endpoint, job.spec.model, int(job.created_at))
     job = store.update_job(job_id, lambda j: None if j.status.terminal else with_counts(j, shards).moved_to(
         final, clock(), summary_uri=summary_location.uri))
     if job.spec.webhook_url:

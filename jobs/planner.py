@@ -77,7 +77,8 @@ def plan_job(spec: JobSpec, max_errors_shown: int = 5) -> Plan:
 
 def duplicate_error(row: int, custom_id: str) -> ErrorRow:
     return ErrorRow(row, custom_id, "duplicate_custom_id",
-                    f"line {row + 1} (id {custom_id}): id {custom_id!r} already appears on an earlier line")
+                    f"line {row + 1} (id {custom_id}): id {custom_id!r} already appears on an earlier line",
+                    "custom_id")
 
 
 def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[PromptRow | ErrorRow]:
@@ -88,7 +89,7 @@ def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[
         end, rows = line.end, line.row + 1
         if line.data is None:
             continue
-        yield parse_json_line(line.data, line.row, spec.sampling)
+        yield parse_json_line(line.data, line.row, spec.sampling, spec.endpoint)
     cutter.cut(end, end, rows)
 
 
@@ -98,7 +99,7 @@ def _parquet_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterato
         if cutter.full():
             cutter.cut(row, row, row)
         end = row + 1
-        yield parse_row(raw, row, spec.sampling)
+        yield parse_row(raw, row, spec.sampling, spec.endpoint)
     cutter.cut(end, end, end)
 
 

@@ -40,6 +40,7 @@ class ErrorRow:
     custom_id: str | None
     code: str
     message: str
+    param: str | None = None  # the field at fault, where one is
 
     @property
     def line(self) -> int:
@@ -47,37 +48,41 @@ class ErrorRow:
 
 
 class RowError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.param = code, param
 
 
 def default_id(row: int) -> str:
     return f"row-{row}"
 
 
-def parse_json_line(line: bytes, row: int, defaults: dict[str, Any]) -> PromptRow | ErrorRow:
+def parse_json_line(line: bytes, row: int, defaults: dict[str, Any], endpoint: str | None = None
+                    ) -> PromptRow | ErrorRow:
     """A JSONL line -> PromptRow or ErrorRow."""
     try:
         raw = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return ErrorRow(row, None, "invalid_json", f"line {row + 1}: not valid JSON ({exc})")
-    return parse_row(raw, row, defaults)
+    return parse_row(raw, row, defaults, endpoint)
 
 
-def parse_row(raw: Any, row: int, defaults: dict[str, Any]) -> PromptRow | ErrorRow:
-    """A decoded row (dict) -> PromptRow or ErrorRow; never raises for bad input."""
+def parse_row(raw: Any, row: int, defaults: dict[str, Any], endpoint: str | None = None) -> PromptRow | ErrorRow:
+    """A decoded row (dict) -> PromptRow or ErrorRow; never raises for bad input.
+
+    With `endpoint` (an OpenAI batch), every row must be a batch line whose `url` is that endpoint.
+    """
     if not isinstance(raw, dict):
         return ErrorRow(row, None, "invalid_row", f"line {row + 1}: a row must be a JSON object")
     custom_id = row_id(raw, row)
     try:
-        if _BATCH_KEYS & (set(raw) - {"custom_id"}):
-            prompt, overrides = _batch_line(raw)
+        if endpoint is not None or _BATCH_KEYS & (set(raw) - {"custom_id"}):
+            prompt, overrides = _batch_line(raw, endpoint)
         else:
             prompt, overrides = _plain_row(raw)
         params = _params(defaults, overrides)
     except RowError as exc:
-        return ErrorRow(row, custom_id, exc.code, f"line {row + 1} (id {custom_id}): {exc}")
+        return ErrorRow(row, custom_id, exc.code, f"line {row + 1} (id {custom_id}): {exc}", exc.param)
     return PromptRow(row, custom_id, prompt, params)
 
 
@@ -87,19 +92,21 @@ def row_id(raw: dict, row: int) -> str:
     return default_id(row) if value is None else str(value)
 
 
-def _batch_line(raw: dict) -> tuple[Prompt, dict[str, Any]]:
+def _batch_line(raw: dict, endpoint: str | None) -> tuple[Prompt, dict[str, Any]]:
     _no_unknown(raw, _BATCH_KEYS)
     if "custom_id" not in raw:
-        raise RowError("missing_field", "batch line has no custom_id")
+        raise RowError("missing_field", "batch line has no custom_id", "custom_id")
     if raw.get("method", "POST") != "POST":
-        raise RowError("invalid_field", f"method must be POST, got {raw.get('method')!r}")
-    url, body = raw.get("url", CHAT_URL), raw.get("body")
+        raise RowError("invalid_field", f"method must be POST, got {raw.get('method')!r}", "method")
+    url, body = raw.get("url", endpoint or CHAT_URL), raw.get("body")
     if url not in (CHAT_URL, COMPLETIONS_URL):
-        raise RowError("invalid_field", f"url must be {CHAT_URL} or {COMPLETIONS_URL}, got {url!r}")
+        raise RowError("invalid_field", f"url must be {CHAT_URL} or {COMPLETIONS_URL}, got {url!r}", "url")
+    if endpoint is not None and url != endpoint:
+        raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
     if not isinstance(body, dict):
-        raise RowError("missing_field", "batch line has no body object")
+        raise RowError("missing_field", "batch line has no body object", "body")
     prompt_key = "messages" if url == CHAT_URL else "prompt"
-    _no_unknown(body, {prompt_key} | _SAMPLING_KEYS | set(_BODY_RENAMES) | _BODY_IGNORED)
+    _no_unknown(body, {prompt_key} | _SAMPLING_KEYS | set(_BODY_RENAMES) | _BODY_IGNORED, "body.")
     overrides = {_BODY_RENAMES.get(k, k): v for k, v in body.items()
                  if k != prompt_key and k not in _BODY_IGNORED}
     overrides.update(_openai_logprobs(body, chat=url == CHAT_URL))
@@ -124,13 +131,13 @@ def _plain_row(raw: dict) -> tuple[Prompt, dict[str, Any]]:
 def _prompt_from(raw: dict) -> Prompt:
     prompt, messages = raw.get("prompt"), raw.get("messages")
     if prompt is not None and messages is not None:
-        raise RowError("invalid_field", "row has both prompt and messages; give one")
+        raise RowError("invalid_field", "row has both prompt and messages; give one", "messages")
     if messages is not None:
         return _messages(messages)
     if prompt is None:
-        raise RowError("missing_prompt", "row has no prompt or messages")
+        raise RowError("missing_prompt", "row has no prompt or messages", "prompt")
     if not isinstance(prompt, str) or not prompt:
-        raise RowError("invalid_field", "prompt must be a non-empty string")
+        raise RowError("invalid_field", "prompt must be a non-empty string", "prompt")
     return prompt
 
 
@@ -139,27 +146,29 @@ def _messages(messages: Any) -> list[dict]:
         try:
             messages = json.loads(messages)
         except json.JSONDecodeError as exc:
-            raise RowError("invalid_field", f"messages is not valid JSON ({exc})") from exc
+            raise RowError("invalid_field", f"messages is not valid JSON ({exc})", "messages") from exc
     if not isinstance(messages, list) or not messages:
-        raise RowError("invalid_field", "messages must be a non-empty list of {role, content} objects")
+        raise RowError("invalid_field", "messages must be a non-empty list of {role, content} objects", "messages")
     return [_message(m, i) for i, m in enumerate(messages)]
 
 
 def _message(message: Any, index: int) -> dict:
     if not isinstance(message, dict) or message.get("role") not in _ROLES:
-        raise RowError("invalid_field", f"messages[{index}] needs a role among {sorted(_ROLES)}")
+        raise RowError("invalid_field", f"messages[{index}] needs a role among {sorted(_ROLES)}",
+                       f"messages[{index}].role")
     content = message.get("content")
     if isinstance(content, list):  # OpenAI content parts: keep the text ones
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     if not isinstance(content, str):
-        raise RowError("invalid_field", f"messages[{index}].content must be a string or text parts")
+        raise RowError("invalid_field", f"messages[{index}].content must be a string or text parts",
+                       f"messages[{index}].content")
     return {"role": message["role"], "content": content}
 
 
-def _no_unknown(raw: dict, known: set[str]) -> None:
+def _no_unknown(raw: dict, known: set[str], where: str = "") -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise RowError("unknown_field", f"unknown field(s) {', '.join(unknown)}")
+        raise RowError("unknown_field", f"unknown field(s) {', '.join(unknown)}", where + unknown[0])
 
 
 def _params(defaults: dict[str, Any], overrides: dict[str, Any]) -> SamplingParams:
@@ -167,4 +176,5 @@ def _params(defaults: dict[str, Any], overrides: dict[str, Any]) -> SamplingPara
         return SamplingParams(**{**defaults, **overrides})
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise RowError("invalid_field", f"bad sampling parameter ({fields})") from exc
+        first = ".".join(map(str, exc.errors()[0]["loc"])) if exc.errors() else None
+        raise RowError("invalid_field", f"bad sampling parameter ({fields})", first) from exc

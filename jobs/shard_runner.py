@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from jobs.dispatch import Dispatcher, ShardRetry
 from jobs.ordering import group_by_prefix
+from jobs.metrics import shard_counters
 from jobs.planner import duplicate_error
 from jobs.readers import iter_jsonl_lines, iter_parquet_rows
 from jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
@@ -32,7 +33,7 @@ class ShardContext:
     worker: str
     max_attempts: int = 3
     poll_s: float = 1.0
-    group_prefixes: bool = True  # off only to measure what grouping gains (python -m jobs.bench_prefix)
+    group_prefixes: bool = True  # off only to measure what grouping gains (python -m tide.bench_prefix)
     clock: Callable[[], float] = time.time
 
 
@@ -78,10 +79,10 @@ def read_shard_rows(task: ShardTask) -> tuple[list[PromptRow], list[ErrorRow]]:
     """The shard's rows, validated exactly as the planner validated them (duplicates come from the plan)."""
     location, shard, defaults = resolve(task.spec.input), task.shard, task.spec.sampling
     if task.format == "jsonl":
-        parsed = (parse_json_line(line.data, line.row, defaults)
+        parsed = (parse_json_line(line.data, line.row, defaults, task.spec.endpoint)
                   for line in iter_jsonl_lines(location, shard.start, shard.end, shard.first_row) if line.data)
     else:
-        parsed = (parse_row(raw, row, defaults)
+        parsed = (parse_row(raw, row, defaults, task.spec.endpoint)
                   for row, raw in iter_parquet_rows(location, task.spec.columns, shard.start, shard.end))
     duplicates = set(shard.duplicate_rows)
     rows: list[PromptRow] = []
@@ -177,6 +178,7 @@ def _record(outcome: _Outcome, row: PromptRow, output) -> None:
     progress.completed += 1
     progress.prompt_tokens += metrics.prompt_tokens
     progress.completion_tokens += metrics.completion_tokens
+    progress.cached_prompt_tokens += metrics.cached_prompt_tokens
 
 
 def _logprobs(logprobs) -> list[dict] | None:
@@ -210,6 +212,8 @@ def _finish(ctx: ShardContext, task: ShardTask, outcome: _Outcome, error: str | 
     remaining = ctx.store.finish_shard(task.job_id, task.shard.index, change)
     if remaining is None:
         return None
+    ctx.store.add_counters(shard_counters(task.spec.model, outcome.progress, [r.ttft_s for r in outcome.results],
+                                          [r.tpot_s for r in outcome.results]))
     logger.info("shard %s/%d %s: %d completed, %d failed; engine batch occupancy %.0f%%, prefix-cache hit rate "
                 "%.0f%%", task.job_id, task.shard.index, outcome.status.value, outcome.progress.completed,
                 outcome.progress.failed, 100 * figures.mean_batch_occupancy, 100 * figures.prefix_cache_hit_rate)

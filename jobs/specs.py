@@ -53,6 +53,9 @@ class JobSpec(BaseModel):
     completion_window: str = "24h"
     idempotency_key: str | None = Field(None, min_length=1, max_length=256)
     shard_rows: int = Field(256, ge=1, le=1_000_000, description="rows per shard: a few minutes of work")
+    endpoint: Literal["/v1/chat/completions", "/v1/completions"] | None = Field(
+        None, description="an OpenAI batch: every row is a batch line to this endpoint, and the results are also "
+        "written as OpenAI output and error JSONL")
 
     @field_validator("sampling")
     @classmethod

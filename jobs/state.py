@@ -45,6 +45,16 @@ class RequestCounts(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+class SampleError(BaseModel):
+    """One row refused at validation, as shown at submit (and in a batch's `errors`)."""
+
+    line: int
+    code: str
+    message: str
+    param: str | None = None
 
 
 class ShardProgress(BaseModel):
@@ -54,6 +64,7 @@ class ShardProgress(BaseModel):
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
 
 
 class EngineFigures(BaseModel):
@@ -101,7 +112,7 @@ class Job(BaseModel):
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     usage: Usage = Field(default_factory=Usage)
     error: str | None = None
-    sample_errors: list[str] = Field(default_factory=list, description="the first few invalid rows, as messages")
+    sample_errors: list[SampleError] = Field(default_factory=list, description="the first few invalid rows")
     summary_uri: str | None = None
 
     def moved_to(self, status: JobStatus, now: float, **changes) -> "Job":
@@ -114,6 +125,7 @@ def with_counts(job: Job, shards: list[ShardState]) -> Job:
     completed = sum(s.progress.completed for s in shards)
     failed = sum(s.progress.failed for s in shards)
     usage = Usage(prompt_tokens=sum(s.progress.prompt_tokens for s in shards),
-                  completion_tokens=sum(s.progress.completion_tokens for s in shards))
+                  completion_tokens=sum(s.progress.completion_tokens for s in shards),
+                  cached_prompt_tokens=sum(s.progress.cached_prompt_tokens for s in shards))
     counts = RequestCounts(total=job.request_counts.total, completed=completed, failed=failed)
     return job.model_copy(update={"request_counts": counts, "usage": usage})

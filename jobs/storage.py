@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 READ_BUFFER = 4 * 2**20  # one ranged GET per 4 MiB of a streamed object
+COPY_CHUNK = 2**20
 
 
 class StorageError(RuntimeError):
@@ -32,6 +33,7 @@ class Location(Protocol):
     def read_bytes(self) -> bytes: ...
     def write_bytes(self, data: bytes) -> None: ...
     def commit_file(self, local_path: Path) -> None: ...  # upload under a temporary name, then publish atomically
+    def write_stream(self, source: BinaryIO) -> int: ...  # copy a stream in bounded chunks; -> bytes written
     def delete(self) -> None: ...
     def list_names(self) -> list[str]: ...  # names of the files directly under this prefix
 
@@ -84,6 +86,14 @@ class LocalLocation:
         tmp = self._tmp()
         shutil.copyfile(local_path, tmp)
         os.replace(tmp, self.path)  # atomic on one filesystem: readers see the old file or the new one
+
+    def write_stream(self, source: BinaryIO) -> int:
+        tmp = self._tmp()
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(source, out, COPY_CHUNK)
+            written = out.tell()
+        os.replace(tmp, self.path)
+        return written
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -160,6 +170,14 @@ class S3Location:
         finally:
             _quietly(lambda: client.delete_object(Bucket=self.bucket, Key=tmp_key))
 
+    def write_stream(self, source: BinaryIO) -> int:
+        counted = _Counted(source)
+        try:  # a managed multipart upload: memory stays at a few parts whatever the size
+            s3_client().upload_fileobj(counted, self.bucket, self.key)
+        except Exception as exc:
+            raise StorageError(f"cannot write {self.uri}: {_reason(exc)}") from exc
+        return counted.count
+
     def delete(self) -> None:
         self._call("write", "delete_object", Key=self.key)
 
@@ -209,6 +227,21 @@ class _S3RangeReader(io.RawIOBase):
         buffer[: len(data)] = data
         self.pos += len(data)
         return len(data)
+
+
+class _Counted(io.RawIOBase):
+    """A read-only stream that counts the bytes read through it."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source, self.count = source, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.count += len(data)
+        return data
 
 
 def _not_found(exc) -> bool:

@@ -15,6 +15,8 @@ from jobs.state import Job, ShardProgress, ShardState
 JobChange = Callable[[Job], "Job | None"]
 ShardChange = Callable[[ShardState], "ShardState | None"]
 KEEP_SECONDS = 30 * 86400  # how long a job's keys stay in Redis
+JOBS_INDEX = "tide:jobs"  # every job id by creation time
+COUNTERS_KEY = "tide:counters"
 
 
 class JobNotFound(KeyError):
@@ -41,6 +43,8 @@ class JobStore(Protocol):
     def finish_shard(self, job_id: str, index: int, change: ShardChange) -> int | None: ...
     def set_progress(self, job_id: str, index: int, progress: ShardProgress) -> None: ...
     def incr_attempts(self, job_id: str, index: int) -> int: ...
+    def add_counters(self, counters: dict[str, float]) -> None: ...  # service-wide figures (jobs/metrics.py)
+    def counters(self) -> dict[str, float]: ...
 
 
 class MemoryJobStore:
@@ -54,6 +58,7 @@ class MemoryJobStore:
         self._remaining: dict[str, int] = {}
         self._attempts: dict[tuple[str, int], int] = {}
         self._idempotency: dict[str, str] = {}
+        self._counters: dict[str, float] = {}
 
     def claim_idempotency(self, key: str, job_id: str) -> str:
         with self._lock:
@@ -117,6 +122,15 @@ class MemoryJobStore:
             self._attempts[job_id, index] = self._attempts.get((job_id, index), 0) + 1
             return self._attempts[job_id, index]
 
+    def add_counters(self, counters: dict[str, float]) -> None:
+        with self._lock:
+            for name, value in counters.items():
+                self._counters[name] = self._counters.get(name, 0) + value
+
+    def counters(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._counters)
+
     def _job_json(self, job_id: str) -> str:
         if job_id not in self._jobs:
             raise JobNotFound(job_id)
@@ -149,7 +163,26 @@ class RedisJobStore:
         return self.redis.get(name).decode()
 
     def put_job(self, job: Job) -> None:
-        self.redis.set(_job_key(job.id), job.model_dump_json(), ex=KEEP_SECONDS)
+        with self.redis.pipeline() as pipe:
+            pipe.set(_job_key(job.id), job.model_dump_json(), ex=KEEP_SECONDS)
+            pipe.zadd(JOBS_INDEX, {job.id: job.created_at})
+            pipe.execute()
+
+    def recent_jobs(self, limit: int = 10_000) -> list[Job]:
+        """The newest jobs (for service-wide figures), newest first."""
+        ids = [i.decode() for i in self.redis.zrevrange(JOBS_INDEX, 0, limit - 1)]
+        raws = self.redis.mget([_job_key(i) for i in ids]) if ids else []
+        return [Job.model_validate_json(raw) for raw in raws if raw is not None]
+
+    def add_counters(self, counters: dict[str, float]) -> None:
+        if counters:
+            with self.redis.pipeline() as pipe:
+                for name, value in counters.items():
+                    pipe.hincrbyfloat(COUNTERS_KEY, name, value)
+                pipe.execute()
+
+    def counters(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(COUNTERS_KEY).items()}
 
     def get_job(self, job_id: str) -> Job:
         raw = self.redis.get(_job_key(job_id))

@@ -35,6 +35,7 @@ ERROR_SCHEMA = pa.schema([
     ("custom_id", pa.string()),
     ("code", pa.string()),
     ("message", pa.string()),
+    ("param", pa.string()),
 ])
 
 
@@ -79,7 +80,7 @@ def write_errors(prefix: Location, shard: int, errors: Iterable[ErrorRow]) -> No
         return
     columns = {"line": [e.line for e in ordered], "row_index": [e.row for e in ordered],
                "custom_id": [e.custom_id for e in ordered], "code": [e.code for e in ordered],
-               "message": [e.message for e in ordered]}
+               "message": [e.message for e in ordered], "param": [e.param for e in ordered]}
     _commit(target, pa.table(columns, schema=ERROR_SCHEMA))
 
 

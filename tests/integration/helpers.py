@@ -9,7 +9,7 @@ import sys
 import pyarrow.parquet as pq
 
 from jobs.storage import s3_client
-from jobs.local_services import REPO
+from tide.processes import REPO
 
 
 def put_jsonl(bucket: str, key: str, rows: list) -> str:
@@ -19,7 +19,7 @@ def put_jsonl(bucket: str, key: str, rows: list) -> str:
 
 
 def tide(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tide", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.local_services import REPO
+from tide.processes import REPO
 
 pytestmark = pytest.mark.integration
 
 
 def test_tide_run_writes_results_summary_and_prints_a_report(tiny_model_dir, tmp_path):
     examples = REPO / "examples" / "prompts.jsonl"
-    result = subprocess.run([sys.executable, "-m", "jobs", "run", str(examples), "--output", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "tide", "run", str(examples), "--output", str(tmp_path),
                              "--model", str(tiny_model_dir("llama")), "--dtype", "float32", "--max-tokens", "8",
                              "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

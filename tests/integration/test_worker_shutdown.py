@@ -11,7 +11,7 @@ from jobs.state import ShardStatus
 from jobs.store import RedisJobStore
 from tests.integration.conftest import BUCKET
 from tests.integration.helpers import put_jsonl, read_s3_parts, submit, tide
-from jobs.local_services import start_worker, stop
+from tide.processes import start_worker, stop
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from jobs.cli import main
+from tide.cli import main
 from tests.jobs.conftest import write_jsonl
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1

@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 
 from pydantic import ValidationError
@@ -17,13 +16,8 @@ from pydantic import ValidationError
 from jobs.specs import ColumnMap, JobSpec
 from jobs.storage import StorageError
 from jobs.store import JobNotFound, StoreUnavailable
-
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-REDIS_ENV = "TIDE_REDIS_URL"
-
-
-class UsageError(Exception):
-    """A command-line mistake the user can fix."""
+from tide.settings import Settings, get_settings
+from tide.wiring import UsageError, connect, engine_service
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,17 +26,25 @@ def main(argv: list[str] | None = None) -> int:
         from engine.bench import main as bench_main
 
         return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        return _fail(f"bad setting: {_validation_message(exc)}")
+    args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
     except ValidationError as exc:
-        return _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()))
+        return _fail(_validation_message(exc))
     except (UsageError, StorageError, StoreUnavailable, JobNotFound, TimeoutError, FileNotFoundError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
 
 
 def _fail(message: str) -> int:
@@ -50,47 +52,51 @@ def _fail(message: str) -> int:
     return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    from tide import api_command, stack, worker
+
     parser = argparse.ArgumentParser(prog="tide", description="Batch LLM inference: run, queue and follow jobs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_run(sub)
-    _add_submit(sub)
+    _add_run(sub, settings)
+    _add_submit(sub, settings)
     for name, handler, text in (("status", cmd_status, "show a job's status and counts"),
                                 ("cancel", cmd_cancel, "cancel a job, keeping finished results")):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
-        _add_redis(p)
+        add_redis_option(p, settings)
         p.set_defaults(handler=handler)
     p = sub.add_parser("wait", help="follow a job with a progress bar until it ends")
     p.add_argument("job_id")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    _add_redis(p)
+    add_redis_option(p, settings)
     p.set_defaults(handler=cmd_wait)
     p = sub.add_parser("results", help="print a finished job's results (or errors) as JSON lines")
     p.add_argument("job_id")
     p.add_argument("--errors", action="store_true", help="print the error rows instead")
     p.add_argument("--limit", type=int, default=None)
-    _add_redis(p)
+    add_redis_option(p, settings)
     p.set_defaults(handler=cmd_results)
-    _add_worker(sub)
+    worker.add_parser(sub, settings)
+    api_command.add_parser(sub, settings)
+    stack.add_parser(sub, settings)
     sub.add_parser("bench", help="benchmark the engine (see `tide bench --help`)")
     return parser
 
 
-def _add_redis(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--redis-url", default=os.environ.get(REDIS_ENV, DEFAULT_REDIS),
-                   help=f"job store and broker (default ${REDIS_ENV} or {DEFAULT_REDIS})")
+def add_redis_option(p: argparse.ArgumentParser, settings: Settings) -> None:
+    p.add_argument("--redis-url", default=settings.redis_url,
+                   help=f"job store and broker (default $TIDE_REDIS_URL or {settings.redis_url})")
 
 
-def _add_job_options(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
+def _add_job_options(p: argparse.ArgumentParser, settings: Settings, max_tokens: int | None) -> None:
     p.add_argument("input", help="JSONL or Parquet file: local path or s3://bucket/key")
-    p.add_argument("--model", default="smollm2-135m", help="model alias, HF directory or GGUF file")
+    p.add_argument("--model", default=settings.model, help="model alias, HF directory or GGUF file")
     p.add_argument("--format", choices=["auto", "jsonl", "parquet"], default="auto")
     p.add_argument("--max-tokens", type=int, default=max_tokens, help="default max tokens per row")
     p.add_argument("--temperature", type=float, default=None, help="default sampling temperature")
     p.add_argument("--sampling", type=_json_object, default={}, help="more sampling defaults as a JSON object")
-    p.add_argument("--shard-rows", type=int, default=256, help="rows per shard")
+    p.add_argument("--shard-rows", type=int, default=settings.shard_rows, help="rows per shard")
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--messages-column", default="messages")
     p.add_argument("--id-column", default="id")
@@ -106,19 +112,19 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _add_run(sub) -> None:
+def _add_run(sub, settings: Settings) -> None:
     p = sub.add_parser("run", help="run a prompt file through the whole pipeline in this process")
-    _add_job_options(p, max_tokens=64)
+    _add_job_options(p, settings, max_tokens=64)
     p.add_argument("--output", default="tide-output", help="local results directory (default ./tide-output)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=settings.dtype, choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--shards-in-flight", type=int, default=2, help="shards sharing the engine at once")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=cmd_run)
 
 
-def _add_submit(sub) -> None:
+def _add_submit(sub, settings: Settings) -> None:
     p = sub.add_parser("submit", help="queue a job for the workers and print its id")
-    _add_job_options(p, max_tokens=None)
+    _add_job_options(p, settings, max_tokens=None)
     p.add_argument("--output", required=True, help="results prefix: local directory or s3://bucket/prefix")
     p.add_argument("--priority", type=int, default=0, help="0-9, higher runs first")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
@@ -126,24 +132,8 @@ def _add_submit(sub) -> None:
     p.add_argument("--completion-window", default="24h")
     p.add_argument("--idempotency-key", default=None)
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
-    _add_redis(p)
+    add_redis_option(p, settings)
     p.set_defaults(handler=cmd_submit)
-
-
-def _add_worker(sub) -> None:
-    p = sub.add_parser("worker", help="serve a model: load it once and run shards from its queue")
-    p.add_argument("--model", default="smollm2-135m", help="model alias, HF directory or GGUF file")
-    p.add_argument("--served-name", default=None, help="model name jobs use to reach this worker (default --model)")
-    p.add_argument("--concurrency", type=int, default=2, help="shards held at once, all feeding the one engine")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-num-seqs", type=int, default=None)
-    p.add_argument("--kv-cache-bytes", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch compute threads (default: all cores; 1 is faster when other busy processes share them)")
-    p.add_argument("--max-attempts", type=int, default=3, help="runs of one shard before its rows fail")
-    p.add_argument("--loglevel", default="INFO")
-    _add_redis(p)
-    p.set_defaults(handler=cmd_worker)
 
 
 def spec_from_args(args: argparse.Namespace, output: str, **extra) -> JobSpec:
@@ -167,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     defaults = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
     args.sampling = {**defaults, **args.sampling}
     spec = spec_from_args(args, os.path.abspath(args.output))
-    service = _engine_service(spec.model, args.dtype)
+    service = engine_service(spec.model, args.dtype)
     try:
         job = run_embedded(spec, service, args.shards_in_flight, show_progress=not args.no_progress)
     finally:
@@ -179,40 +169,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_service(model: str, dtype: str, **config):
-    from engine import EngineConfig, LLMEngine
-    from workers.engine_service import EngineService
-
-    options = {k: v for k, v in config.items() if v is not None}
-    try:
-        engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(f"cannot load model {model!r}: {exc}") from exc
-    return EngineService(engine)
-
-
-def _queued(args: argparse.Namespace):
-    from jobs.store import RedisJobStore
-    from workers.celery_app import make_app
-    from workers.dispatch import CeleryDispatcher
-
-    store = RedisJobStore.from_url(args.redis_url)
-    return store, CeleryDispatcher(make_app(args.redis_url))
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
     from jobs.lifecycle import submit_job
 
     metadata = dict(_key_value(item) for item in args.metadata)
     spec = spec_from_args(args, args.output, priority=args.priority, metadata=metadata, webhook_url=args.webhook,
                           completion_window=args.completion_window, idempotency_key=args.idempotency_key)
-    store, dispatcher = _queued(args)
+    store, dispatcher = connect(args.redis_url)
     job = submit_job(spec, store, dispatcher)
     if job.error:
         raise UsageError(f"job {job.id} failed: {job.error}")
     print(job.id)
-    for message in job.sample_errors:
-        print(f"  invalid row: {message}", file=sys.stderr)
+    for error in job.sample_errors:
+        print(f"  invalid row: {error.message}", file=sys.stderr)
     if args.wait:
         return _wait(store, job.id, None)
     return 0
@@ -253,7 +222,7 @@ def _wait(store, job_id: str, timeout: float | None) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from jobs.lifecycle import cancel_job
 
-    store, dispatcher = _queued(args)
+    store, dispatcher = connect(args.redis_url)
     job = cancel_job(store, dispatcher, args.job_id)
     print(f"{job.id} {job.status.value}")
     return 0
@@ -268,31 +237,4 @@ def cmd_results(args: argparse.Namespace) -> int:
         if args.limit is not None and i >= args.limit:
             break
         print(json.dumps(row, ensure_ascii=False))
-    return 0
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from jobs.lifecycle import Finalizer
-    from jobs.shard_runner import ShardContext
-    from jobs.specs import queue_for
-    from jobs.webhook import SECRET_ENV
-    from workers.tasks import register_tasks
-
-    store, dispatcher = _queued(args)
-    served = args.served_name or args.model
-    name = f"{queue_for(served)}-{os.getpid()}@{socket.gethostname()}"
-    # Load the engine before Celery starts: the threads pool runs every task in this process, so all shard tasks
-    # share this one engine (and its batch); prefork would load one copy per child, solo would run one shard at
-    # a time and leave nothing to refill the batch with.
-    service = _engine_service(args.model, args.dtype, max_num_seqs=args.max_num_seqs,
-                              kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads)
-    context = ShardContext(store=store, dispatcher=dispatcher, service=service, worker=name,
-                           max_attempts=args.max_attempts)
-    register_tasks(dispatcher.app, context, Finalizer(store=store, webhook_secret=os.environ.get(SECRET_ENV)))
-    try:
-        dispatcher.app.worker_main(["worker", "--pool=threads", f"--concurrency={args.concurrency}",
-                                    "-Q", queue_for(served), "-n", name, f"--loglevel={args.loglevel}",
-                                    "--without-gossip", "--without-mingle"])
-    finally:
-        service.close()
     return 0

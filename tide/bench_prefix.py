@@ -1,6 +1,6 @@
 """What prefix grouping gains: the same shard with and without reordering, on prompts that share long preambles.
 
-    python -m jobs.bench_prefix [--preambles 6] [--questions 12] [--preamble-tokens 500]
+    python -m tide.bench_prefix [--preambles 6] [--questions 12] [--preamble-tokens 500]
 
 Rows arrive interleaved (preamble 1, 2, ..., 1, 2, ...), as they would from a file mixing several few-shot
 templates. Each run gets a fresh engine with the same (deliberately modest) KV budget, so the prefix cache has to
@@ -71,7 +71,7 @@ def _results(prefix: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.bench_prefix", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tide.bench_prefix", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--preambles", type=int, default=6)

@@ -1,0 +1,267 @@
+"""The service path as a newcomer takes it: `tide stack up --s3` (real redis-server, S3 endpoint, API and worker
+processes), then the official `openai` client through the whole Batch flow; `tide stack down` leaves nothing."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tide.processes import REPO, free_port
+
+SERVED = "tiny-llama"
+KEY, OTHER_KEY = "tide-dev-key", "another-teams-key"
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def tide(env: dict, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tide", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model_dir):
+    state = tmp_path_factory.mktemp("stack")
+    env = {**os.environ, "TIDE_API_KEYS": f"{KEY},{OTHER_KEY}", "TIDE_SHARD_ROWS": "8",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    up_args = ["stack", "up", "--state-dir", str(state), "--s3", "--model", str(tiny_model_dir("llama")),
+               "--served-name", SERVED, "--api-port", str(free_port()), "--redis-port", str(free_port()),
+               "--s3-port", str(free_port()), "--worker-args", "--dtype float32 --max-num-seqs 32"]
+    result = tide(env, *up_args)
+    try:
+        assert result.returncode == 0, result.stderr + (state / "logs/api.log").read_text(errors="replace")
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines()
+                       if line.startswith("export "))
+        yield {"state": state, "env": env, "up_args": up_args, "exports": exports, "pids": _pids(state)}
+    finally:
+        down = tide(env, "stack", "down", "--state-dir", str(state))
+        assert down.returncode == 0, down.stderr
+
+
+def _pids(state: Path) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in (state / "pids").glob("*.pid")}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack["exports"]["TIDE_API_URL"], api_key=KEY, max_retries=0)
+
+
+def _lines(n: int, max_tokens: int = 8, start: int = 0, **body) -> list[dict]:
+    return [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": SERVED, "messages": [{"role": "user", "content": f"Question {i}: say hi"}],
+                      "max_tokens": max_tokens, "temperature": 0, **body}} for i in range(start, start + n)]
+
+
+def _upload(client: openai.OpenAI, tmp_path: Path, lines: list, name: str = "batch.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    with open(path, "rb") as f:
+        return client.files.create(file=f, purpose="batch")
+
+
+def _wait(client: openai.OpenAI, batch_id: str, timeout_s: float = 240):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in TERMINAL:
+            return batch
+        time.sleep(0.3)
+    raise TimeoutError(f"batch {batch_id} still {batch.status}")
+
+
+def _jsonl(client: openai.OpenAI, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+def test_a_batch_runs_from_upload_to_output_and_error_files(client, tmp_path):
+    good = _lines(20)
+    bad = ["{not json", {**_lines(1, start=100)[0], "url": "/v1/completions"}]
+    uploaded = _upload(client, tmp_path, good + bad)
+    assert uploaded.purpose == "batch" and uploaded.bytes > 0 and uploaded.id.startswith("file-")
+    assert client.files.retrieve(uploaded.id).filename == "batch.jsonl"
+
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h", metadata={"team": "evals"})
+    assert batch.status in ("validating", "in_progress") and batch.metadata == {"team": "evals"}
+    batch = _wait(client, batch.id)
+
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (22, 20, 2)
+    assert batch.completed_at >= batch.finalizing_at >= batch.in_progress_at >= batch.created_at
+    assert batch.usage.input_tokens > 0 and batch.usage.output_tokens > 0
+    assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens
+    assert {(e.line, e.code) for e in batch.errors.data} == {(21, "invalid_json"), (22, "mismatched_url")}
+    assert next(e for e in batch.errors.data if e.line == 22).param == "url"
+
+    output, errors = _jsonl(client, batch.output_file_id), _jsonl(client, batch.error_file_id)
+    assert sorted(line["custom_id"] for line in output) == sorted(line["custom_id"] for line in good)
+    assert len({line["custom_id"] for line in output + errors}) == 22  # every request exactly once
+    body = output[0]["response"]["body"]
+    assert output[0]["response"]["status_code"] == 200 and output[0]["error"] is None
+    assert body["object"] == "chat.completion" and body["model"] == SERVED
+    assert body["choices"][0]["message"]["role"] == "assistant" and body["choices"][0]["message"]["content"]
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert {line["response"]["status_code"] for line in errors} == {400}
+    assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
+
+
+def test_cancel_mid_run_keeps_finished_results(client, tmp_path):
+    uploaded = _upload(client, tmp_path, _lines(400, max_tokens=200, ignore_eos=True))
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    deadline = time.monotonic() + 120
+    while client.batches.retrieve(batch.id).request_counts.completed == 0:
+        assert time.monotonic() < deadline, "no request finished"
+        time.sleep(0.1)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    batch = _wait(client, batch.id)
+    assert batch.status == "cancelled" and batch.cancelled_at is not None
+    output = _jsonl(client, batch.output_file_id)
+    assert 0 < len(output) < 400 and batch.request_counts.completed == len(output)
+    assert len({line["custom_id"] for line in output}) == len(output)
+
+
+def test_lists_page_with_cursors(client, tmp_path):
+    uploaded = _upload(client, tmp_path, _lines(2))
+    ids = [client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                 completion_window="24h").id for _ in range(3)]
+    first = client.batches.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    assert [b.id for b in first.data] == ids[::-1][:2]  # newest first
+    second = client.batches.list(limit=2, after=first.data[-1].id)
+    assert second.data[0].id == ids[0]
+    every = [b.id for b in client.batches.list(limit=1)]  # the client follows the cursor itself
+    assert every[:3] == ids[::-1] and len(every) == len(set(every))
+    files = client.files.list(limit=1, order="asc")
+    assert files.has_more and len(files.data) == 1
+
+
+def test_keys_are_required_and_scoped(client, stack, tmp_path):
+    uploaded = _upload(client, tmp_path, _lines(1))
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    url = stack["exports"]["TIDE_API_URL"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).batches.retrieve(batch.id)
+    answer = httpx.get(f"{url}/batches/{batch.id}")
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "missing_api_key"
+    other = openai.OpenAI(base_url=url, api_key=OTHER_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        other.files.content(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        other.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.id not in [b.id for b in other.batches.list()]
+
+
+def test_native_job_with_idempotency_key_progress_and_results(client, stack, tmp_path):
+    uploaded = _upload(client, tmp_path, [{"id": f"p{i}", "prompt": f"Count to {i}"} for i in range(12)])
+    url, headers = stack["exports"]["TIDE_API_URL"], {"Authorization": f"Bearer {KEY}", "Idempotency-Key": "n1"}
+    spec = {"input": uploaded.id, "model": SERVED, "sampling": {"max_tokens": 4, "temperature": 0}}
+    first = httpx.post(f"{url}/jobs", json=spec, headers=headers).json()
+    again = httpx.post(f"{url}/jobs", json=spec, headers=headers).json()
+    assert first["id"] == again["id"] and first["object"] == "job"
+    deadline = time.monotonic() + 120
+    while (job := httpx.get(f"{url}/jobs/{first['id']}", headers=headers).json())["status"] not in TERMINAL:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert job["status"] == "completed" and job["progress"] == {"done": 12, "total": 12, "fraction": 1.0}
+    assert job["throughput"]["output_tokens_per_s"] > 0 and job["eta_s"] is None
+    rows = [json.loads(line) for line in httpx.get(f"{url}/jobs/{first['id']}/results", headers=headers).text
+            .splitlines()]
+    assert sorted(r["custom_id"] for r in rows) == sorted(f"p{i}" for i in range(12))
+    local = httpx.post(f"{url}/jobs", json={**spec, "input": "/etc/passwd"}, headers={"Authorization": f"Bearer {KEY}"})
+    assert local.status_code == 400 and local.json()["error"]["param"] == "input"
+
+
+def test_health_ready_and_metrics_need_no_key(client, stack):
+    base = stack["exports"]["TIDE_API_URL"].removesuffix("/v1")
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").json()["checks"] == {"redis": True, "storage": True}
+    text = httpx.get(f"{base}/metrics").text
+    assert 'tide_jobs{status="completed"}' in text
+    assert f'tide_workers{{model="{SERVED}"}} 1.0' in text
+    assert f'tide_rows_completed_total{{model="{SERVED}"}}' in text
+    assert f'tide_ttft_seconds_count{{model="{SERVED}"}}' in text
+
+
+def test_an_oversized_body_is_refused_in_the_openai_shape(stack):
+    url = stack["exports"]["TIDE_API_URL"]
+    answer = httpx.post(f"{url}/batches", content=b"{" + b" " * (2 * 2**20) + b"}",
+                        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_50k_line_upload_keeps_api_memory_flat(client, stack, tmp_path):
+    path = tmp_path / "big.jsonl"
+    line = json.dumps(_lines(1)[0]) + " " * 400
+    with open(path, "w") as f:
+        for i in range(50_000):
+            f.write(line.replace("req-0", f"req-{i}") + "\n")
+    size = path.stat().st_size
+    api_pid = stack["pids"]["api"]
+    before, peak = _rss(api_pid), [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss(api_pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with open(path, "rb") as f:
+            uploaded = client.files.create(file=f, purpose="batch")
+    finally:
+        done.set()
+        sampler.join()
+    assert uploaded.bytes == size
+    growth = peak[0] - before
+    print(f"50k-line upload of {size / 2**20:.1f} MiB: API RSS {before / 2**20:.1f} -> peak "
+          f"{peak[0] / 2**20:.1f} MiB (+{growth / 2**20:.1f} MiB)")
+    assert growth < size / 2, f"API memory grew by {growth / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB upload"
+    assert client.files.content(uploaded.id).content[: len(line)] == line.encode()
+
+
+def _rss(pid: int) -> int:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            return int(row.split()[1]) * 1024
+    return 0
+
+
+def test_up_again_starts_nothing_and_down_leaves_no_process(stack):
+    again = tide(stack["env"], *stack["up_args"])
+    assert again.returncode == 0, again.stderr
+    assert _pids(stack["state"]) == stack["pids"]
+    assert all(_alive(pid) for pid in stack["pids"].values())
+    down = tide(stack["env"], "stack", "down", "--state-dir", str(stack["state"]))
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in stack["pids"].values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [name for name, pid in stack["pids"].items() if _alive(pid)]
+    assert not list((stack["state"] / "pids").glob("*.pid"))

@@ -1,0 +1,161 @@
+"""`/v1/batches`: an OpenAI batch is a Tide job (same id) over an uploaded file, seen in OpenAI's Batch shape."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from jobs.catalog.records import BatchRecord, FileRecord
+from jobs.lifecycle import cancel_job, create_job, job_status, start_job
+from jobs.openai_output import ERRORS_NAME, OUTPUT_NAME
+from jobs.specs import JobSpec
+from jobs.state import Job
+from jobs.storage import StorageError, resolve
+from tide.api.errors import APIError, not_found
+from tide.api.files import owned_file
+from tide.api.pages import list_page
+from tide.api.services import Services, owner, services
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+FIRST_LINE_BYTES = 2**20
+
+
+class OutputExpiry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=30 * 86400)
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1, max_length=128)
+    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    completion_window: str = Field("24h", max_length=16, description="24h, or any duration such as 30m or 2d")
+    metadata: dict[str, str] | None = None
+    output_expires_after: OutputExpiry | None = None
+
+
+@router.post("")
+def create_batch(body: BatchCreate, background: BackgroundTasks, who: str = Depends(owner),
+                 svc: Services = Depends(services)) -> dict:
+    source = owned_file(svc, who, body.input_file_id)
+    if source.purpose != "batch":
+        raise APIError(400, f"file {source.id} has purpose {source.purpose!r}, not 'batch'", "input_file_id",
+                       "invalid_value")
+    batch_id = f"batch_{uuid.uuid4().hex[:24]}"
+    try:
+        spec = JobSpec(input=source.uri, format="jsonl", model=_model(source, svc), endpoint=body.endpoint,
+                       output=svc.storage.child("results").uri, completion_window=body.completion_window,
+                       metadata=body.metadata or {}, shard_rows=svc.settings.shard_rows)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise APIError(400, f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
+                       ".".join(map(str, first["loc"])), "invalid_value") from exc
+    job = create_job(spec, svc.store, batch_id)
+    record = BatchRecord(id=batch_id, owner=who, endpoint=body.endpoint, input_file_id=source.id,
+                         completion_window=body.completion_window, metadata=body.metadata,
+                         output_expires_after_s=body.output_expires_after.seconds if body.output_expires_after
+                         else None)
+    svc.catalog.put_batch(record, job.created_at)
+    background.add_task(start_job, job, svc.store, svc.dispatcher)  # validation streams the file after we answer
+    return batch_object(svc, record, job)
+
+
+def _model(source: FileRecord, svc: Services) -> str:
+    """The model of a batch: the `model` its first line asks for, else the configured one."""
+    try:
+        with resolve(source.uri).open_read() as f:
+            line = f.readline(FIRST_LINE_BYTES)
+        model = json.loads(line).get("body", {}).get("model")
+    except (StorageError, ValueError, AttributeError):
+        model = None  # a bad first line is that line's error, found at validation
+    return model if isinstance(model, str) and model else svc.settings.model
+
+
+@router.get("")
+def list_batches(after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                 who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
+    ids = svc.catalog.page(who, "batches", after, limit + 1)
+    return list_page(ids, limit, lambda i: _view(svc, i))
+
+
+def _view(svc: Services, batch_id: str) -> dict | None:
+    record = svc.catalog.get_batch(batch_id)
+    return None if record is None else batch_object(svc, record, job_status(svc.store, batch_id))
+
+
+@router.get("/{batch_id}")
+def retrieve_batch(batch_id: str, who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
+    record = _owned(svc, who, batch_id)
+    return batch_object(svc, record, job_status(svc.store, batch_id))
+
+
+@router.post("/{batch_id}/cancel")
+def cancel_batch(batch_id: str, who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
+    record = _owned(svc, who, batch_id)
+    return batch_object(svc, record, cancel_job(svc.store, svc.dispatcher, batch_id))
+
+
+def _owned(svc: Services, who: str, batch_id: str) -> BatchRecord:
+    record = svc.catalog.get_batch(batch_id)
+    if record is None or record.owner != who:
+        raise not_found("Batch", batch_id)
+    return record
+
+
+def batch_object(svc: Services, record: BatchRecord, job: Job) -> dict:
+    """The OpenAI Batch object of a batch's record and its job (live counts)."""
+    if job.status.terminal and job.summary_uri and not (record.output_file_id or record.error_file_id):
+        record = _register_outputs(svc, record, job)
+    usage = job.usage
+    stamps = {f"{s}_at": _int(getattr(job, f"{s}_at")) for s in
+              ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")}
+    errors = [{"code": e.code, "line": e.line, "message": e.message, "param": e.param} for e in job.sample_errors]
+    if job.error:
+        errors.append({"code": "invalid_file", "line": None, "message": job.error, "param": "input_file_id"})
+    return {
+        "id": record.id, "object": "batch", "endpoint": record.endpoint, "model": job.spec.model,
+        "errors": {"object": "list", "data": errors} if errors else None,
+        "input_file_id": record.input_file_id, "completion_window": record.completion_window,
+        "status": job.status.value, "output_file_id": record.output_file_id, "error_file_id": record.error_file_id,
+        "created_at": int(job.created_at), "expires_at": int(job.expires_at), **stamps,
+        "request_counts": job.request_counts.model_dump(), "metadata": record.metadata,
+        "usage": {"input_tokens": usage.prompt_tokens,
+                  "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
+                  "output_tokens": usage.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": usage.prompt_tokens + usage.completion_tokens},
+    }
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _register_outputs(svc: Services, record: BatchRecord, job: Job) -> BatchRecord:
+    """File records for the output and error files the finalizer wrote (ids derived from the batch id)."""
+    prefix = resolve(job.output_prefix)
+    now = int(time.time())
+    expires = None if record.output_expires_after_s is None else now + record.output_expires_after_s
+    ids = {}
+    for kind, name in (("output", OUTPUT_NAME), ("error", ERRORS_NAME)):
+        location = prefix.child(name)
+        size = location.size() if location.exists() else 0
+        if not size:
+            continue
+        file_id = "file-" + hashlib.sha256(f"{record.id}/{kind}".encode()).hexdigest()[:24]
+        svc.catalog.put_file(FileRecord(id=file_id, owner=record.owner, filename=f"{record.id}_{kind}.jsonl",
+                                        purpose="batch_output", bytes=size, created_at=now, expires_at=expires,
+                                        uri=location.uri))
+        ids[f"{kind}_file_id"] = file_id
+    if not ids:
+        return record
+    record = record.model_copy(update=ids)
+    svc.catalog.update_batch(record)
+    return record

@@ -1,0 +1,102 @@
+"""`/v1/jobs`: native Tide jobs for what OpenAI's shape cannot say (Parquet, s3:// inputs and outputs, priority,
+webhook), with progress, throughput and ETA, and their results streamed as JSONL while they run."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Header
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from jobs.lifecycle import cancel_job, create_job, job_status, new_job_id, start_job
+from jobs.results import iter_output_rows
+from jobs.specs import JobSpec
+from jobs.state import Job
+from tide.api.errors import APIError, not_found
+from tide.api.files import owned_file
+from tide.api.services import Services, owner, services
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("")
+def submit(background: BackgroundTasks, body: Annotated[dict[str, Any], Body(description="a JobSpec; `input` is "
+           "an s3:// URI or an uploaded file id, `output` defaults to the service's storage")],
+           idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+           who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
+    spec = _spec(body, who, idempotency_key, svc)
+    job_id = new_job_id()
+    job = create_job(spec, svc.store, job_id)
+    if job.id == job_id:  # a new job, not the idempotency key's earlier one
+        svc.catalog.own(who, "jobs", job.id, job.created_at)
+        background.add_task(start_job, job, svc.store, svc.dispatcher)
+    return job_object(job)
+
+
+def _spec(body: dict[str, Any], who: str, idempotency_key: str | None, svc: Services) -> JobSpec:
+    fields = dict(body)
+    source = fields.get("input")
+    if isinstance(source, str) and source.startswith("file-"):
+        fields["input"] = owned_file(svc, who, source).uri
+    elif isinstance(source, str) and not source.startswith("s3://"):
+        raise APIError(400, "input must be an s3:// URI or an uploaded file id (file-...)", "input", "invalid_value")
+    output = fields.setdefault("output", svc.storage.child("results").uri)
+    if isinstance(output, str) and not output.startswith("s3://") and output != svc.storage.child("results").uri:
+        raise APIError(400, "output must be an s3:// prefix (or left out for the service's storage)", "output",
+                       "invalid_value")
+    fields.setdefault("model", svc.settings.model)
+    fields.setdefault("shard_rows", svc.settings.shard_rows)
+    if idempotency_key:  # keys are per caller: two callers' equal keys are different jobs
+        fields["idempotency_key"] = f"{who}:{idempotency_key}"
+    try:
+        return JobSpec.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(map(str, first["loc"]))
+        raise APIError(400, f"{param}: {first['msg']}", param or None, "invalid_value") from exc
+
+
+@router.get("/{job_id}")
+def retrieve(job_id: str, who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
+    return job_object(job_status(svc.store, _owned(svc, who, job_id)))
+
+
+@router.post("/{job_id}/cancel")
+def cancel(job_id: str, who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
+    return job_object(cancel_job(svc.store, svc.dispatcher, _owned(svc, who, job_id)))
+
+
+@router.get("/{job_id}/results")
+def results(job_id: str, errors: bool = False, who: str = Depends(owner),
+            svc: Services = Depends(services)) -> StreamingResponse:
+    """Rows of the shards committed so far (all of them once the job has ended), as JSON lines."""
+    job = svc.store.get_job(_owned(svc, who, job_id))
+    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in iter_output_rows(job.output_prefix, errors))
+    return StreamingResponse(lines, media_type="application/jsonl")
+
+
+def _owned(svc: Services, who: str, job_id: str) -> str:
+    """Jobs and batches share ids: either is reachable here by its owner."""
+    if svc.catalog.owner_of(job_id) != who:
+        raise not_found("Job", job_id)
+    return job_id
+
+
+def job_object(job: Job, now: float | None = None) -> dict:
+    """The job as stored, plus progress, throughput and an ETA from the rate so far."""
+    now = time.time() if now is None else now
+    counts = job.request_counts
+    done = counts.completed + counts.failed
+    started = job.in_progress_at
+    elapsed = max((job.finalizing_at or now) - started, 1e-9) if started else 0.0
+    rate = done / elapsed if elapsed else 0.0
+    remaining = max(counts.total - done, 0)
+    view = json.loads(job.model_dump_json())
+    view.update(object="job", progress={"done": done, "total": counts.total,
+                                        "fraction": done / counts.total if counts.total else 0.0},
+                throughput={"rows_per_s": rate,
+                            "output_tokens_per_s": job.usage.completion_tokens / elapsed if elapsed else 0.0},
+                eta_s=None if job.status.terminal or not rate else remaining / rate)
+    return view

@@ -1,0 +1,66 @@
+"""Every setting of every entry point (CLI, API, worker, scheduler) in one model, read from TIDE_* variables and `.env`.
+
+Command-line flags override these per run; the README's settings table is checked against this model by a test.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_API_KEY = "tide-dev-key"
+HASH_PREFIX = "sha256:"
+
+
+class Settings(BaseSettings):
+    """Tide's configuration. Each field is the environment variable `TIDE_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDE_", env_file=".env", env_file_encoding="utf-8",
+                                      extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="job state store and Celery broker")
+    storage: str = Field("./tide-data", description="where uploaded files and default results live: a local "
+                         "directory or s3://bucket/prefix")
+    model: str = Field("smollm2-135m", description="model a worker serves and batches use when lines name none")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated bearer keys, plain or as sha256:<hex> of the key; "
+        "empty means the API refuses every request (tide stack sets tide-dev-key)")
+    api_host: str = Field("127.0.0.1", description="address `tide api` listens on")
+    api_port: int = Field(8000, ge=1, le=65535, description="port `tide api` listens on")
+    max_upload_bytes: int = Field(2 * 2**30, ge=1, description="largest file `POST /v1/files` accepts")
+    max_request_bytes: int = Field(2**20, ge=1024, description="largest JSON request body")
+    webhook_secret: str | None = Field(None, description="signing secret for completion webhooks")
+    concurrency: int = Field(2, ge=1, description="shards a worker holds at once, all feeding its one engine")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="worker engine dtype")
+    threads: int | None = Field(None, ge=1, description="worker torch compute threads (default: all cores)")
+    max_num_seqs: int | None = Field(None, ge=1, description="worker engine sequence cap (default: engine's)")
+    kv_cache_bytes: int | None = Field(None, ge=1, description="worker KV cache budget (default: a share of RAM)")
+    max_attempts: int = Field(3, ge=1, description="runs of one shard before its rows fail")
+    shard_rows: int = Field(256, ge=1, description="rows per shard for jobs that do not say")
+    cache_dir: str | None = Field(None, description="converted models and built kernels (default ~/.cache/tide)")
+    log_level: str = Field("INFO", description="log level of the worker, API and scheduler")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    def key_hashes(self) -> frozenset[str]:
+        """The configured keys as sha256 hex digests; plain keys are hashed here and not kept."""
+        return frozenset(key[len(HASH_PREFIX):].lower() if key.startswith(HASH_PREFIX) else hash_key(key)
+                         for key in self.api_keys)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()

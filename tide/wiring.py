@@ -1,0 +1,29 @@
+"""What several entry points build the same way: the engine service, and the Redis job store with its dispatcher."""
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """A mistake the user can fix (a bad argument, a model that cannot load); printed as one line."""
+
+
+def engine_service(model: str, dtype: str, **config):
+    """An `EngineService` around a freshly loaded engine; options left as None take the engine's defaults."""
+    from engine import EngineConfig, LLMEngine
+    from workers.engine_service import EngineService
+
+    options = {k: v for k, v in config.items() if v is not None}
+    try:
+        engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"cannot load model {model!r}: {exc}") from exc
+    return EngineService(engine)
+
+
+def connect(redis_url: str):
+    """(RedisJobStore, CeleryDispatcher) for queued jobs; raises StoreUnavailable when Redis cannot be reached."""
+    from jobs.store import RedisJobStore
+    from workers.celery_app import make_app
+    from workers.dispatch import CeleryDispatcher
+
+    store = RedisJobStore.from_url(redis_url)
+    return store, CeleryDispatcher(make_app(redis_url))
