@@ -3,7 +3,6 @@ place of Redis, S3 and Celery. The shard, planning and finalization code is the 
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 from jobs.dispatch import ShardRetry, shard_task_id
@@ -13,7 +12,8 @@ from jobs.shard_runner import ShardContext, run_shard
 from jobs.specs import JobSpec, ShardTask
 from jobs.state import Job
 from jobs.store import MemoryJobStore
-from jobs.webhook import SECRET_ENV
+from jobs.webhooks.courier import Courier, WebhookConfig
+from jobs.webhooks.outbox import MemoryOutbox
 
 logger = logging.getLogger("tide.run")
 
@@ -61,15 +61,19 @@ class LocalDispatcher:
 
 
 def run_embedded(spec: JobSpec, service, shards_in_flight: int = 2, show_progress: bool = True,
-                 group_prefixes: bool = True) -> Job:
-    """Submit `spec` to an in-process pipeline around `service` (an EngineService) and wait for it to end."""
+                 group_prefixes: bool = True, webhooks: WebhookConfig | None = None) -> Job:
+    """Submit `spec` to an in-process pipeline around `service` (an EngineService) and wait for it to end; its
+    webhook (if any) is delivered on the retry schedule before this returns."""
     store = MemoryJobStore()
     dispatcher = LocalDispatcher(shards_in_flight)
     dispatcher.shard_context = ShardContext(store=store, dispatcher=dispatcher, service=service, worker="embedded",
                                             group_prefixes=group_prefixes)
-    dispatcher.finalizer = Finalizer(store=store, webhook_secret=os.environ.get(SECRET_ENV))
+    outbox = MemoryOutbox()
+    dispatcher.finalizer = Finalizer(store=store, outbox=outbox)
     try:
         job = submit_job(spec, store, dispatcher)
-        return wait_for_job(store, job.id, poll_s=0.5, show=show_progress, check=dispatcher.check_failures)
+        job = wait_for_job(store, job.id, poll_s=0.5, show=show_progress, check=dispatcher.check_failures)
     finally:
         dispatcher.close()
+    Courier(outbox, webhooks or WebhookConfig.from_environ()).drain()
+    return job

@@ -19,7 +19,9 @@ from jobs.state import Job, JobStatus, RequestCounts, SampleError, ShardState, S
 from jobs.storage import StorageError, resolve
 from jobs.store import JobNotFound, JobStore
 from jobs.summary import build_summary
-from jobs.webhook import deliver
+from jobs.webhooks.courier import enqueue
+from jobs.webhooks.events import job_event
+from jobs.webhooks.outbox import Outbox, outbox_for
 
 logger = logging.getLogger("tide.jobs")
 
@@ -28,12 +30,15 @@ SUMMARY_NAME = "summary.json"
 
 @dataclass
 class Finalizer:
-    """What finalization needs besides the store: where to send the webhook from, and its signing secret."""
+    """What finalization needs besides the store: the webhook outbox (default: Redis beside a Redis store).
+
+    Finalization only queues the event; a courier (`tide beat`, or `tide run` before it exits) signs and sends it.
+    """
 
     store: JobStore
-    webhook_secret: str | None = None
+    webhook_secret: str | None = None  # kept for callers; signing happens in the courier
     clock: Callable[[], float] = time.time
-    webhook_backoff_s: float = 0.5
+    outbox: Outbox | None = None
 
 
 def new_job_id(prefix: str = "job") -> str:
@@ -175,8 +180,9 @@ def _final_status(job: Job, shards: list[ShardState]) -> JobStatus:
 
 
 def _notify(job: Job, finalizer: Finalizer) -> None:
-    body = json.dumps({"type": f"job.{job.status.value}", "job": json.loads(job.model_dump_json())}).encode()
-    if not finalizer.webhook_secret:
-        logger.warning("TIDE_WEBHOOK_SECRET is not set: the webhook for job %s goes out unsigned", job.id)
-    if not deliver(job.spec.webhook_url, body, finalizer.webhook_secret, backoff_s=finalizer.webhook_backoff_s):
-        logger.error("webhook for job %s could not be delivered to %s", job.id, job.spec.webhook_url)
+    outbox = finalizer.outbox or outbox_for(finalizer.store)
+    if outbox is None:
+        logger.error("job %s: no webhook outbox beside this store; the webhook is not sent", job.id)
+        return
+    type, data = job_event(job)
+    enqueue(outbox, job.id, job.spec.webhook_url, type, data, finalizer.clock())

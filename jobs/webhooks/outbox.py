@@ -164,7 +164,7 @@ def _owner_key(owner: str) -> str:
     return f"tide:webhooks:owner:{owner}"
 
 
-def outbox_for(store) -> Outbox:
-    """The outbox beside a job store: Redis for a `RedisJobStore`, memory otherwise."""
+def outbox_for(store) -> Outbox | None:
+    """The durable outbox beside a job store: Redis for a `RedisJobStore`, None for an in-memory store."""
     client = getattr(store, "redis", None)
-    return RedisOutbox(client) if client is not None else MemoryOutbox()
+    return RedisOutbox(client) if client is not None else None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +15,9 @@ from jobs.lifecycle import job_status, submit_job
 from jobs.specs import JobSpec
 from jobs.store import RedisJobStore
 from jobs.storage import s3_client
-from jobs.webhook import SIGNATURE_HEADER, verify_signature
+from jobs.webhooks.courier import Courier, WebhookConfig
+from jobs.webhooks.outbox import RedisOutbox
+from jobs.webhooks.signing import signer
 from tests.integration.conftest import BUCKET, SERVED, WEBHOOK_SECRET
 from tests.integration.helpers import put_jsonl, read_s3_json, read_s3_parts, submit, tide
 from workers.celery_app import make_app
@@ -90,9 +91,13 @@ def test_jsonl_job_from_s3_matches_the_engine_and_reports_bad_rows(services, wor
     assert summary["output_tokens_per_s"] > 0 and summary["latency_s"]["ttft"]["p99"] is not None
     assert [w["mean_batch_occupancy"] > 0 for w in summary["workers"].values()] == [True]
 
+    # The worker queued the event in Redis; a courier (what `tide beat` runs) signs and delivers it.
+    outbox = RedisOutbox(RedisJobStore.from_url(services.redis_url).redis)
+    Courier(outbox, WebhookConfig(secrets=[WEBHOOK_SECRET], allow_private=True)).pump()
     headers, body = received[0]
-    assert verify_signature(WEBHOOK_SECRET, headers[SIGNATURE_HEADER], body, now=time.time())
-    assert json.loads(body)["job"]["id"] == job_id
+    payload = signer(WEBHOOK_SECRET).verify(body, headers)
+    assert payload["type"] == "batch.completed" and payload["data"]["id"] == job_id
+    assert [e.outcome for e in outbox.log(job_id)] == ["delivered"]
 
     listed = tide(services.env, "results", job_id, "--limit", "3")
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3
