@@ -12,7 +12,8 @@ from tests.infra.known import REPO, interpolate_all, parse_tide_args, unknown_va
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = interpolate_all(COMPOSE["services"])  # as compose runs them with no .env: every default applies
-TIDE_SERVICES = sorted(name for name, s in SERVICES.items() if s.get("build", {}).get("dockerfile") == "infra/Dockerfile")
+TIDE_SERVICES = sorted(name for name, service in SERVICES.items()
+                       if service.get("build", {}).get("dockerfile") == "infra/Dockerfile")
 COMMANDED = [name for name in TIDE_SERVICES if "command" in SERVICES[name]]
 
 

@@ -79,7 +79,8 @@ def test_services_select_deployment_pods_and_their_ports():
     assert services
     for name, service in services.items():
         selector = service["spec"]["selector"]
-        targets = [d for d in DEPLOYMENTS.values() if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        targets = [d for d in DEPLOYMENTS.values()
+                   if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
         assert len(targets) == 1, f"Service {name} selects {len(targets)} Deployments"
         ports = {p.get("name") for c in targets[0]["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
