@@ -15,6 +15,7 @@ from typing import BinaryIO, Protocol
 
 READ_BUFFER = 4 * 2**20  # one ranged GET per 4 MiB of a streamed object
 COPY_CHUNK = 2**20
+UPLOAD_PART = 8 * 2**20  # S3 parts are at least 5 MiB
 
 
 class StorageError(RuntimeError):
@@ -171,9 +172,13 @@ class S3Location:
             _quietly(lambda: client.delete_object(Bucket=self.bucket, Key=tmp_key))
 
     def write_stream(self, source: BinaryIO) -> int:
+        from boto3.s3.transfer import TransferConfig
+
         counted = _Counted(source)
-        try:  # a managed multipart upload: memory stays at a few parts whatever the size
-            s3_client().upload_fileobj(counted, self.bucket, self.key)
+        # One multipart part in memory at a time: memory stays at UPLOAD_PART bytes whatever the size.
+        config = TransferConfig(multipart_threshold=UPLOAD_PART, multipart_chunksize=UPLOAD_PART, use_threads=False)
+        try:
+            s3_client().upload_fileobj(counted, self.bucket, self.key, Config=config)
         except Exception as exc:
             raise StorageError(f"cannot write {self.uri}: {_reason(exc)}") from exc
         return counted.count

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def up_cmd(args: argparse.Namespace, settings: Settings) -> int:
         _record(state, "s3", process.pid)
         if kind == "moto":
             print("storage: moto's S3 server keeps objects in memory; they are lost when the stack stops "
-                  "(put `minio` on PATH to keep them on disk)")
+                  "(put `minio` on PATH to keep them on disk)", file=sys.stderr)
         _make_bucket(env)
     if not _alive(state, "api"):
         _record(state, "api", start_api(env, config["api_port"], state / "logs/api.log", detach=True).pid)

@@ -32,10 +32,12 @@ class Catalog:
     def page(self, owner: str, kind: Kind, after: str | None, limit: int, newest_first: bool = True) -> list[str]:
         """Up to `limit` ids after the cursor `after` (an id of the same listing), in the asked order."""
         key = f"tide:owned:{owner}:{kind}"
-        rank = self.redis.zrevrank(key, after) if newest_first else self.redis.zrank(key, after)
-        if after is not None and rank is None:
-            return []
-        start = 0 if after is None else rank + 1
+        start = 0
+        if after is not None:
+            rank = self.redis.zrevrank(key, after) if newest_first else self.redis.zrank(key, after)
+            if rank is None:
+                return []
+            start = rank + 1
         items = (self.redis.zrevrange if newest_first else self.redis.zrange)(key, start, start + limit - 1)
         return [item.decode() for item in items]
 

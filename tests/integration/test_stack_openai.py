@@ -216,7 +216,7 @@ def test_an_oversized_body_is_refused_in_the_openai_shape(stack):
 
 def test_a_50k_line_upload_keeps_api_memory_flat(client, stack, tmp_path):
     path = tmp_path / "big.jsonl"
-    line = json.dumps(_lines(1)[0]) + " " * 400
+    line = json.dumps(_lines(1)[0]) + " " * 900
     with open(path, "w") as f:
         for i in range(50_000):
             f.write(line.replace("req-0", f"req-{i}") + "\n")
@@ -242,7 +242,7 @@ def test_a_50k_line_upload_keeps_api_memory_flat(client, stack, tmp_path):
     growth = peak[0] - before
     print(f"50k-line upload of {size / 2**20:.1f} MiB: API RSS {before / 2**20:.1f} -> peak "
           f"{peak[0] / 2**20:.1f} MiB (+{growth / 2**20:.1f} MiB)")
-    assert growth < size / 2, f"API memory grew by {growth / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB upload"
+    assert growth < size / 3, f"API memory grew by {growth / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB upload"
     assert client.files.content(uploaded.id).content[: len(line)] == line.encode()
 
 

@@ -1,0 +1,24 @@
+"""The API app in this process over a real redis-server and local storage (no workers: tasks just wait queued)."""
+from __future__ import annotations
+
+import pytest
+
+from tide.processes import start_redis, stop
+from tide.settings import Settings
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def api_app(tmp_path_factory):
+    from tide.api.app import create_app
+    from tide.api.services import Services
+
+    workdir = tmp_path_factory.mktemp("api")
+    process, url = start_redis(workdir)
+    settings = Settings(_env_file=None, redis_url=url, storage=str(workdir / "storage"), api_keys=[KEY],
+                        max_request_bytes=64 * 1024, max_upload_bytes=4 * 2**20)
+    try:
+        yield create_app(Services.from_settings(settings))
+    finally:
+        stop(process)
