@@ -46,3 +46,19 @@ def test_no_generated_request_gets_a_server_error(operations, with_key):
         check()
     print(f"{tried} generated requests ({'with' if with_key else 'without'} a key)")
     assert tried > len(operations)
+
+
+def test_bodies_over_their_limit_are_refused_in_the_openai_shape(api_app):
+    from starlette.testclient import TestClient
+
+    client = TestClient(api_app)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    small = client.post("/v1/batches", content=b"{" + b" " * 70_000 + b"}",
+                        headers={**headers, "Content-Type": "application/json"})
+    assert small.status_code == 413 and small.json()["error"]["code"] == "request_too_large"
+    upload = client.post("/v1/files", files={"file": ("a.jsonl", b"x" * (5 * 2**20))}, data={"purpose": "batch"},
+                         headers=headers)
+    assert upload.status_code == 413 and upload.json()["error"]["code"] == "request_too_large"
+    fits = client.post("/v1/files", files={"file": ("a.jsonl", b"x" * (2 * 2**20))}, data={"purpose": "batch"},
+                       headers=headers)
+    assert fits.status_code == 200 and fits.json()["bytes"] == 2 * 2**20

@@ -17,6 +17,8 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inva
           405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
           422: "invalid_request_error", 503: "server_error"}
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
 
 class APIError(Exception):
     """An answer other than success; `param` names the request field at fault."""
@@ -50,7 +52,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), code=None)
+        return error_response(exc.status_code, str(exc.detail), code=_HTTP_CODES.get(exc.status_code))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

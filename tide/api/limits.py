@@ -1,4 +1,6 @@
-"""Request size limits, enforced on the byte stream so an oversized or chunked body is refused while it arrives."""
+"""Request size limits, enforced on the byte stream so an oversized or chunked body is refused while it arrives.
+
+Starlette's own body limit answers in plain text; this one answers in OpenAI's error shape, which clients parse."""
 from __future__ import annotations
 
 import json
