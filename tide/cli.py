@@ -53,7 +53,7 @@ def _fail(message: str) -> int:
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
-    from tide import api_command, stack, worker
+    from tide import api_command, beat, evals_command, stack, webhooks_command, worker
 
     parser = argparse.ArgumentParser(prog="tide", description="Batch LLM inference: run, queue and follow jobs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -80,6 +80,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     worker.add_parser(sub, settings)
     api_command.add_parser(sub, settings)
     stack.add_parser(sub, settings)
+    evals_command.add_parser(sub, settings)
+    beat.add_parser(sub, settings)
+    webhooks_command.add_parser(sub, settings)
     sub.add_parser("bench", help="benchmark the engine (see `tide bench --help`)")
     return parser
 

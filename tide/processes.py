@@ -147,3 +147,13 @@ def service_env(redis_url: str, s3_url: str, **extra: str) -> dict[str, str]:
     return {**os.environ, "TIDE_REDIS_URL": redis_url, "AWS_ENDPOINT_URL": s3_url, "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
+
+
+def start_beat(env: dict[str, str], log: Path, detach: bool = False,
+               extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """A real `tide beat` process (eval schedules from TIDE_EVALS_CONFIG or `--config` in `extra`, webhook
+    delivery); returns once it is up."""
+    process = spawn([sys.executable, "-m", "tide", "beat", *extra], log, env, detach)
+    wait_until(lambda: log.exists() and b"tide beat: ready" in log.read_bytes(), f"tide beat ({log})", process,
+               timeout_s=60)
+    return process

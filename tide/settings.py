@@ -55,6 +55,17 @@ class Settings(BaseSettings):
         return frozenset(key[len(HASH_PREFIX):].lower() if key.startswith(HASH_PREFIX) else hash_key(key)
                          for key in self.api_keys)
 
+    # Evals and webhooks (`tide eval`, `tide beat`, `tide webhooks`).
+    evals_config: str | None = Field(None, description="suites file `tide beat` and `tide eval` read when "
+                                     "--config is not given")
+    beat_grace_s: float = Field(3600.0, ge=0, description="a scheduled eval run missed by at most this many "
+                                "seconds runs once when `tide beat` starts")
+    webhook_retry_schedule: str = Field("0,5,300,1800,7200,18000,36000,36000", description="seconds before each "
+                                        "webhook attempt, comma-separated (Standard Webhooks' schedule)")
+    webhook_allow_private: bool = Field(False, description="allow webhook URLs that resolve to loopback, private "
+                                        "or link-local addresses")
+    webhook_timeout_s: float = Field(15.0, gt=0, description="timeout of one webhook attempt")
+
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()

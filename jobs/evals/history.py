@@ -1,0 +1,107 @@
+"""A suite's run history, under its `history` location (local directory or s3:// prefix):
+
+    {history}/{suite}/index.json                  every finished run's summary, oldest first
+    {history}/{suite}/runs/{run_id}/run.json      the run record
+    {history}/{suite}/runs/{run_id}/results.parquet   one row per item: id, output, expected, passed, score, error
+    {history}/{suite}/runs/{run_id}/input.jsonl, job/  the job's input and its results, as for any job
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from jobs.storage import Location, resolve
+
+RESULTS_SCHEMA = pa.schema([("id", pa.string()), ("output", pa.string()), ("expected", pa.string()),
+                            ("passed", pa.bool_()), ("score", pa.float64()), ("error", pa.string())])
+
+
+class RunRecord(BaseModel):
+    """run.json: what ran (enough to reproduce it), how it scored, and how it differs from the previous run."""
+
+    run_id: str
+    suite: str
+    scheduled_for: str | None = Field(None, description="the cron slot (UTC, ISO 8601); None for a manual run")
+    started_at: str
+    finished_at: str
+    model: str
+    engine_version: str
+    chat_template_hash: str | None
+    sampling: dict[str, Any]
+    scorer: str
+    dataset: str
+    job_id: str | None
+    job_status: str
+    n: int
+    passed: int
+    errors: int
+    score: float
+    previous_run_id: str | None
+    previous_score: float | None = None
+    regressions: list[str]
+    improvements: list[str]
+    min_score: float | None = None
+    max_regressions: int | None = None
+    status: Literal["passed", "failed_threshold"]
+    results: str
+
+
+class ResultRow(BaseModel):
+    id: str
+    output: str | None
+    expected: str | None
+    passed: bool
+    score: float
+    error: str | None = None
+
+
+class History:
+    def __init__(self, root: str, suite: str) -> None:
+        self.suite = suite
+        self.base: Location = resolve(root).child(suite)
+
+    def run_dir(self, run_id: str) -> Location:
+        return self.base.child("runs").child(run_id)
+
+    def index(self) -> list[dict]:
+        location = self.base.child("index.json")
+        return json.loads(location.read_bytes()) if location.exists() else []
+
+    def latest(self) -> RunRecord | None:
+        runs = self.index()
+        return self.record(runs[-1]["run_id"]) if runs else None
+
+    def record(self, run_id: str) -> RunRecord:
+        return RunRecord.model_validate_json(self.run_dir(run_id).child("run.json").read_bytes())
+
+    def results(self, run_id: str) -> list[ResultRow]:
+        data = self.run_dir(run_id).child("results.parquet").read_bytes()
+        return [ResultRow(**row) for row in pq.read_table(io.BytesIO(data)).to_pylist()]
+
+    def write(self, record: RunRecord, rows: list[ResultRow]) -> None:
+        """results.parquet, then run.json, then the index: a run is in the history once it is complete."""
+        run_dir = self.run_dir(record.run_id)
+        table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=RESULTS_SCHEMA)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        run_dir.child("results.parquet").write_bytes(buffer.getvalue())
+        run_dir.child("run.json").write_bytes(record.model_dump_json(indent=2).encode())
+        summary = {key: getattr(record, key) for key in ("run_id", "scheduled_for", "started_at", "finished_at",
+                                                          "n", "passed", "score", "status")}
+        summary["regressions"] = len(record.regressions)
+        summary["improvements"] = len(record.improvements)
+        runs = [r for r in self.index() if r["run_id"] != record.run_id] + [summary]
+        self.base.child("index.json").write_bytes(json.dumps(runs, indent=1).encode())
+
+
+def diff(previous: list[ResultRow], current: list[ResultRow]) -> tuple[list[str], list[str]]:
+    """(regressions, improvements): ids that passed before and fail now, and the other way round."""
+    before = {row.id: row.passed for row in previous}
+    regressions = [row.id for row in current if before.get(row.id) is True and not row.passed]
+    improvements = [row.id for row in current if before.get(row.id) is False and row.passed]
+    return regressions, improvements

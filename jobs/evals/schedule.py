@@ -1,0 +1,99 @@
+"""When suites run: cron slots as UTC instants, one active scheduler (a Redis lock), one run per (suite, slot).
+
+Slots are computed in the suite's timezone and kept as UTC timestamps from then on, so a DST change can move a
+local time but never makes one slot two. Several missed slots coalesce into the latest one; on start (or on taking
+over the lock) the latest slot within the grace window runs if nobody ran it.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from jobs.evals.suites import Suite
+
+LOCK_KEY = "tide:beat:lock"
+KEEP_SECONDS = 30 * 86400
+
+
+def latest_slot(suite: Suite, now: float) -> float | None:
+    """The last cron slot at or before `now` (unix seconds, UTC); None for a suite without a schedule."""
+    if suite.schedule is None:
+        return None
+    local = datetime.fromtimestamp(now, timezone.utc).astimezone(ZoneInfo(suite.timezone))
+    return croniter(suite.schedule, local).get_prev(datetime).timestamp()
+
+
+def slot_key(suite_name: str, slot: float) -> str:
+    return f"{suite_name}@{datetime.fromtimestamp(slot, timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def scheduled_run_id(suite_name: str, slot: float) -> str:
+    return f"{suite_name}-{datetime.fromtimestamp(slot, timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+class SlotPicker:
+    """The slots a leader should fire: per suite, the latest slot newer than what it already looked at."""
+
+    def __init__(self, suites: dict[str, Suite], grace_s: float) -> None:
+        self.suites, self.grace_s = suites, grace_s
+        self._seen: dict[str, float] = {}
+
+    def restart(self, now: float) -> None:
+        """Becoming leader: anything within the grace window that nobody claimed is fair game again."""
+        self._seen = {name: now - self.grace_s for name in self.suites}
+
+    def due(self, now: float) -> list[tuple[str, float]]:
+        fire = []
+        for name, suite in self.suites.items():
+            slot = latest_slot(suite, now)
+            if slot is not None and slot > self._seen.get(name, now - self.grace_s):
+                fire.append((name, slot))
+                self._seen[name] = slot
+        return fire
+
+
+class RedisLock:
+    """Leadership for one scheduler at a time: a key with a TTL, renewed by its holder only."""
+
+    def __init__(self, client, ttl_s: float = 15.0, key: str = LOCK_KEY) -> None:
+        self.redis, self.ttl_ms, self.key = client, int(ttl_s * 1000), key
+        self.token = uuid.uuid4().hex
+
+    def hold(self) -> bool:
+        """Take the lock if free, renew it if ours; True while this process leads."""
+        import redis
+
+        if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return True
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(self.key)
+                if pipe.get(self.key) != self.token.encode():
+                    return False
+                pipe.multi()
+                pipe.pexpire(self.key, self.ttl_ms)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def release(self) -> None:
+        import redis
+
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(self.key)
+                if pipe.get(self.key) == self.token.encode():
+                    pipe.multi()
+                    pipe.delete(self.key)
+                    pipe.execute()
+            except redis.WatchError:
+                pass
+
+
+def claim_slot(client, suite_name: str, slot: float, run_id: str) -> bool:
+    """True for exactly one caller per (suite, slot), however many schedulers, restarts or redeliveries."""
+    return bool(client.set(f"tide:evals:slot:{slot_key(suite_name, slot)}", run_id, nx=True, ex=KEEP_SECONDS))

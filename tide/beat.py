@@ -1,0 +1,61 @@
+"""`tide beat`: the scheduler process. Fires eval suites on their cron schedules (one leader at a time, one run per
+suite and slot) and delivers webhooks from the Redis outbox on their retry schedule."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from tide.settings import Settings, get_settings
+from tide.wiring import UsageError
+
+READY_LINE = "tide beat: ready"
+
+
+def add_parser(sub, settings: Settings) -> None:
+    from tide.cli import add_redis_option
+
+    p = sub.add_parser("beat", help="run eval suites on their schedules and deliver webhooks (run one or more; "
+                       "one leads)")
+    p.add_argument("--config", default=settings.evals_config,
+                   help="suites file (default $TIDE_EVALS_CONFIG; without one, only webhooks are delivered)")
+    p.add_argument("--grace", type=float, default=settings.beat_grace_s,
+                   help="run a slot missed by at most this many seconds once on start")
+    p.add_argument("--tick", type=float, default=1.0, help="seconds between schedule checks")
+    p.add_argument("--lock-ttl", type=float, default=15.0, help="seconds a dead leader keeps the lock")
+    p.add_argument("--timeout", type=float, default=None, help="give up waiting for one eval job after this long")
+    add_redis_option(p, settings)
+    p.set_defaults(handler=cmd_beat)
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from jobs.evals.runner import QueuedExecutor
+    from jobs.evals.scorers import ScorerError, get_scorer
+    from jobs.evals.suites import SuiteError, load_suites
+    from jobs.webhooks.courier import Courier
+    from jobs.webhooks.outbox import RedisOutbox
+    from tide.webhooks_command import webhook_config
+    from tide.wiring import connect
+    from workers.scheduler import Scheduler
+
+    settings = get_settings()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    try:
+        suites = load_suites(args.config) if args.config else {}
+        for suite in suites.values():
+            get_scorer(suite.scorer)
+    except (SuiteError, ScorerError) as exc:
+        raise UsageError(str(exc)) from None
+    store, dispatcher = connect(args.redis_url)
+    outbox = RedisOutbox(store.redis)
+    scheduler = Scheduler({n: s for n, s in suites.items() if s.schedule}, store.redis,
+                          QueuedExecutor(store, dispatcher, args.timeout), outbox,
+                          Courier(outbox, webhook_config(settings)), grace_s=args.grace, tick_s=args.tick,
+                          lock_ttl_s=args.lock_ttl)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"{READY_LINE} ({len(scheduler.suites)} scheduled suites)", flush=True)
+    scheduler.run(stop)
+    return 0

@@ -1,0 +1,75 @@
+"""The scheduler behind `tide beat`: fires eval runs on their cron slots while it holds the Redis lock, and runs
+the webhook courier over the Redis outbox.
+
+Exactly one run per (suite, slot): only the lock holder fires, and every firing first claims its slot key in Redis,
+so a second scheduler, a restart or a lost lock can never run the same slot twice.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from jobs.evals.runner import Executor, run_suite
+from jobs.evals.schedule import RedisLock, SlotPicker, claim_slot, scheduled_run_id
+from jobs.evals.suites import Suite
+from jobs.webhooks.courier import Courier
+from jobs.webhooks.outbox import Outbox
+
+logger = logging.getLogger("tide.beat")
+
+
+class Scheduler:
+    def __init__(self, suites: dict[str, Suite], client, executor: Executor, outbox: Outbox, courier: Courier,
+                 grace_s: float = 3600.0, tick_s: float = 1.0, lock_ttl_s: float = 15.0, max_runs: int = 4,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.suites, self.redis, self.executor, self.outbox, self.courier = suites, client, executor, outbox, courier
+        self.picker = SlotPicker(suites, grace_s)
+        self.lock = RedisLock(client, lock_ttl_s)
+        self.tick_s, self.max_runs, self.clock = tick_s, max_runs, clock
+        self.leading = False
+
+    def run(self, stop: threading.Event) -> None:
+        courier = threading.Thread(target=self.courier.run, args=(stop,), name="tide-courier", daemon=True)
+        courier.start()
+        with ThreadPoolExecutor(self.max_runs, thread_name_prefix="tide-eval") as pool:
+            while not stop.is_set():
+                try:
+                    self.tick(pool.submit)
+                except Exception:  # Redis away for a moment: stay up, the lock and claims decide on return
+                    logger.exception("scheduler tick failed")
+                stop.wait(self.tick_s)
+            self.lock.release()
+        courier.join(timeout=30)
+
+    def tick(self, submit: Callable) -> list[str]:
+        """One round: hold (or wait for) the lock, then fire every due slot this leader can claim."""
+        now = self.clock()
+        holds = self.lock.hold()
+        if holds and not self.leading:
+            logger.info("leading: firing eval suites %s", ", ".join(sorted(self.suites)) or "(none)")
+            self.picker.restart(now)
+        elif self.leading and not holds:
+            logger.warning("lost the scheduler lock; another tide beat leads")
+        self.leading = holds
+        fired = []
+        if holds:
+            for name, slot in self.picker.due(now):
+                run_id = scheduled_run_id(name, slot)
+                if claim_slot(self.redis, name, slot, run_id):
+                    submit(self._run, name, slot, run_id)
+                    fired.append(run_id)
+        return fired
+
+    def _run(self, name: str, slot: float, run_id: str) -> None:
+        logger.info("eval %s: run %s starts", name, run_id)
+        try:
+            record = run_suite(name, self.suites[name], self.executor, self.outbox, scheduled_for=slot,
+                               run_id=run_id, clock=self.clock)
+        except Exception as exc:
+            logger.error("eval %s: run %s failed: %s", name, run_id, exc)
+            return
+        logger.info("eval %s: run %s %s, score %.3f, %d regressions", name, run_id, record.status, record.score,
+                    len(record.regressions))
