@@ -65,7 +65,8 @@ def _suites(args: argparse.Namespace):
 def _queued(args: argparse.Namespace) -> bool:
     if args.local or args.queue:
         return args.queue
-    return args.redis_url != Settings.model_fields["redis_url"].default or "redis_url" in get_settings().model_fields_set
+    default = Settings.model_fields["redis_url"].default
+    return args.redis_url != default or "redis_url" in get_settings().model_fields_set
 
 
 def cmd_run(args: argparse.Namespace) -> int:
