@@ -1,7 +1,7 @@
 """`tide stack up|down|status`: the whole service on one machine as local processes, without Docker.
 
-redis-server (AOF on), storage (a directory under the state directory, or an S3 endpoint with --s3), the API and N
-workers. Pids, logs, Redis' append-only file and the stored files live under the state directory, so `up` after a
+redis-server (AOF on), storage (a directory under the state directory, or an S3 endpoint with --s3), the API, N
+workers and the scheduler (`tide beat`: eval schedules from TIDE_EVALS_CONFIG or --evals, webhook delivery). Pids, logs, Redis' append-only file and the stored files live under the state directory, so `up` after a
 reboot finds the same files and jobs. `up` is idempotent: it starts only what is not running.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from tide.processes import start_api, start_redis, start_s3, start_worker
+from tide.processes import start_api, start_beat, start_redis, start_s3, start_worker
 from tide.settings import DEV_API_KEY, Settings
 from tide.wiring import UsageError
 
-STOP_ORDER = ("worker", "api", "s3", "redis")  # consumers first, so nothing in flight loses its store
+STOP_ORDER = ("beat", "worker", "api", "s3", "redis")  # consumers first, so nothing in flight loses its store
 BUCKET = "tide"
 
 
@@ -34,6 +34,7 @@ def add_parser(sub, settings: Settings) -> None:
     up.add_argument("--redis-port", type=int, default=6379)
     up.add_argument("--s3-port", type=int, default=9000)
     up.add_argument("--worker-args", default="", help="extra `tide worker` arguments, e.g. '--dtype float32'")
+    up.add_argument("--evals", default=settings.evals_config, help="eval suites file the scheduler runs")
     for action in (up, actions.add_parser("down", help="stop everything the stack started"),
                    actions.add_parser("status", help="show what runs")):
         action.add_argument("--state-dir", type=Path, default=Path(os.environ.get("TIDE_STACK_DIR", ".tide-stack")),
@@ -67,6 +68,9 @@ def up_cmd(args: argparse.Namespace, settings: Settings) -> int:
             process = start_worker(config["model"], config["served"], env, state / f"logs/{name}.log",
                                    extra=tuple(config["worker_args"].split()), detach=True)
             _record(state, name, process.pid)
+    if not _alive(state, "beat"):
+        extra = ("--config", config["evals"]) if config["evals"] else ()
+        _record(state, "beat", start_beat(env, state / "logs/beat.log", detach=True, extra=extra).pid)
     print(_exports(config, settings))
     return 0
 
@@ -78,7 +82,8 @@ def _config(state: Path, args: argparse.Namespace) -> dict:
         return json.loads(path.read_text())
     config = {"state": str(state), "workers": args.workers, "s3": args.s3, "model": args.model,
               "served": args.served_name or args.model, "api_port": args.api_port, "redis_port": args.redis_port,
-              "s3_port": args.s3_port, "worker_args": args.worker_args}
+              "s3_port": args.s3_port, "worker_args": args.worker_args,
+              "evals": str(Path(args.evals).resolve()) if args.evals else None}
     path.write_text(json.dumps(config, indent=2))
     return config
 
