@@ -75,7 +75,7 @@ def listening(port: int) -> bool:
 def start_redis(workdir: Path, port: int | None = None, aof: bool = False, log: Path | None = None,
                 detach: bool = False) -> tuple[subprocess.Popen, str]:
     """redis-server on 127.0.0.1 keeping its files in `workdir` (an append-only file with `aof`)."""
-    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(binary).exists():
         raise RuntimeError("redis-server is not installed; on Debian/Ubuntu: apt-get install -y redis-server")
     port = port or free_port()

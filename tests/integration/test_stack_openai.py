@@ -125,20 +125,24 @@ def test_a_batch_runs_from_upload_to_output_and_error_files(client, tmp_path):
     assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
 
 
-def test_cancel_mid_run_keeps_finished_results(client, tmp_path):
+def test_finished_shards_are_readable_while_running_and_cancel_keeps_them(client, stack, tmp_path):
     uploaded = _upload(client, tmp_path, _lines(400, max_tokens=200, ignore_eos=True))
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
+    url, headers = stack["exports"]["TIDE_API_URL"], {"Authorization": f"Bearer {KEY}"}
     deadline = time.monotonic() + 120
-    while client.batches.retrieve(batch.id).request_counts.completed == 0:
-        assert time.monotonic() < deadline, "no request finished"
+    while not (partial := httpx.get(f"{url}/jobs/{batch.id}/results", headers=headers).text.splitlines()):
+        assert time.monotonic() < deadline, "no shard finished"
         time.sleep(0.1)
+    running = client.batches.retrieve(batch.id)
+    assert running.status == "in_progress" and running.request_counts.completed >= len(partial) > 0
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled")
     batch = _wait(client, batch.id)
     assert batch.status == "cancelled" and batch.cancelled_at is not None
     output = _jsonl(client, batch.output_file_id)
-    assert 0 < len(output) < 400 and batch.request_counts.completed == len(output)
+    assert len(partial) <= len(output) < 400 and batch.request_counts.completed == len(output)
+    assert {json.loads(row)["custom_id"] for row in partial} <= {line["custom_id"] for line in output}
     assert len({line["custom_id"] for line in output}) == len(output)
 
 
