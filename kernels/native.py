@@ -156,5 +156,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tide_vector_width.argtypes = []
     lib.tide_paged_attention.restype = i32
     lib.tide_paged_attention.argtypes = [p, i64, p, p, p, p, p, p, i64, i32, i32, i32, i32, i32, f32, i32, i32]
+    lib.tide_add_rms_norm.restype = None
+    lib.tide_add_rms_norm.argtypes = [p, p, p, p, p, i64, i32, f32, i32, i32]
+    lib.tide_silu_and_mul.restype = None
+    lib.tide_silu_and_mul.argtypes = [p, p, i64, i32, i32, i32]
+    lib.tide_rotary_neox.restype = None
+    lib.tide_rotary_neox.argtypes = [p, p, i64, i64, i32, i32, p, i32, i32]
     lib.tide_write_kv_cache.restype = i32
     lib.tide_write_kv_cache.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64, i32]

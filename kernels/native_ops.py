@@ -1,8 +1,9 @@
-"""The CPU backend: the native C++ paged attention and KV write, the PyTorch twins for the element-wise ops.
+"""The CPU backend: the native C++ library's paged attention, KV write, fused add + RMSNorm, rotary embedding and
+SiLU-and-mul, with the same signatures and rounding as the PyTorch twins.
 
-Each op checks that the library can serve its arguments (CPU tensors, fp32 or bf16, head_dim a multiple of the
-vector width, the layouts below) and hands anything else to its twin, so the backend never fails where the twins
-would not.
+Each op checks that the library can serve its arguments (CPU tensors, fp32 or bf16, widths that are multiples of
+the vector width, the layouts below) and hands anything else to its twin, so the backend never fails where the
+twins would not.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from kernels import native, torch_ops
 from kernels.metadata import AttentionMetadata
-from kernels.torch_ops import fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
+from kernels.torch_ops import rms_norm
 
 __all__ = ["fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
            "write_kv_cache"]
@@ -76,3 +77,61 @@ def _rows_contiguous(x: torch.Tensor, row_elems: int) -> bool:
 
 def _int32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as kernels.torch_ops.fused_add_rms_norm, for x [T, hidden]."""
+    library = native.load()
+    tensors = (x, weight) if residual is None else (x, weight, residual)
+    if not (_served(library, tensors, x.shape[-1]) and x.dim() == 2
+            and (residual is None or residual.shape == x.shape)):
+        return torch_ops.fused_add_rms_norm(x, residual, weight, eps)
+    out = torch.empty_like(x)
+    residual_out = x if residual is None else torch.empty_like(x)
+    library.lib.tide_add_rms_norm(x.data_ptr(), None if residual is None else residual.data_ptr(), weight.data_ptr(),
+                                  out.data_ptr(), residual_out.data_ptr(), x.shape[0], x.shape[1], float(eps),
+                                  _DTYPES[x.dtype], torch.get_num_threads())
+    return out, residual_out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """Same contract as kernels.torch_ops.silu_and_mul: silu(x[:, :I]) * x[:, I:] for x [T, 2I]."""
+    library = native.load()
+    inter = x.shape[-1] // 2
+    if not (_served(library, (x,), inter) and x.dim() == 2):
+        return torch_ops.silu_and_mul(x)
+    out = torch.empty(x.shape[0], inter, dtype=x.dtype)
+    library.lib.tide_silu_and_mul(x.data_ptr(), out.data_ptr(), x.shape[0], inter, _DTYPES[x.dtype],
+                                  torch.get_num_threads())
+    return out
+
+
+def rotary_embedding(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor, is_neox: bool
+) -> None:
+    """Same contract as kernels.torch_ops.rotary_embedding; q and k may be views with a token stride."""
+    library = native.load()
+    head_dim = q.shape[-1]
+    if not (is_neox and _served(library, (cos_sin_cache,), head_dim // 2) and cos_sin_cache.dtype == q.dtype
+            and positions.dtype == torch.int64 and positions.is_contiguous()
+            and all(_heads_served(x, q.dtype) for x in (q, k))):
+        torch_ops.rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+        return
+    for x in (q, k):
+        library.lib.tide_rotary_neox(positions.data_ptr(), x.data_ptr(), x.stride(0), x.shape[0], x.shape[1],
+                                     head_dim, cos_sin_cache.data_ptr(), _DTYPES[x.dtype], torch.get_num_threads())
+
+
+def _served(library: native.NativeLibrary | None, tensors, width: int) -> bool:
+    """CPU, one dtype the library knows, contiguous, and `width` a multiple of the vector width."""
+    dtype = tensors[0].dtype
+    return (library is not None and width % library.vector_width == 0 and dtype in _DTYPES
+            and all(t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors))
+
+
+def _heads_served(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """x [T, heads, D] with contiguous heads inside each token (a view into the qkv projection is fine)."""
+    return (x.dim() == 3 and x.dtype == dtype and x.device.type == "cpu" and x.stride(2) == 1
+            and x.stride(1) == x.shape[2])

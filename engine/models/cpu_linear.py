@@ -31,7 +31,11 @@ class PackedLinear(nn.Module):
 
 
 def can_pack(dtype: torch.dtype) -> bool:
-    return torch.backends.mkldnn.is_available() and dtype in (torch.float32, torch.bfloat16)
+    """oneDNN packs fp32 anywhere, bf16 only on CPUs with bf16 support (AVX-512 BW/VL/DQ or AVX-NE-CONVERT):
+    elsewhere the reorder raises, and bf16 stays on plain `F.linear`."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return dtype == torch.float32 or dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def pack_linears(model: nn.Module) -> int:

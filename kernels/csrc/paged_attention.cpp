@@ -18,14 +18,15 @@
 #include <vector>
 
 #if defined(TIDE_VECTOR_WIDTH)
-constexpr int W = TIDE_VECTOR_WIDTH;
+#define VW TIDE_VECTOR_WIDTH
 #elif defined(__AVX512F__)
-constexpr int W = 16;
+#define VW 16
 #elif defined(__AVX2__)
-constexpr int W = 8;
+#define VW 8
 #else
-constexpr int W = 4;
+#define VW 4
 #endif
+constexpr int W = VW;
 
 typedef float vf __attribute__((vector_size(W * 4)));
 typedef int32_t vi __attribute__((vector_size(W * 4)));
@@ -53,6 +54,31 @@ inline vf load(const bf16* p) {  // bf16 -> fp32 is a 16-bit shift
 
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
+inline void store(bf16* p, vf v) {  // round to nearest even
+  vu u = (vu)v;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  vh h = __builtin_convertvector(u >> 16, vh);
+  std::memcpy(p, &h, sizeof h);
+}
+
+// Rounds v to the precision of T (bf16: to nearest even, kept in fp32), as torch does after each bf16 op.
+inline vf round_to(vf v, const float*) { return v; }
+inline vf round_to(vf v, const bf16*) {
+  vu u = (vu)v;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (vf)(u & 0xffff0000u);
+}
+
+// Keeps the compiler from fusing a product into a following add (FMA), so results round as torch's do.
+inline vf no_contract(vf v) {
+#if VW * 4 <= 32 || defined(__AVX512F__)
+  asm("" : "+x"(v));
+#else
+  asm("" : "+m"(v));  // a vector wider than the machine's registers (the tests' 16-wide build on AVX2)
+#endif
+  return v;
+}
+
 inline float hsum(vf v) {
   float s = 0.f;
   for (int i = 0; i < W; ++i) s += v[i];
@@ -75,12 +101,13 @@ inline void from_float(float x, bf16* dst) {  // round to nearest even
   *dst = bf16(u >> 16);
 }
 
-// exp(x) for x <= 0 (softmax arguments), Cephes' expf polynomial: about 1 ulp. exp(-inf) and anything below the
-// smallest normal float's logarithm give exactly 0.
+// exp(x), Cephes' expf polynomial: about 1 ulp. exp(-inf) and anything below the smallest normal float's
+// logarithm give exactly 0; arguments above 88.376 are clamped there (exp ~ 2.4e38).
 inline vf vexp(vf x) {
-  const vf lo = splat(-87.3365448f);
+  const vf lo = splat(-87.3365448f), hi = splat(88.3762626647949f);
   vi dead = x < lo;
   x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
   vf t = x * 1.44269504088896341f;
   vi n_i = __builtin_convertvector(t + (t >= 0 ? splat(0.5f) : splat(-0.5f)), vi);
   vf n = __builtin_convertvector(n_i, vf);
@@ -336,6 +363,79 @@ void paged_attention(const Args& a, int num_threads) {
   }
 }
 
+// ---- element-wise ops (same rounding as the PyTorch twins in kernels/torch_ops.py) ---------------------------------
+
+inline int threads_for(int64_t elems, int num_threads) { return elems < (1 << 16) ? 1 : num_threads; }
+
+// residual_out = x + residual (rounded to T); out = weight * T(r * rsqrt(mean(r^2) + eps)), the mean in fp32.
+template <typename T>
+void add_rms_norm(const T* x, const T* residual, const T* weight, T* out, T* residual_out, int64_t rows, int hidden,
+                  float eps, int num_threads) {
+  const T* tag = nullptr;
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * hidden, num_threads))
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* xr = x + t * hidden;
+    T* src = residual_out + t * hidden;
+    vf sq = {};
+    if (residual) {
+      const T* rr = residual + t * hidden;
+      for (int c = 0; c < hidden; c += W) {
+        const vf v = round_to(load(xr + c) + load(rr + c), tag);
+        store(src + c, v);
+        sq += no_contract(v * v);
+      }
+    } else {
+      for (int c = 0; c < hidden; c += W) {
+        const vf v = load(xr + c);
+        sq += no_contract(v * v);
+      }
+      src = const_cast<T*>(xr);
+    }
+    const float inv = 1.f / std::sqrt(hsum(sq) / float(hidden) + eps);
+    T* o = out + t * hidden;
+    for (int c = 0; c < hidden; c += W) store(o + c, load(weight + c) * round_to(load(src + c) * inv, tag));
+  }
+}
+
+// out[t] = T(silu(gate)) * up for x [rows, 2I] = [gate | up]; silu in fp32.
+template <typename T>
+void silu_and_mul(const T* x, T* out, int64_t rows, int inter, int num_threads) {
+  const T* tag = nullptr;
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * inter, num_threads))
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* g = x + t * 2 * inter;
+    for (int c = 0; c < inter; c += W) {
+      const vf gate = load(g + c);
+      const vf silu = round_to(gate / (1.f + vexp(-gate)), tag);
+      store(out + t * inter + c, silu * load(g + inter + c));
+    }
+  }
+}
+
+// Rotates heads [rows, num_heads, D] (token stride `stride`) in place by cos/sin rows [max_pos, D] = [cos | sin]:
+// neox pairs (i, i + D/2); each product and each sum rounded to T.
+template <typename T>
+void rotary_neox(const int64_t* positions, T* x, int64_t stride, int64_t rows, int num_heads, int head_dim,
+                 const T* cos_sin, int num_threads) {
+  const T* tag = nullptr;
+  const int half = head_dim / 2;
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * num_heads * head_dim, num_threads))
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* cs = cos_sin + positions[t] * head_dim;
+    for (int h = 0; h < num_heads; ++h) {
+      T* x1 = x + t * stride + int64_t(h) * head_dim;
+      T* x2 = x1 + half;
+      for (int c = 0; c < half; c += W) {
+        const vf a = load(x1 + c), b = load(x2 + c), cos = load(cs + c), sin = load(cs + half + c);
+        const vf r1 = no_contract(round_to(a * cos, tag)) - no_contract(round_to(b * sin, tag));
+        const vf r2 = no_contract(round_to(b * cos, tag)) + no_contract(round_to(a * sin, tag));
+        store(x1 + c, r1);
+        store(x2 + c, r2);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -382,6 +482,36 @@ int tide_write_kv_cache(const void* key, int64_t key_stride, const void* value, 
     std::memcpy(vc + slot * row_bytes, v + t * value_stride * elem_size, row_bytes);
   }
   return 0;
+}
+
+// Element-wise ops; dtype 0 = float32, 1 = bfloat16. The callers check that widths are multiples of the vector
+// width. residual may be null (then residual_out is x itself and is not written).
+void tide_add_rms_norm(const void* x, const void* residual, const void* weight, void* out, void* residual_out,
+                       int64_t rows, int hidden, float eps, int dtype, int num_threads) {
+  if (dtype == 0)
+    add_rms_norm(static_cast<const float*>(x), static_cast<const float*>(residual),
+                 static_cast<const float*>(weight), static_cast<float*>(out), static_cast<float*>(residual_out),
+                 rows, hidden, eps, num_threads);
+  else
+    add_rms_norm(static_cast<const bf16*>(x), static_cast<const bf16*>(residual), static_cast<const bf16*>(weight),
+                 static_cast<bf16*>(out), static_cast<bf16*>(residual_out), rows, hidden, eps, num_threads);
+}
+
+void tide_silu_and_mul(const void* x, void* out, int64_t rows, int inter, int dtype, int num_threads) {
+  if (dtype == 0)
+    silu_and_mul(static_cast<const float*>(x), static_cast<float*>(out), rows, inter, num_threads);
+  else
+    silu_and_mul(static_cast<const bf16*>(x), static_cast<bf16*>(out), rows, inter, num_threads);
+}
+
+void tide_rotary_neox(const int64_t* positions, void* x, int64_t stride, int64_t rows, int num_heads, int head_dim,
+                      const void* cos_sin, int dtype, int num_threads) {
+  if (dtype == 0)
+    rotary_neox(positions, static_cast<float*>(x), stride, rows, num_heads, head_dim,
+                static_cast<const float*>(cos_sin), num_threads);
+  else
+    rotary_neox(positions, static_cast<bf16*>(x), stride, rows, num_heads, head_dim,
+                static_cast<const bf16*>(cos_sin), num_threads);
 }
 
 }  // extern "C"

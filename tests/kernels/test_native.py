@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels import native, native_ops, torch_attention
+from kernels import native, native_ops, torch_attention, torch_ops
 from kernels.metadata import AttentionMetadata
 from tests.kernels.test_attention import reference
 
@@ -143,3 +143,48 @@ def _no_compile(run):
         assert "--version" in cmd, "compiled again although a cached build exists"
         return run(cmd, *args, **kwargs)
     return guarded
+
+
+ELEMENTWISE_TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-6), torch.bfloat16: dict(atol=1e-2, rtol=8e-3)}
+
+
+def _rand(*shape, dtype, seed, scale=1.0):
+    return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 37, 300])
+def test_fused_add_rms_norm_matches_twin(dtype, rows):
+    x, residual = _rand(rows, 576, dtype=dtype, seed=1), _rand(rows, 576, dtype=dtype, seed=2)
+    weight = _rand(576, dtype=dtype, seed=3).abs() + 0.5
+    out, residual_out = native_ops.fused_add_rms_norm(x, residual, weight, 1e-5)
+    twin_out, twin_residual = torch_ops.fused_add_rms_norm(x, residual, weight, 1e-5)
+    assert torch.equal(residual_out, twin_residual)  # one rounding of the sum, as in the twin
+    torch.testing.assert_close(out, twin_out, **ELEMENTWISE_TOLERANCE[dtype])
+    first_out, first_residual = native_ops.fused_add_rms_norm(x, None, weight, 1e-5)
+    assert first_residual is x
+    torch.testing.assert_close(first_out, torch_ops.rms_norm(x, weight, 1e-5), **ELEMENTWISE_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 300])
+def test_silu_and_mul_matches_twin(dtype, rows):
+    x = _rand(rows, 2 * 1536, dtype=dtype, seed=4, scale=6.0)
+    x[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])
+    torch.testing.assert_close(native_ops.silu_and_mul(x), torch_ops.silu_and_mul(x), **ELEMENTWISE_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_rotary_embedding_equals_twin_bit_for_bit(dtype, head_dim):
+    """Each product and sum rounded as in the twin (no FMA contraction), on q/k views into a fused qkv output."""
+    rows, hq, hkv = 45, 9, 3
+    qkv = _rand(rows, (hq + 2 * hkv) * head_dim, dtype=dtype, seed=5)
+    cos_sin = _rand(512, head_dim, dtype=dtype, seed=6)
+    positions = torch.randint(0, 512, (rows,), generator=torch.Generator().manual_seed(7))
+    twin_qkv = qkv.clone()
+    for buf, ops in ((qkv, native_ops), (twin_qkv, torch_ops)):
+        q = buf[:, : hq * head_dim].view(rows, hq, head_dim)
+        k = buf[:, hq * head_dim : (hq + hkv) * head_dim].view(rows, hkv, head_dim)
+        ops.rotary_embedding(positions, q, k, cos_sin, True)
+    assert torch.equal(qkv, twin_qkv)
