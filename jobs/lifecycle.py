@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from jobs.dispatch import Dispatcher, shard_task_id
 from jobs.openai_output import write_openai_files
 from jobs.planner import Plan, plan_job
+from jobs.report.html import write_report
 from jobs.specs import JobSpec, ShardTask, window_seconds
 from jobs.state import Job, JobStatus, RequestCounts, SampleError, ShardState, ShardStatus, with_counts
 from jobs.storage import StorageError, resolve
@@ -162,6 +163,7 @@ def finalize_job(job_id: str, finalizer: Finalizer) -> Job:
     summary_location = prefix.child(SUMMARY_NAME)
     summary = build_summary(job.model_copy(update={"status": final}), shards, prefix, clock())
     summary_location.write_bytes(json.dumps(summary, indent=2).encode())
+    write_report(prefix, summary)  # report.html beside it
     if job.spec.endpoint is not None:  # an OpenAI batch: its output and error files exist before it is terminal
         write_openai_files(prefix, job.id, job.spec.endpoint, job.spec.model, int(job.created_at))
     job = store.update_job(job_id, lambda j: None if j.status.terminal else with_counts(j, shards).moved_to(

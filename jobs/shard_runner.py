@@ -14,6 +14,7 @@ from jobs.dispatch import Dispatcher, ShardRetry
 from jobs.ordering import group_by_prefix
 from jobs.metrics import shard_counters
 from jobs.planner import duplicate_error
+from jobs.report.series import SeriesRecorder, write_series
 from jobs.readers import iter_jsonl_lines, iter_parquet_rows
 from jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
 from jobs.specs import ShardTask
@@ -43,6 +44,7 @@ class _Outcome:
     results: list[ResultRow] = field(default_factory=list)
     errors: list[ErrorRow] = field(default_factory=list)
     progress: ShardProgress = field(default_factory=ShardProgress)
+    series: SeriesRecorder = field(default_factory=SeriesRecorder)  # sampled each poll for the job's report
 
 
 def run_shard(task: ShardTask, ctx: ShardContext) -> ShardStatus | None:
@@ -65,6 +67,7 @@ def run_shard(task: ShardTask, ctx: ShardContext) -> ShardStatus | None:
         prefix = resolve(task.output_prefix)
         write_results(prefix, index, outcome.results)
         write_errors(prefix, index, outcome.errors)
+        write_series(prefix, index, ctx.worker, outcome.series)
     except Exception as exc:
         if attempt < ctx.max_attempts:
             logger.warning("shard %s/%d attempt %d failed: %s; retrying", job_id, index, attempt, exc)
@@ -118,6 +121,7 @@ def _claim(ctx: ShardContext, task: ShardTask) -> bool:
 def _generate(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors: list[ErrorRow],
               attempt: int) -> _Outcome:
     outcome = _Outcome(errors=errors)
+    outcome.series.sample(ctx.clock(), outcome.progress, ctx.service, force=True)
     sink: queue.Queue = queue.Queue()
     by_id: dict[str, PromptRow] = {}
     for row in group_by_prefix(rows) if ctx.group_prefixes else rows:
@@ -151,12 +155,14 @@ def _collect(ctx: ShardContext, task: ShardTask, sink: queue.Queue, by_id: dict[
             next_poll = ctx.clock() + ctx.poll_s
             outcome.progress.failed = len(outcome.errors)
             ctx.store.set_progress(task.job_id, task.shard.index, outcome.progress)
+            outcome.series.sample(ctx.clock(), outcome.progress, ctx.service)
             stop = _stop_status(ctx, task) if outcome.status == ShardStatus.DONE else None
             if stop is not None:
                 outcome.status = stop
                 for request_id in waiting:
                     ctx.service.abort(request_id)
     outcome.progress.failed = len(outcome.errors)
+    outcome.series.sample(ctx.clock(), outcome.progress, ctx.service, force=True)
 
 
 def _record(outcome: _Outcome, row: PromptRow, output) -> None:

@@ -1,4 +1,5 @@
-"""The job's `summary.json`: counts, tokens, wall time, throughput, latency percentiles and per-worker figures."""
+"""The job's `summary.json`: counts, tokens, wall time, throughput, latency percentiles, per-worker figures, cost,
+and the bounded plot data report.html is drawn from (latency histograms, time series)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -6,13 +7,18 @@ from collections import defaultdict
 import numpy as np
 import pyarrow.parquet as pq
 
+from jobs.report.cost import job_cost, price_from_environ
+from jobs.report.figures import histogram, job_series
+from jobs.report.series import read_series
 from jobs.state import Job, ShardState
 from jobs.storage import Location
 
 _TIMING_COLUMNS = ["ttft_s", "tpot_s", "latency_s"]
 
 
-def build_summary(job: Job, shards: list[ShardState], prefix: Location, now: float) -> dict:
+def build_summary(job: Job, shards: list[ShardState], prefix: Location, now: float,
+                  price_per_worker_hour: float | None = None) -> dict:
+    """`price_per_worker_hour` defaults to TIDE_PRICE_PER_WORKER_HOUR (finalizers run where Settings are not)."""
     started = job.in_progress_at or job.created_at
     wall = max(now - started, 1e-9)
     counts, usage = job.request_counts, job.usage
@@ -33,6 +39,11 @@ def build_summary(job: Job, shards: list[ShardState], prefix: Location, now: flo
         "prefix_cache_hit_rate": _last_engine_figure(shards, "prefix_cache_hit_rate"),
         "workers": _per_worker(shards),
         "num_shards": len(shards),
+        "job_prefix_cache_hit_rate": usage.cached_prompt_tokens / usage.prompt_tokens if usage.prompt_tokens else None,
+        "cost": job_cost(shards, usage.completion_tokens,
+                         price_from_environ() if price_per_worker_hour is None else price_per_worker_hour),
+        "histograms": {name.removesuffix("_s"): histogram(values) for name, values in timings.items()},
+        "series": job_series(read_series(prefix), started, now),
     }
 
 
@@ -116,6 +127,12 @@ def format_report(summary: dict) -> str:
     hit = summary.get("prefix_cache_hit_rate")
     lines.append(f"  engine     {summary['preemptions']} preemptions, prefix-cache hit rate "
                  f"{'-' if hit is None else f'{hit:.1%}'}")
+    cost = summary.get("cost")
+    if cost:
+        per_million = cost["cost_per_1m_output_tokens"]
+        lines.append(f"  cost       {cost['worker_seconds']:.1f} worker-s x {cost['price_per_worker_hour']:g}/h = "
+                     f"{cost['cost']:.4f} ({'-' if per_million is None else f'{per_million:.4f}'} per 1M output "
+                     "tokens)")
     for worker, figures in summary["workers"].items():
         occupancy = figures["mean_batch_occupancy"]
         lines.append(f"  worker {worker}: {figures['shards']} shards, {figures['completed']} requests, "

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         return _fail(f"bad setting: {_validation_message(exc)}")
     args = build_parser(settings).parse_args(argv)
+    # Finalizers (workers, `tide run`) price a job from the environment: hand them the .env value too.
+    os.environ.setdefault("TIDE_PRICE_PER_WORKER_HOUR", str(settings.price_per_worker_hour))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -53,7 +55,7 @@ def _fail(message: str) -> int:
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
-    from tide import api_command, beat, evals_command, stack, webhooks_command, worker
+    from tide import api_command, beat, evals_command, report_command, stack, webhooks_command, worker
 
     parser = argparse.ArgumentParser(prog="tide", description="Batch LLM inference: run, queue and follow jobs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -83,6 +85,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     evals_command.add_parser(sub, settings)
     beat.add_parser(sub, settings)
     webhooks_command.add_parser(sub, settings)
+    report_command.add_parser(sub, settings)
     sub.add_parser("bench", help="benchmark the engine (see `tide bench --help`)")
     return parser
 

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     shard_rows: int = Field(256, ge=1, description="rows per shard for jobs that do not say")
     cache_dir: str | None = Field(None, description="converted models and built kernels (default ~/.cache/tide)")
     log_level: str = Field("INFO", description="log level of the worker, API and scheduler")
+    price_per_worker_hour: float = Field(0.0, ge=0, description="what one worker costs per hour: with the worker-seconds a job used, its cost in summary.json and report.html")
 
     @field_validator("api_keys", mode="before")
     @classmethod
