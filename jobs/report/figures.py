@@ -10,6 +10,7 @@ from jobs.report.series import ShardSeries
 
 HISTOGRAM_BINS = 30
 TIME_BINS = 120
+MIN_BIN_S = 2.0  # shards sample about once a second: narrower bins would alternate between empty and full
 
 
 def histogram(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict | None:
@@ -21,7 +22,7 @@ def histogram(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict | None:
     return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
 
 
-def job_series(series: list[ShardSeries], started: float, ended: float, bins: int = TIME_BINS) -> dict | None:
+def job_series(series: list[ShardSeries], started: float, ended: float, max_bins: int = TIME_BINS) -> dict | None:
     """Throughput (sum over shards) and each worker's occupancy, KV use and preemptions on one time axis.
 
     `t` is seconds since the job started, one point per bin; token rates come from each shard's deltas placed in
@@ -29,6 +30,7 @@ def job_series(series: list[ShardSeries], started: float, ended: float, bins: in
     """
     if not series or ended <= started:
         return None
+    bins = min(max_bins, max(4, int((ended - started) / MIN_BIN_S)))
     width = (ended - started) / bins
     total, output = np.zeros(bins), np.zeros(bins)
     per_worker: dict[str, dict[str, list]] = defaultdict(lambda: {"occupancy": [[] for _ in range(bins)],

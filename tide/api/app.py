@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from tide.api import batches, errors, files, jobs_routes, ops
+from tide.api import batches, dashboard, errors, files, jobs_routes, ops
 from tide.api.limits import BodyLimit
 from tide.api.services import Services
 
@@ -13,7 +13,7 @@ def create_app(svc: Services) -> FastAPI:
     app = FastAPI(title="Tide", version="0.1.0", description="OpenAI-compatible batch inference on your hardware.")
     app.state.services = svc
     errors.install(app)
-    for module in (files, batches, jobs_routes, ops):
+    for module in (files, batches, jobs_routes, ops, dashboard):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, request_bytes=svc.settings.max_request_bytes,
                        upload_bytes=svc.settings.max_upload_bytes)
