@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from jobs.evals.runner import Executor, run_suite
-from jobs.evals.schedule import RedisLock, SlotPicker, claim_slot, scheduled_run_id
+from jobs.evals.schedule import RedisLock, SlotClaims, SlotPicker, recent_slots, scheduled_run_id
 from jobs.evals.suites import Suite
 from jobs.webhooks.courier import Courier
 from jobs.webhooks.outbox import Outbox
@@ -28,8 +28,13 @@ class Scheduler:
         self.suites, self.redis, self.executor, self.outbox, self.courier = suites, client, executor, outbox, courier
         self.picker = SlotPicker(suites, grace_s)
         self.lock = RedisLock(client, lock_ttl_s)
+        self.claims = SlotClaims(client, lease_s=3 * lock_ttl_s)
+        self.grace_s, self.lock_ttl_s = grace_s, lock_ttl_s
         self.tick_s, self.max_runs, self.clock = tick_s, max_runs, clock
         self.leading = False
+        self.running: set[str] = set()
+        self._running_lock = threading.Lock()
+        self._recovered_at = 0.0
 
     def run(self, stop: threading.Event) -> None:
         courier = threading.Thread(target=self.courier.run, args=(stop,), name="tide-courier", daemon=True)
@@ -54,22 +59,46 @@ class Scheduler:
         elif self.leading and not holds:
             logger.warning("lost the scheduler lock; another tide beat leads")
         self.leading = holds
+        with self._running_lock:
+            self.claims.renew(list(self.running))  # every scheduler keeps its own runs' leases alive
         fired = []
         if holds:
             for name, slot in self.picker.due(now):
                 run_id = scheduled_run_id(name, slot)
-                if claim_slot(self.redis, name, slot, run_id):
-                    submit(self._run, name, slot, run_id)
-                    fired.append(run_id)
+                if self.claims.claim(name, slot, run_id):
+                    fired.append(self._start(submit, name, slot, run_id))
+            if now - self._recovered_at >= self.lock_ttl_s:
+                self._recovered_at = now
+                fired += self._recover(submit, now)
         return fired
+
+    def _recover(self, submit: Callable, now: float) -> list[str]:
+        """Run again, under their run ids, slots within the grace window whose scheduler died mid-run."""
+        again = []
+        for name, suite in self.suites.items():
+            for slot in recent_slots(suite, now - self.grace_s, now):
+                run_id = self.claims.orphaned(name, slot)
+                if run_id is not None:
+                    logger.warning("eval %s: run %s was left unfinished; running it again", name, run_id)
+                    again.append(self._start(submit, name, slot, run_id))
+        return again
+
+    def _start(self, submit: Callable, name: str, slot: float, run_id: str) -> str:
+        with self._running_lock:
+            self.running.add(run_id)
+        submit(self._run, name, slot, run_id)
+        return run_id
 
     def _run(self, name: str, slot: float, run_id: str) -> None:
         logger.info("eval %s: run %s starts", name, run_id)
         try:
             record = run_suite(name, self.suites[name], self.executor, self.outbox, scheduled_for=slot,
                                run_id=run_id, clock=self.clock)
-        except Exception as exc:
+        except Exception as exc:  # a broken dataset or storage: logged, and the slot counts as done
             logger.error("eval %s: run %s failed: %s", name, run_id, exc)
-            return
-        logger.info("eval %s: run %s %s, score %.3f, %d regressions", name, run_id, record.status, record.score,
-                    len(record.regressions))
+        else:
+            logger.info("eval %s: run %s %s, score %.3f, %d regressions", name, run_id, record.status,
+                        record.score, len(record.regressions))
+        self.claims.finish(run_id)
+        with self._running_lock:
+            self.running.discard(run_id)

@@ -77,7 +77,7 @@ def run_suite(name: str, suite: Suite, executor: Executor, outbox: Outbox | None
             "".join(json.dumps(item.job_row(), ensure_ascii=False) + "\n" for item in good).encode())
         spec = JobSpec(input=run_dir.child("input.jsonl").uri, format="jsonl", model=suite.model,
                        sampling=suite.sampling, output=run_dir.child("job").uri,
-                       metadata={"eval_suite": name, "eval_run": run_id})
+                       metadata={"eval_suite": name, "eval_run": run_id}, idempotency_key=f"eval:{run_id}")
         job = executor.execute(spec)
         outputs, failures = _job_outputs(job)
     rows = [_score(item, scorer, suite.scorer, outputs, failures, job) for item in items]

@@ -22,8 +22,27 @@ def latest_slot(suite: Suite, now: float) -> float | None:
     """The last cron slot at or before `now` (unix seconds, UTC); None for a suite without a schedule."""
     if suite.schedule is None:
         return None
-    local = datetime.fromtimestamp(now, timezone.utc).astimezone(ZoneInfo(suite.timezone))
+    local = _local(suite, now)
     return croniter(suite.schedule, local).get_prev(datetime).timestamp()
+
+
+def recent_slots(suite: Suite, since: float, now: float, limit: int = 1000) -> list[float]:
+    """The cron slots in (since, now], newest first (at most `limit`)."""
+    if suite.schedule is None:
+        return []
+    local = _local(suite, now)
+    cron, slots = croniter(suite.schedule, local), []
+    while len(slots) < limit:
+        slot = cron.get_prev(datetime).timestamp()
+        if slot <= since:
+            break
+        slots.append(slot)
+    return slots
+
+
+def _local(suite: Suite, now: float) -> datetime:
+    """`now` in the suite's zone, a hair later so that a slot exactly at `now` counts as reached."""
+    return datetime.fromtimestamp(now + 0.001, timezone.utc).astimezone(ZoneInfo(suite.timezone))
 
 
 def slot_key(suite_name: str, slot: float) -> str:
@@ -94,6 +113,41 @@ class RedisLock:
                 pass
 
 
-def claim_slot(client, suite_name: str, slot: float, run_id: str) -> bool:
-    """True for exactly one caller per (suite, slot), however many schedulers, restarts or redeliveries."""
-    return bool(client.set(f"tide:evals:slot:{slot_key(suite_name, slot)}", run_id, nx=True, ex=KEEP_SECONDS))
+class SlotClaims:
+    """Per (suite, slot): a claim (taken once, ever), a running lease its runner renews, and a done mark.
+
+    A slot claimed by a scheduler that died before it finished has a claim, no done mark and no live lease: the next
+    leader takes the lease (once, NX) and runs it again under the same run id, so the run is not lost either.
+    """
+
+    def __init__(self, client, lease_s: float) -> None:
+        self.redis, self.lease_ms = client, int(lease_s * 1000)
+
+    def claim(self, suite_name: str, slot: float, run_id: str) -> bool:
+        """True for exactly one caller per (suite, slot), however many schedulers, restarts or redeliveries."""
+        if not self.redis.set(f"tide:evals:slot:{slot_key(suite_name, slot)}", run_id, nx=True, ex=KEEP_SECONDS):
+            return False
+        self.redis.set(f"tide:evals:running:{run_id}", "1", px=self.lease_ms)
+        return True
+
+    def orphaned(self, suite_name: str, slot: float) -> str | None:
+        """The run id of a claimed slot that is neither done nor running, taking over its lease; else None."""
+        run_id = self.redis.get(f"tide:evals:slot:{slot_key(suite_name, slot)}")
+        if run_id is None:
+            return None
+        run_id = run_id.decode()
+        if self.redis.exists(f"tide:evals:done:{run_id}"):
+            return None
+        if not self.redis.set(f"tide:evals:running:{run_id}", "1", nx=True, px=self.lease_ms):
+            return None
+        return run_id
+
+    def renew(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            self.redis.pexpire(f"tide:evals:running:{run_id}", self.lease_ms)
+
+    def finish(self, run_id: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.set(f"tide:evals:done:{run_id}", "1", ex=KEEP_SECONDS)
+            pipe.delete(f"tide:evals:running:{run_id}")
+            pipe.execute()
