@@ -25,10 +25,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from tide.api.app import create_app
     from tide.api.services import Services
+    from tide.logs import uvicorn_log_config
 
     settings = settings.model_copy(update={"redis_url": args.redis_url, "storage": args.storage})
     if not settings.api_keys:
         logger.warning("no API keys configured (TIDE_API_KEYS): every request will be refused with 401")
     app = create_app(Services.from_settings(settings))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False,
+                log_config=uvicorn_log_config(settings.log_format))
     return 0

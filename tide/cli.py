@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from jobs.specs import ColumnMap, JobSpec
 from jobs.storage import StorageError
 from jobs.store import JobNotFound, StoreUnavailable
+from tide.logs import configure_logging
 from tide.settings import Settings, get_settings
 from tide.wiring import UsageError, connect, engine_service
 
@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(settings).parse_args(argv)
     # Finalizers (workers, `tide run`) price a job from the environment: hand them the .env value too.
     os.environ.setdefault("TIDE_PRICE_PER_WORKER_HOUR", str(settings.price_per_worker_hour))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.command, settings.log_format, settings.log_level, args.verbose)
     try:
         return args.handler(args)
     except ValidationError as exc:

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     cache_dir: str | None = Field(None, description="converted models and built kernels (default ~/.cache/tide)")
     log_level: str = Field("INFO", description="log level of the worker, API and scheduler")
     price_per_worker_hour: float = Field(0.0, ge=0, description="what one worker costs per hour: with the worker-seconds a job used, its cost in summary.json and report.html")
+    log_format: Literal["text", "json"] = Field("text", description="log lines of the worker, API and scheduler: text, or one JSON object per line with job_id and shard_id")
 
     @field_validator("api_keys", mode="before")
     @classmethod

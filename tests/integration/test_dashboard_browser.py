@@ -1,8 +1,10 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright) against a real `tide stack up`:
 the page loads behind the key, a job submitted through the API appears on it and reaches 100% without a reload, and
-a screenshot is kept as a test artifact (build/test-artifacts/dashboard.png, or under $TIDE_TEST_ARTIFACTS)."""
+a screenshot is kept as a test artifact (build/test-artifacts/dashboard.png, or under $TIDE_TEST_ARTIFACTS). The stack
+logs JSON (TIDE_LOG_FORMAT=json): the worker's lines about the job name its id and shard."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,10 +31,10 @@ def tide(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory, tiny_model_dir):
+def stack(tmp_path_factory, tiny_model_dir):
     state = tmp_path_factory.mktemp("dash-stack")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TIDE_"))}
-    env.update(TIDE_API_KEYS=KEY, TIDE_SHARD_ROWS="6",
+    env.update(TIDE_API_KEYS=KEY, TIDE_SHARD_ROWS="6", TIDE_LOG_FORMAT="json",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     port = free_port()
     up = tide(env, "stack", "up", "--state-dir", str(state), "--model", str(tiny_model_dir("llama")),
@@ -40,15 +42,16 @@ def api_url(tmp_path_factory, tiny_model_dir):
               "--worker-args", "--dtype float32 --max-num-seqs 16")
     try:
         assert up.returncode == 0, up.stderr
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", state
     finally:
         down = tide(env, "stack", "down", "--state-dir", str(state))
         assert down.returncode == 0, down.stderr
 
 
-def test_a_submitted_job_appears_on_the_dashboard_and_reaches_100_percent(api_url):
+def test_a_submitted_job_appears_on_the_dashboard_and_reaches_100_percent(stack):
     from playwright.sync_api import expect, sync_playwright
 
+    api_url, state = stack
     auth = {"Authorization": f"Bearer {KEY}"}
     lines = "".join(f'{{"id": "q{i}", "prompt": "Question {i}: say hi", "max_tokens": 24}}\n' for i in range(30))
     with sync_playwright() as p:
@@ -87,3 +90,9 @@ def test_a_submitted_job_appears_on_the_dashboard_and_reaches_100_percent(api_ur
     assert summary["status"] == "completed" and summary["summary_uri"].endswith("summary.json")
     report = Path(summary["summary_uri"]).with_name("report.html")
     assert report.exists() and "Throughput" in report.read_text()
+
+    records = [json.loads(line) for name in ("worker-0", "api", "beat") for line in
+               (state / "logs" / f"{name}.log").read_text().splitlines() if line.startswith("{")]
+    about_job = [r for r in records if r["job_id"] == job["id"]]
+    assert {r["process"] for r in records} >= {"worker", "api", "beat"}
+    assert {r["shard_id"] for r in about_job if r["logger"] == "tide.worker"} == set(range(5))  # 30 rows / 6

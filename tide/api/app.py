@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from tide.api import batches, dashboard, errors, files, jobs_routes, ops
 from tide.api.limits import BodyLimit
 from tide.api.services import Services
+from tide.logs import LogContext
 
 
 def create_app(svc: Services) -> FastAPI:
@@ -17,4 +18,5 @@ def create_app(svc: Services) -> FastAPI:
         app.include_router(module.router)
     app.add_middleware(BodyLimit, request_bytes=svc.settings.max_request_bytes,
                        upload_bytes=svc.settings.max_upload_bytes)
+    app.add_middleware(LogContext)  # log lines of a request on a job name that job
     return app
