@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import os
 import random
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class RunResult:
     prompt_tokens: int
     output_tokens: int
     seconds: float
+    token_ids: list[list[int]] | None = field(default=None, repr=False)
 
     @property
     def rates(self) -> tuple[float, float, float]:
@@ -148,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
     p.add_argument("--kv-cache-gib", type=float, default=None, help="KV budget (default: the engine's fraction)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peer", choices=["vllm"], default=None,
+                   help="also run the workload on vLLM's CPU build, right after Tide (prefix caching off on both)")
+    p.add_argument("--peer-python", default=os.environ.get("TIDE_PEER_PYTHON", "python"),
+                   help="the Python of the peer's own environment (default $TIDE_PEER_PYTHON or python)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="turn Tide's prefix cache off (implied by --peer)")
     return p
 
 
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_engine_report(llm, probe, tide, peak)
         del llm
         gc.collect()
+        if args.peer:
+            run_peer(args, workload, tide, threads)
         if not args.skip_hf:
             best = run_hf_best(args, workload, batch_sizes, threads)
             _print_ratios(tide, best)
@@ -195,7 +204,8 @@ def attention_path(llm: LLM) -> str:
 def _make_llm(args: argparse.Namespace, threads: int) -> LLM:
     kv_bytes = None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30)
     return LLM(model=args.model, dtype=args.dtype, num_threads=threads, max_num_seqs=args.max_num_seqs,
-               max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=kv_bytes, seed=args.seed)
+               max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=kv_bytes, seed=args.seed,
+               enable_prefix_caching=not (args.peer or args.no_prefix_caching))
 
 
 # ---- workloads ------------------------------------------------------------------------------------------------------
@@ -243,7 +253,27 @@ def run_tide(llm: LLM, workload: Workload) -> RunResult:
     if failed:
         raise RuntimeError(f"{len(failed)} requests failed in the engine, e.g. {failed[0].error}")
     return RunResult("tide", len(outputs), sum(len(p) for p in workload.prompts),
-                     sum(len(o.token_ids) for o in outputs), seconds)
+                     sum(len(o.token_ids) for o in outputs), seconds, [list(o.token_ids) for o in outputs])
+
+
+def run_peer(args: argparse.Namespace, workload: Workload, tide: RunResult, threads: int) -> None:
+    """The workload on the peer (vLLM's CPU build) in its own environment; prints its figures and the ratios."""
+    from engine.peer_vllm import run_vllm
+
+    try:
+        peer = run_vllm(args.peer_python, str(resolve_model(args.model)), args.dtype, workload.prompts,
+                        workload.max_tokens, workload.ignore_eos, args.max_num_seqs, args.max_num_batched_tokens,
+                        threads)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"  vllm: not run ({exc})")
+        return
+    result = RunResult("vllm", len(peer["token_ids"]), sum(len(p) for p in workload.prompts),
+                       sum(len(t) for t in peer["token_ids"]), peer["seconds"], peer["token_ids"])
+    print(result.line() + f"   (loaded in {peer['load_seconds']:.0f} s)")
+    same = sum(a == b for a, b in zip(tide.token_ids or [], result.token_ids))
+    ratios = [t / v for t, v in zip(tide.rates, result.rates)]
+    print(f"  ratio tide/vllm: requests/s {ratios[0]:.2f}x, total tokens/s {ratios[1]:.2f}x, output tokens/s "
+          f"{ratios[2]:.2f}x; identical outputs {same}/{len(result.token_ids)}")
 
 
 def run_hf_best(args: argparse.Namespace, workload: Workload, batch_sizes: list[int], threads: int) -> RunResult:

@@ -17,3 +17,27 @@ def test_bench_prints_ratios_for_both_workloads(tiny_model_dir, capsys) -> None:
     assert "of the best linear-shape rate measured" in out
     assert "paged attention" in out
     assert any(line.startswith("paged attention: ") for line in out.splitlines()), out
+
+
+FAKE_PEER = """#!{python}
+import json, sys
+spec = json.load(open(sys.argv[2]))
+tokens = [[7] * spec["max_tokens"] for _ in spec["prompts"]]
+print("TIDE_PEER_RESULT " + json.dumps(dict(seconds=2.0, token_ids=tokens, load_seconds=1.0)))
+"""
+
+
+def test_bench_runs_the_peer_and_prints_the_ratio(tiny_model_dir, capsys, tmp_path) -> None:
+    """--peer vllm with a stand-in for the peer's Python: the subprocess protocol, the ratio and the match count."""
+    import sys
+
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PEER.format(python=sys.executable))
+    fake.chmod(0o755)
+    argv = ["--model", str(tiny_model_dir("llama")), "--dtype", "float32", "--workload", "fixed",
+            "--num-prompts", "2", "--input-len", "8", "--output-len", "4", "--skip-hf", "--max-num-seqs", "4",
+            "--kv-cache-gib", "0.01", "--threads", "1", "--peer", "vllm", "--peer-python", str(fake)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(8 output tokens in 2.0 s)" in out, out
+    assert "ratio tide/vllm" in out and "identical outputs" in out, out
