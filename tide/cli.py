@@ -54,7 +54,7 @@ def _fail(message: str) -> int:
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
-    from tide import api_command, beat, evals_command, report_command, stack, webhooks_command, worker
+    from tide import api_command, beat, evals_command, report_command, stack, tune, webhooks_command, worker
 
     parser = argparse.ArgumentParser(prog="tide", description="Batch LLM inference: run, queue and follow jobs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -85,6 +85,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     beat.add_parser(sub, settings)
     webhooks_command.add_parser(sub, settings)
     report_command.add_parser(sub, settings)
+    tune.add_parser(sub, settings)
     sub.add_parser("bench", help="benchmark the engine (see `tide bench --help`)")
     return parser
 

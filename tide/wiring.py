@@ -11,7 +11,10 @@ def engine_service(model: str, dtype: str, **config):
     from engine import EngineConfig, LLMEngine
     from workers.engine_service import EngineService
 
+    from tide.tuned import tuned_options
+
     options = {k: v for k, v in config.items() if v is not None}
+    options = {**tuned_options(model, config), **options}  # what `tide tune` chose, unless given
     try:
         engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
     except (FileNotFoundError, ValueError) as exc:

@@ -33,7 +33,8 @@ def render_report(summary: dict) -> str:
     body = [f"<h1>{_e(title)}</h1>",
             f"<div class=muted>{_e(summary['model'])} &middot; {_e(summary['status'])} &middot; "
             f"{summary['num_shards']} shards &middot; wall time {summary['wall_time_s']:.1f} s</div>",
-            _kpis(summary), "<h2>Throughput and engine over time</h2><p class=muted>x: seconds since the job started</p>", _time_charts(summary.get("series")),
+            _kpis(summary), "<h2>Throughput and engine over time</h2>",
+            "<p class=muted>x: seconds since the job started</p>", _time_charts(summary.get("series")),
             "<h2>Latency</h2>", _latency_charts(summary), "<h2>Workers</h2>", _workers(summary),
             "<h2>Cost</h2>", _cost(summary.get("cost"))]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
