@@ -7,7 +7,9 @@ import json
 from jobs.storage import Location
 
 REPORT_NAME = "report.html"
-WIDTH, HEIGHT, PAD = 640, 220, 44
+WIDTH, HEIGHT, PAD = 640, 230, 44
+TOP, BOTTOM = 36, 24  # plot area: below the title and legend row, above the x labels
+PLOT_H = HEIGHT - TOP - BOTTOM
 COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MARKS = {"p50": "#16a34a", "p90": "#ea580c", "p99": "#dc2626"}
 
@@ -52,7 +54,9 @@ def _kpis(summary: dict) -> str:
              ("tokens", f"{usage['completion_tokens']:,}", f"{usage['prompt_tokens']:,} prompt"),
              ("preemptions", str(summary.get("preemptions", 0)), "engine totals at job end"),
              ("prefix-cache hit rate", _pct(hit), f"engine {_pct(summary.get('prefix_cache_hit_rate'))}"),
-             ("cost", _money(cost.get("cost")), f"{_money(cost.get('cost_per_1m_output_tokens'))} per 1M output")]
+             ("cost", _money(cost.get("cost")) if cost.get("price_per_worker_hour") else "not priced",
+              f"{_money(cost.get('cost_per_1m_output_tokens'))} per 1M output" if cost.get("price_per_worker_hour")
+              else f"{cost.get('worker_seconds', 0):.1f} worker-seconds")]
     return "<div class=kpis>" + "".join(f"<div class=kpi>{_e(name)}<b>{_e(value)}</b><span class=muted>"
                                         f"{_e(note)}</span></div>" for name, value, note in items) + "</div>"
 
@@ -117,7 +121,7 @@ def line_chart(title: str, x: list[float], lines: dict[str, list[float | None]],
     top = 1.0 if percent else _nice(max(values))
     x_max = max(x) or 1.0
     sx = lambda v: PAD + (WIDTH - PAD - 10) * v / x_max  # noqa: E731
-    sy = lambda v: HEIGHT - 24 - (HEIGHT - 40) * v / (top or 1)  # noqa: E731
+    sy = lambda v: HEIGHT - BOTTOM - PLOT_H * v / (top or 1)  # noqa: E731
     parts = [_axes(title, top, x_max, percent)]
     for i, (name, ys) in enumerate(lines.items()):
         color = COLORS[i % len(COLORS)]
@@ -125,7 +129,7 @@ def line_chart(title: str, x: list[float], lines: dict[str, list[float | None]],
             points = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in run)
             parts.append(f'<polyline fill=none stroke="{color}" stroke-width=1.8 points="{points}"/>' if len(run) > 1
                          else f'<circle r=2.5 fill="{color}" cx="{sx(run[0][0]):.1f}" cy="{sy(run[0][1]):.1f}"/>')
-        parts.append(f'<text x="{PAD + 8 + 150 * i}" y=30 style="fill:{color}">&#9632; {_e(name[:28])}</text>')
+        parts.append(f'<text x="{PAD + 150 * i}" y=27 style="fill:{color}">&#9632; {_e(name[:28])}</text>')
     return _svg(parts)
 
 
@@ -133,7 +137,7 @@ def histogram_chart(title: str, hist: dict, marks: dict) -> str:
     edges, counts = hist["edges"], hist["counts"]
     top, x_max = max(counts) or 1, edges[-1] or 1e-6
     sx = lambda v: PAD + (WIDTH - PAD - 10) * v / x_max  # noqa: E731
-    sy = lambda v: HEIGHT - 24 - (HEIGHT - 40) * v / top  # noqa: E731
+    sy = lambda v: HEIGHT - BOTTOM - PLOT_H * v / top  # noqa: E731
     parts = [_axes(f"{title} (ms)", top, x_max * 1000, False)]
     for lo, hi, n in zip(edges, edges[1:], counts):
         parts.append(f'<rect x="{sx(lo):.1f}" y="{sy(n):.1f}" width="{max(sx(hi) - sx(lo) - 1, 0.5):.1f}" '
@@ -143,9 +147,9 @@ def histogram_chart(title: str, hist: dict, marks: dict) -> str:
         value = marks.get(name)
         if value is None:
             continue
-        parts.append(f'<line x1="{sx(value):.1f}" x2="{sx(value):.1f}" y1=16 y2="{sy(0):.1f}" stroke="{color}" '
+        parts.append(f'<line x1="{sx(value):.1f}" x2="{sx(value):.1f}" y1={TOP} y2="{sy(0):.1f}" stroke="{color}" '
                      'stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{WIDTH - 150}" y="{30 + 14 * i}" style="fill:{color}">{name} {value * 1000:.1f} ms'
+        parts.append(f'<text x="{PAD + 130 * i}" y=27 style="fill:{color}">{name} {value * 1000:.1f} ms'
                      "</text>")
     return _svg(parts)
 
@@ -163,18 +167,18 @@ def bar_chart(title: str, bars: dict[str, float]) -> str:
 
 
 def _axes(title: str, top: float, x_max: float, percent: bool) -> str:
-    base, left = HEIGHT - 24, PAD
+    base, left = HEIGHT - BOTTOM, PAD
     ticks = []
     for k in range(5):
         value = top * k / 4
-        y = base - (HEIGHT - 40) * k / 4
+        y = base - PLOT_H * k / 4
         label = f"{value:.0%}" if percent else _short(value)
         ticks.append(f'<line x1={left} x2="{WIDTH - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
                      f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor=end>{label}</text>')
         x = left + (WIDTH - PAD - 10) * k / 4
         ticks.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor=middle>{_short(x_max * k / 4)}</text>')
     return (f'<text x="{left}" y=12 style="font-weight:600;fill:#111">{_e(title)}</text>' + "".join(ticks) +
-            f'<line x1={left} x2={left} y1=16 y2={base} stroke="#999"/>'
+            f'<line x1={left} x2={left} y1={TOP} y2={base} stroke="#999"/>'
             f'<line x1={left} x2="{WIDTH - 10}" y1={base} y2={base} stroke="#999"/>')
 
 
