@@ -52,7 +52,9 @@ class ModelRunner:
             tokens.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            for first in range(start - start % bs, end, bs):  # one range per block, not one item per token
+                base = table[first // bs] * bs - first
+                slots.extend(range(base + max(start, first), base + min(end, first + bs)))
             query_lens.append(num_new)
             seq_lens.append(end)
             if end == seq.num_tokens:
