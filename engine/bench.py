@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-python", default=os.environ.get("TIDE_PEER_PYTHON", "python"),
                    help="the Python of the peer's own environment (default $TIDE_PEER_PYTHON or python)")
     p.add_argument("--no-prefix-caching", action="store_true", help="turn Tide's prefix cache off (implied by --peer)")
+    p.add_argument("--twin-baseline", action="store_true",
+                   help="also run Tide with the PyTorch twins for every kernel, right before, and print the ratio")
     return p
 
 
@@ -179,11 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             peak = measure_linear_peak(llm.engine.runner.model, sorted({args.max_num_seqs, 256}))
         workload = build_workload(name, llm.tokenizer, args)
         print(f"\nworkload {workload.describe()}")
+        twins = run_twin_baseline(args, workload, threads) if args.twin_baseline else None
         probe = Probe()
         probe.install(llm)
         tide = run_tide(llm, workload)
         print(tide.line())
         _print_engine_report(llm, probe, tide, peak)
+        if twins is not None:
+            print(f"  ratio tide/tide-twins: output tokens/s {tide.rates[2] / twins.rates[2]:.2f}x, identical outputs "
+                  f"{sum(a == b for a, b in zip(tide.token_ids, twins.token_ids))}/{len(tide.token_ids)}")
         del llm
         gc.collect()
         if args.peer:
@@ -192,6 +198,24 @@ def main(argv: list[str] | None = None) -> int:
             best = run_hf_best(args, workload, batch_sizes, threads)
             _print_ratios(tide, best)
     return 0
+
+
+def run_twin_baseline(args: argparse.Namespace, workload: Workload, threads: int) -> RunResult:
+    """The same engine with the PyTorch twins for every kernel (TIDE_KERNELS=torch): the before of the native ops."""
+    saved = os.environ.get("TIDE_KERNELS")
+    os.environ["TIDE_KERNELS"] = "torch"
+    try:
+        llm = _make_llm(args, threads)
+    finally:
+        if saved is None:
+            del os.environ["TIDE_KERNELS"]
+        else:
+            os.environ["TIDE_KERNELS"] = saved
+    result = dataclasses.replace(run_tide(llm, workload), label="tide-twins")
+    print(result.line())
+    del llm
+    gc.collect()
+    return result
 
 
 def attention_path(llm: LLM) -> str:

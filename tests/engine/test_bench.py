@@ -36,8 +36,10 @@ def test_bench_runs_the_peer_and_prints_the_ratio(tiny_model_dir, capsys, tmp_pa
     fake.chmod(0o755)
     argv = ["--model", str(tiny_model_dir("llama")), "--dtype", "float32", "--workload", "fixed",
             "--num-prompts", "2", "--input-len", "8", "--output-len", "4", "--skip-hf", "--max-num-seqs", "4",
-            "--kv-cache-gib", "0.01", "--threads", "1", "--peer", "vllm", "--peer-python", str(fake)]
+            "--kv-cache-gib", "0.01", "--threads", "1", "--peer", "vllm", "--peer-python", str(fake),
+            "--twin-baseline"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "(8 output tokens in 2.0 s)" in out, out
     assert "ratio tide/vllm" in out and "identical outputs" in out, out
+    assert "tide-twins" in out and "ratio tide/tide-twins" in out, out
