@@ -52,6 +52,17 @@ def chunked(chunk_kib: int) -> DecodeFn:
     return run
 
 
+def native_decode(q, k_cache, v_cache, block_tables, seq_lens, scale) -> torch.Tensor:
+    """The native library's paged attention (kernels/csrc) on the same decode batch."""
+    from kernels import native_ops
+    from kernels.metadata import AttentionMetadata
+
+    n = len(seq_lens)
+    meta = AttentionMetadata(torch.arange(n + 1, dtype=torch.int32), torch.tensor(seq_lens, dtype=torch.int32),
+                             block_tables.to(torch.int32), n, 1, max(seq_lens), [1] * n, list(seq_lens))
+    return native_ops.paged_attention(q, k_cache, v_cache, meta, scale)
+
+
 def make_batch(args: argparse.Namespace, dtype: torch.dtype, gen: torch.Generator):
     """Random decode batch with shuffled block tables over a cache just large enough to hold it."""
     lens = torch.randint(args.min_ctx, args.max_ctx + 1, (args.batch,), generator=gen).tolist()
@@ -90,6 +101,10 @@ def run_cpu_bench(args: argparse.Namespace) -> None:
     }
     for kib in args.chunk_kib:
         candidates[f"chunked_{kib}KiB"] = chunked(kib)
+    from kernels import native
+
+    if native.load() is not None:
+        candidates["native"] = native_decode
     gen = torch.Generator().manual_seed(0)
     scale = args.head_dim**-0.5
     print(f"decode attention: batch {args.batch}, ctx {args.min_ctx}-{args.max_ctx}, Hq {args.q_heads}, "
