@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.dispatch import Dispatcher, shard_task_id
+from jobs.leases.book import leases_for
 from jobs.openai_output import write_openai_files
 from jobs.planner import Plan, plan_job
 from jobs.report.html import write_report
@@ -100,9 +101,14 @@ def _fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher, cloc
 
     job = store.update_job(job.id, start)
     if job.status == JobStatus.IN_PROGRESS:
-        for shard in plan.shards:
-            dispatcher.send_shard(ShardTask(job_id=job.id, spec=job.spec, format=plan.format, shard=shard,
-                                            output_prefix=job.output_prefix, deadline=job.expires_at))
+        tasks = [ShardTask(job_id=job.id, spec=job.spec, format=plan.format, shard=shard,
+                           output_prefix=job.output_prefix, deadline=job.expires_at) for shard in plan.shards]
+        leases = leases_for(store)
+        if leases is not None:  # what a reaper needs: the tasks to send again, the deadline to enforce
+            leases.put_tasks(job.id, tasks)
+            leases.watch_deadline(job.id, job.expires_at)
+        for task in tasks:
+            dispatcher.send_shard(task)
     if not plan.shards or cancelled:
         dispatcher.send_finalize(job.id, job.spec.model)
     logger.info("job %s: %d rows (%d invalid) in %d shards", job.id, plan.total_rows, plan.invalid_rows,
@@ -168,6 +174,9 @@ def finalize_job(job_id: str, finalizer: Finalizer) -> Job:
         write_openai_files(prefix, job.id, job.spec.endpoint, job.spec.model, int(job.created_at))
     job = store.update_job(job_id, lambda j: None if j.status.terminal else with_counts(j, shards).moved_to(
         final, clock(), summary_uri=summary_location.uri))
+    leases = leases_for(store)
+    if leases is not None:
+        leases.drop_deadline(job_id)
     if job.spec.webhook_url:
         _notify(job, finalizer)
     return job

@@ -64,6 +64,8 @@ def parse_json_line(line: bytes, row: int, defaults: dict[str, Any], endpoint: s
         raw = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return ErrorRow(row, None, "invalid_json", f"line {row + 1}: not valid JSON ({exc})")
+    except RecursionError:
+        return ErrorRow(row, None, "invalid_json", f"line {row + 1}: JSON nested too deeply")
     return parse_row(raw, row, defaults, endpoint)
 
 
@@ -145,7 +147,7 @@ def _messages(messages: Any) -> list[dict]:
     if isinstance(messages, str):  # Parquet columns may hold messages as a JSON string
         try:
             messages = json.loads(messages)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise RowError("invalid_field", f"messages is not valid JSON ({exc})", "messages") from exc
     if not isinstance(messages, list) or not messages:
         raise RowError("invalid_field", "messages must be a non-empty list of {role, content} objects", "messages")

@@ -1,4 +1,5 @@
-"""Run one shard: claim it, read and validate its rows, stream them into the engine, write its parts, finish it.
+"""Run one shard: claim it under a lease, read and validate its rows, stream them into the engine, write its parts
+(fenced by the lease token), finish it.
 
 Plain code called by the Celery task and by `tide run`; it reaches the engine only through an `EngineService`.
 """
@@ -6,11 +7,14 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from jobs.dispatch import Dispatcher, ShardRetry
+from jobs.leases.book import Lease, LeaseBook
+from jobs.leases.keeper import LeaseKeeper
 from jobs.ordering import group_by_prefix
 from jobs.metrics import shard_counters
 from jobs.planner import duplicate_error
@@ -36,6 +40,10 @@ class ShardContext:
     poll_s: float = 1.0
     group_prefixes: bool = True  # off only to measure what grouping gains (python -m tide.bench_prefix)
     clock: Callable[[], float] = time.time
+    leases: LeaseBook | None = None  # None for `tide run`: one process, nothing to take over
+    keeper: LeaseKeeper | None = None  # renews this process's leases
+    retry_delay_s: float = 5.0
+    before_submit: Callable[[PromptRow], None] | None = None  # test hook: the poison-row fault test exits here
 
 
 @dataclass
@@ -48,34 +56,55 @@ class _Outcome:
 
 
 def run_shard(task: ShardTask, ctx: ShardContext) -> ShardStatus | None:
-    """Run `task` to a terminal shard state; None when the shard was already finished elsewhere.
+    """Run `task` to a terminal shard state; None when another attempt owns the shard or it was already finished.
 
-    Raises ShardRetry when this attempt failed but attempts remain.
+    With a lease book the claim holds a lease (renewed by `ctx.keeper`) whose token fences every commit; a failed
+    attempt with attempts left is sent again. Without one (`tide run`) it raises ShardRetry instead.
     """
-    job_id, index = task.job_id, task.shard.index
-    attempt = ctx.store.incr_attempts(job_id, index)
-    stop = _stop_status(ctx, task)
-    if stop is not None:
-        return _finish(ctx, task, _Outcome(status=stop), error=None)
-    if not _claim(ctx, task):
+    lease = Lease(task.job_id, task.shard.index, ctx.store.incr_attempts(task.job_id, task.shard.index))
+    if ctx.leases is not None:
+        ctx.leases.grant(lease, ctx.clock())  # before the claim: a running shard always has a lease to lapse
+    shard = _claim(ctx, task, lease.token)
+    if shard is None:
+        _release(ctx, lease)
         return None
+    lost = ctx.keeper.hold(lease) if ctx.keeper is not None else threading.Event()
     try:
-        rows, errors = read_shard_rows(task)
-        if attempt > ctx.max_attempts:
-            return _give_up(ctx, task, rows, errors, f"shard abandoned after {ctx.max_attempts} attempts")
-        outcome = _generate(ctx, task, rows, errors, attempt)
-        prefix = resolve(task.output_prefix)
-        write_results(prefix, index, outcome.results)
-        write_errors(prefix, index, outcome.errors)
-        write_series(prefix, index, ctx.worker, outcome.series)
+        return _attempt(ctx, task, shard, lease, lost)
     except Exception as exc:
-        if attempt < ctx.max_attempts:
-            logger.warning("shard %s/%d attempt %d failed: %s; retrying", job_id, index, attempt, exc)
+        return _failed(ctx, task, shard, lease, exc)
+    finally:
+        _release(ctx, lease)
+
+
+def _attempt(ctx: ShardContext, task: ShardTask, shard: ShardState, lease: Lease,
+             lost: threading.Event) -> ShardStatus | None:
+    stop = _stop_status(ctx, task)
+    if stop == ShardStatus.CANCELLED:
+        return _finish(ctx, task, _Outcome(status=stop), error=None, token=lease.token)
+    rows, errors = read_shard_rows(task)
+    if stop == ShardStatus.EXPIRED:
+        return _commit(ctx, task, _expired(_Outcome(status=stop, errors=errors), rows), lease, lost)
+    rows, errors = _set_aside(rows, errors, shard.poisoned_rows)
+    if shard.runs > ctx.max_attempts:
+        return _give_up(ctx, task, rows, errors, lease, lost, f"shard abandoned after {ctx.max_attempts} attempts")
+    outcome = _generate(ctx, task, rows, errors, lease, careful=shard.lost > 0, lost=lost)
+    return _commit(ctx, task, outcome, lease, lost)
+
+
+def _failed(ctx: ShardContext, task: ShardTask, shard: ShardState, lease: Lease, exc: Exception) -> ShardStatus | None:
+    job_id, index = task.job_id, task.shard.index
+    if shard.runs < ctx.max_attempts:
+        logger.warning("shard %s/%d attempt %d failed: %s; retrying", job_id, index, lease.token, exc)
+        if ctx.leases is None:
             raise ShardRetry(str(exc)) from exc
-        logger.exception("shard %s/%d failed on its last attempt", job_id, index)
-        failed = _Outcome(status=ShardStatus.FAILED, progress=ShardProgress(failed=task.shard.num_rows))
-        return _finish(ctx, task, failed, error=f"{type(exc).__name__}: {exc}")
-    return _finish(ctx, task, outcome, error=None)
+        time.sleep(ctx.retry_delay_s)  # still under the lease: if this worker dies now, the reaper sends it
+        _release(ctx, lease)
+        ctx.dispatcher.send_shard(task)
+        return None
+    logger.exception("shard %s/%d failed on its last attempt", job_id, index)
+    failed = _Outcome(status=ShardStatus.FAILED, progress=ShardProgress(failed=task.shard.num_rows))
+    return _finish(ctx, task, failed, error=f"{type(exc).__name__}: {exc}", token=lease.token)
 
 
 def read_shard_rows(task: ShardTask) -> tuple[list[PromptRow], list[ErrorRow]]:
@@ -107,25 +136,101 @@ def _stop_status(ctx: ShardContext, task: ShardTask) -> ShardStatus | None:
     return None
 
 
-def _claim(ctx: ShardContext, task: ShardTask) -> bool:
-    """pending -> running (or running -> running: a redelivery after a worker died mid-shard)."""
+def _claim(ctx: ShardContext, task: ShardTask, token: int) -> ShardState | None:
+    """pending -> running, or running -> running when the previous claim's lease has lapsed (its worker died).
+
+    A second delivery of a shard whose lease is live is refused: one shard runs once at a time.
+    """
+    now = ctx.clock()
+
     def change(shard: ShardState) -> ShardState | None:
-        if shard.status.terminal:
+        if shard.status.terminal or (shard.status == ShardStatus.RUNNING and _live(ctx, task, shard, now)):
             return None
-        return shard.model_copy(update={"status": ShardStatus.RUNNING, "worker": ctx.worker,
-                                        "started_at": ctx.clock()})
+        return shard.model_copy(update={"status": ShardStatus.RUNNING, "worker": ctx.worker, "started_at": now,
+                                        "attempt": token, "runs": shard.runs + 1})
 
-    return ctx.store.update_shard(task.job_id, task.shard.index, change).status == ShardStatus.RUNNING
+    shard = ctx.store.update_shard(task.job_id, task.shard.index, change)
+    return shard if shard.status == ShardStatus.RUNNING and shard.attempt == token else None
 
 
-def _generate(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors: list[ErrorRow],
-              attempt: int) -> _Outcome:
+def _live(ctx: ShardContext, task: ShardTask, shard: ShardState, now: float) -> bool:
+    if ctx.leases is None or shard.attempt is None:
+        return False
+    return ctx.leases.held(Lease(task.job_id, task.shard.index, shard.attempt), now)
+
+
+def _release(ctx: ShardContext, lease: Lease) -> None:
+    if ctx.keeper is not None:
+        ctx.keeper.drop(lease)
+    if ctx.leases is not None:
+        ctx.leases.release(lease)
+
+
+def _owns(ctx: ShardContext, lease: Lease, lost: threading.Event) -> bool:
+    """Whether this attempt may still commit: its lease was neither lost nor let lapse (fencing)."""
+    return not lost.is_set() and (ctx.leases is None or ctx.leases.held(lease, ctx.clock()))
+
+
+def _commit(ctx: ShardContext, task: ShardTask, outcome: _Outcome, lease: Lease, lost: threading.Event,
+            error: str | None = None) -> ShardStatus | None:
+    """Write the shard's parts and record it, unless a newer attempt took the shard over."""
+    if not _owns(ctx, lease, lost):
+        logger.warning("shard %s/%d attempt %d lost its lease; its results are dropped for the newer attempt's",
+                       task.job_id, task.shard.index, lease.token)
+        return None
+    prefix = resolve(task.output_prefix)
+    write_results(prefix, task.shard.index, outcome.results)
+    write_errors(prefix, task.shard.index, outcome.errors)
+    if outcome.series.samples:
+        write_series(prefix, task.shard.index, ctx.worker, outcome.series)
+    return _finish(ctx, task, outcome, error=error, token=lease.token)
+
+
+def _set_aside(rows: list[PromptRow], errors: list[ErrorRow],
+               poisoned: list[int]) -> tuple[list[PromptRow], list[ErrorRow]]:
+    """Rows that were alone in the engine when a worker died (twice, counting the first crash) fail; the rest run."""
+    if not poisoned:
+        return rows, errors
+    marked = set(poisoned)
+    errors = errors + [ErrorRow(r.row, r.custom_id, "worker_crashed", f"line {r.row + 1} (id {r.custom_id}): the "
+                                "worker process died while running this row; it was set aside so the rest could "
+                                "finish") for r in rows if r.row in marked]
+    return [r for r in rows if r.row not in marked], errors
+
+
+def _expired(outcome: _Outcome, rows: list[PromptRow]) -> _Outcome:
+    """The job's deadline passed: rows with neither a result nor an error become `batch_expired` error rows."""
+    seen = {r.row_index for r in outcome.results} | {e.row for e in outcome.errors}
+    outcome.errors += [ErrorRow(r.row, r.custom_id, "batch_expired", f"line {r.row + 1} (id {r.custom_id}): the "
+                                "job's completion window ended before this row ran") for r in rows if r.row not in seen]
+    outcome.progress.failed = len(outcome.errors)
+    return outcome
+
+
+def _generate(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors: list[ErrorRow], lease: Lease,
+              careful: bool, lost: threading.Event) -> _Outcome:
+    """Stream the rows into the engine. A re-run after a lapsed lease is careful: one row at a time, each marked in
+    flight first, so a row that kills the worker again is named by the reaper and set aside."""
     outcome = _Outcome(errors=errors)
     outcome.series.sample(ctx.clock(), outcome.progress, ctx.service, force=True)
+    ordered = group_by_prefix(rows) if ctx.group_prefixes else rows
+    for batch in ([r] for r in ordered) if careful and ctx.leases is not None else [ordered]:
+        if outcome.status != ShardStatus.DONE or lost.is_set():
+            break
+        if careful and ctx.leases is not None:
+            ctx.leases.mark_inflight(lease, batch[0].row)
+        _run_batch(ctx, task, batch, outcome, lease.token, lost)
+    return _expired(outcome, rows) if outcome.status == ShardStatus.EXPIRED else outcome
+
+
+def _run_batch(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], outcome: _Outcome, attempt: int,
+               lost: threading.Event) -> None:
     sink: queue.Queue = queue.Queue()
     by_id: dict[str, PromptRow] = {}
-    for row in group_by_prefix(rows) if ctx.group_prefixes else rows:
+    for row in rows:
         request_id = f"{task.job_id}:{task.shard.index}:{attempt}:{row.row}"
+        if ctx.before_submit is not None:
+            ctx.before_submit(row)
         try:
             ctx.service.submit(request_id, row.prompt, row.params, task.spec.priority, sink)
         except ValueError as exc:
@@ -133,12 +238,11 @@ def _generate(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors:
                                            f"line {row.row + 1} (id {row.custom_id}): {exc}"))
             continue
         by_id[request_id] = row
-    _collect(ctx, task, sink, by_id, outcome)
-    return outcome
+    _collect(ctx, task, sink, by_id, outcome, lost)
 
 
 def _collect(ctx: ShardContext, task: ShardTask, sink: queue.Queue, by_id: dict[str, PromptRow],
-             outcome: _Outcome) -> None:
+             outcome: _Outcome, lost: threading.Event) -> None:
     """Wait for this shard's outputs; publish progress and watch for cancel/expiry every `poll_s`."""
     waiting, next_poll = set(by_id), ctx.clock() + ctx.poll_s
     while waiting:
@@ -157,6 +261,8 @@ def _collect(ctx: ShardContext, task: ShardTask, sink: queue.Queue, by_id: dict[
             ctx.store.set_progress(task.job_id, task.shard.index, outcome.progress)
             outcome.series.sample(ctx.clock(), outcome.progress, ctx.service)
             stop = _stop_status(ctx, task) if outcome.status == ShardStatus.DONE else None
+            if stop is None and lost.is_set():
+                stop = ShardStatus.CANCELLED  # another attempt owns the shard now; nothing of this one is kept
             if stop is not None:
                 outcome.status = stop
                 for request_id in waiting:
@@ -194,23 +300,24 @@ def _logprobs(logprobs) -> list[dict] | None:
              "top": [{"token_id": t, "logprob": p} for t, p in lp.top]} for lp in logprobs]
 
 
-def _give_up(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors: list[ErrorRow],
-             reason: str) -> ShardStatus | None:
+def _give_up(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors: list[ErrorRow], lease: Lease,
+             lost: threading.Event, reason: str) -> ShardStatus | None:
     """Too many attempts (e.g. a shard that keeps killing its worker): every row becomes an error row."""
     errors = errors + [ErrorRow(r.row, r.custom_id, "attempts_exhausted", f"line {r.row + 1} (id {r.custom_id}): "
                                 f"{reason}") for r in rows]
-    prefix = resolve(task.output_prefix)
-    write_results(prefix, task.shard.index, [])
-    write_errors(prefix, task.shard.index, errors)
     outcome = _Outcome(status=ShardStatus.FAILED, errors=errors, progress=ShardProgress(failed=len(errors)))
-    return _finish(ctx, task, outcome, error=reason)
+    return _commit(ctx, task, outcome, lease, lost, error=reason)
 
 
-def _finish(ctx: ShardContext, task: ShardTask, outcome: _Outcome, error: str | None) -> ShardStatus | None:
-    """Record the shard's final state; whoever finishes the job's last shard enqueues finalization, exactly once."""
-    figures: EngineFigures = ctx.service.figures()
+def _finish(ctx: ShardContext, task: ShardTask, outcome: _Outcome, error: str | None,
+            token: int) -> ShardStatus | None:
+    """Record the shard's final state, if claim `token` still owns it; whoever finishes the job's last shard
+    enqueues finalization, exactly once."""
+    figures: EngineFigures = ctx.service.figures() if ctx.service is not None else EngineFigures()
 
-    def change(shard: ShardState) -> ShardState:
+    def change(shard: ShardState) -> ShardState | None:
+        if shard.attempt is not None and shard.attempt != token:
+            return None  # fenced: a newer attempt owns the shard
         return shard.model_copy(update={"status": outcome.status, "finished_at": ctx.clock(),
                                         "progress": outcome.progress, "engine": figures, "error": error,
                                         "worker": shard.worker or ctx.worker})

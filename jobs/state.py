@@ -88,6 +88,11 @@ class ShardState(BaseModel):
     progress: ShardProgress = Field(default_factory=ShardProgress)
     engine: EngineFigures | None = None
     error: str | None = None
+    attempt: int | None = Field(None, description="fencing token of the claim that runs it (its attempt number)")
+    runs: int = Field(0, description="claims so far; past the attempt cap its rows fail")
+    lost: int = Field(0, description="leases that lapsed under it (its worker died or hung)")
+    poisoned_rows: list[int] = Field(default_factory=list, description="rows that were in the engine alone "
+                                     "when a worker died twice: they fail, the rest run")
 
 
 class Job(BaseModel):

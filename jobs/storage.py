@@ -6,8 +6,11 @@ config files (AWS_ENDPOINT_URL makes MinIO, moto and other S3-compatible stores 
 from __future__ import annotations
 
 import io
+import logging
 import os
+import random
 import shutil
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +19,10 @@ from typing import BinaryIO, Protocol
 READ_BUFFER = 4 * 2**20  # one ranged GET per 4 MiB of a streamed object
 COPY_CHUNK = 2**20
 UPLOAD_PART = 8 * 2**20  # S3 parts are at least 5 MiB
+RETRY_ENV = "TIDE_STORAGE_RETRY_S"  # Settings.storage_retry_s, read here: jobs/ runs below the entry points
+ROOTS_ENV = "TIDE_LOCAL_ROOTS"  # Settings.local_roots
+
+logger = logging.getLogger("tide.storage")
 
 
 class StorageError(RuntimeError):
@@ -48,7 +55,21 @@ def resolve(uri: str) -> Location:
         return S3Location(bucket, key.strip("/"))
     if "://" in uri:
         raise StorageError(f"unsupported storage URI {uri!r}: use a local path or s3://bucket/key")
-    return LocalLocation(Path(uri).expanduser())
+    return LocalLocation(confined(Path(uri).expanduser()))
+
+
+def confined(path: Path) -> Path:
+    """`path` itself, if it lies under one of TIDE_LOCAL_ROOTS once `..` and symlinks are resolved (or no roots are
+    set: the command-line tools); raises StorageError otherwise."""
+    roots = [r.strip() for r in os.environ.get(ROOTS_ENV, "").split(",") if r.strip()]
+    if not roots:
+        return path
+    real = os.path.realpath(path)
+    for root in map(os.path.realpath, roots):
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return path
+    raise StorageError(f"{path} is outside the local directories this service may use ({', '.join(roots)}); "
+                       "use s3:// or a path under them (TIDE_LOCAL_ROOTS)")
 
 
 class LocalLocation:
@@ -149,11 +170,11 @@ class S3Location:
         return True
 
     def read_range(self, start: int, end: int) -> bytes:
-        body = self._call("read", "get_object", Key=self.key, Range=f"bytes={start}-{end - 1}")["Body"]
-        return body.read()
+        return self._call("read", "get_object", Key=self.key, Range=f"bytes={start}-{end - 1}",
+                          then=lambda answer: answer["Body"].read())
 
     def read_bytes(self) -> bytes:
-        return self._call("read", "get_object", Key=self.key)["Body"].read()
+        return self._call("read", "get_object", Key=self.key, then=lambda answer: answer["Body"].read())
 
     def write_bytes(self, data: bytes) -> None:
         self._call("write", "put_object", Key=self.key, Body=data)
@@ -164,10 +185,9 @@ class S3Location:
         tmp_key = f"{self.key}.{uuid.uuid4().hex}.tmp"
         client = s3_client()
         try:
-            client.upload_file(str(local_path), self.bucket, tmp_key)
-            client.copy_object(Bucket=self.bucket, Key=self.key, CopySource={"Bucket": self.bucket, "Key": tmp_key})
-        except Exception as exc:
-            raise StorageError(f"cannot write {self.uri}: {_reason(exc)}") from exc
+            retrying(self.uri, "write", lambda: client.upload_file(str(local_path), self.bucket, tmp_key))
+            retrying(self.uri, "write", lambda: client.copy_object(
+                Bucket=self.bucket, Key=self.key, CopySource={"Bucket": self.bucket, "Key": tmp_key}))
         finally:
             _quietly(lambda: client.delete_object(Bucket=self.bucket, Key=tmp_key))
 
@@ -188,20 +208,48 @@ class S3Location:
 
     def list_names(self) -> list[str]:
         prefix = f"{self.key}/" if self.key else ""
-        names: list[str] = []
         paginator = s3_client().get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-                names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
-        except Exception as exc:
-            raise StorageError(f"cannot list {self.uri}: {_reason(exc)}") from exc
-        return sorted(n for n in names if not n.endswith(".tmp"))
 
-    def _call(self, verb: str, method: str, **kwargs):
+        def listing() -> list[str]:
+            return [o["Key"][len(prefix):] for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix,
+                                                                          Delimiter="/")
+                    for o in page.get("Contents", [])]
+
+        return sorted(n for n in retrying(self.uri, "list", listing) if not n.endswith(".tmp"))
+
+    def _call(self, verb: str, method: str, then=lambda answer: answer, **kwargs):
+        return retrying(self.uri, verb, lambda: then(getattr(s3_client(), method)(Bucket=self.bucket, **kwargs)))
+
+
+def retrying(uri: str, verb: str, action):
+    """Run one S3 request, retrying transient failures (endpoint unreachable, timeouts, 5xx, throttling) with
+    exponential backoff and jitter for up to TIDE_STORAGE_RETRY_S seconds (on top of boto3's own retries), so an
+    outage delays a shard instead of failing it. Other failures, and the last one, raise StorageError."""
+    deadline = time.monotonic() + float(os.environ.get(RETRY_ENV, "120"))
+    delay = 0.25
+    while True:
         try:
-            return getattr(s3_client(), method)(Bucket=self.bucket, **kwargs)
+            return action()
         except Exception as exc:
-            raise StorageError(f"cannot {verb} {self.uri}: {_reason(exc)}") from exc
+            if not _transient(exc) or time.monotonic() + delay > deadline:
+                raise StorageError(f"cannot {verb} {uri}: {_reason(exc)}") from exc
+            logger.warning("cannot %s %s (%s); retrying in %.1f s", verb, uri, _reason(exc), delay)
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 5.0)
+
+
+def _transient(exc: Exception) -> bool:
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    if isinstance(exc, S3UploadFailedError):  # upload_file wraps the ClientError it met
+        return isinstance(exc.__context__, Exception) and _transient(exc.__context__)
+    if isinstance(exc, (ConnectionError, HTTPClientError)):
+        return True
+    if isinstance(exc, ClientError):
+        error, status = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return (status or 0) >= 500 or error.get("Code") in ("SlowDown", "Throttling", "RequestTimeout")
+    return False
 
 
 class _S3RangeReader(io.RawIOBase):

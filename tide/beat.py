@@ -33,13 +33,18 @@ def cmd_beat(args: argparse.Namespace) -> int:
     from jobs.evals.runner import QueuedExecutor
     from jobs.evals.scorers import ScorerError, get_scorer
     from jobs.evals.suites import SuiteError, load_suites
+    from jobs.leases.book import LeaseBook
+    from jobs.leases.reaper import Reaper
+    from jobs.lifecycle import Finalizer
     from jobs.webhooks.courier import Courier
     from jobs.webhooks.outbox import RedisOutbox
     from tide.webhooks_command import webhook_config
     from tide.wiring import connect
+    from workers.reaper import ReaperThread
     from workers.scheduler import Scheduler
 
     settings = get_settings()
+    settings.export_storage_env()
     logging.getLogger().setLevel(settings.log_level.upper())
     try:
         suites = load_suites(args.config) if args.config else {}
@@ -56,6 +61,11 @@ def cmd_beat(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    reaper = ReaperThread(Reaper(store, dispatcher, LeaseBook(store.redis, settings.lease_ttl_s),
+                                 Finalizer(store=store)), settings.reaper_interval_s).start()
     print(f"{READY_LINE} ({len(scheduler.suites)} scheduled suites)", flush=True)
-    scheduler.run(stop)
+    try:
+        scheduler.run(stop)
+    finally:
+        reaper.stop()
     return 0

@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     shard_rows: int = Field(256, ge=1, description="rows per shard for jobs that do not say")
     cache_dir: str | None = Field(None, description="converted models and built kernels (default ~/.cache/tide)")
     log_level: str = Field("INFO", description="log level of the worker, API and scheduler")
+    lease_ttl_s: float = Field(30.0, gt=0, description="a running shard's lease lasts this long unless its worker "
+                               "renews it; a dead worker's shards run again after it lapses")
+    lease_renew_s: float = Field(5.0, gt=0, description="seconds between a worker's lease renewals (well under "
+                                 "TIDE_LEASE_TTL_S)")
+    reaper_interval_s: float = Field(5.0, gt=0, description="seconds between reaper sweeps (lapsed leases, "
+                                     "expired jobs) in every worker and in `tide beat`")
+    storage_retry_s: float = Field(120.0, ge=0, description="how long S3 reads and writes keep retrying through "
+                                   "an outage (backoff with jitter) before the attempt fails")
+    local_roots: str | None = Field(None, description="comma-separated directories that local-path inputs and "
+                                    "outputs must lie under (`..` and symlinks resolved); empty allows any path. Set "
+                                    "it when Tide runs as a service")
     price_per_worker_hour: float = Field(0.0, ge=0, description="what one worker costs per hour: with the worker-seconds a job used, its cost in summary.json and report.html")
     log_format: Literal["text", "json"] = Field("text", description="log lines of the worker, API and scheduler: text, or one JSON object per line with job_id and shard_id")
 
@@ -56,6 +67,17 @@ class Settings(BaseSettings):
         """The configured keys as sha256 hex digests; plain keys are hashed here and not kept."""
         return frozenset(key[len(HASH_PREFIX):].lower() if key.startswith(HASH_PREFIX) else hash_key(key)
                          for key in self.api_keys)
+
+    def export_storage_env(self) -> None:
+        """Hand the storage settings to jobs/storage.py, which reads them from the environment (jobs/ sits below
+        the entry points), including values that came from `.env`."""
+        import os
+
+        os.environ["TIDE_STORAGE_RETRY_S"] = str(self.storage_retry_s)
+        roots = [r for r in (self.local_roots or "").split(",") if r.strip()]
+        if roots and "://" not in self.storage:
+            roots.append(self.storage)  # the service's own storage is always usable
+        os.environ["TIDE_LOCAL_ROOTS"] = ",".join(roots)
 
     # Evals and webhooks (`tide eval`, `tide beat`, `tide webhooks`).
     evals_config: str | None = Field(None, description="suites file `tide beat` and `tide eval` read when "

@@ -8,6 +8,9 @@ import socket
 from tide.settings import Settings
 from tide.wiring import connect, engine_service
 
+EXIT_ON_ID_HOOK = "TIDE_TEST_EXIT_ON_ID"  # test hook, not a setting: exit the process when this row's turn comes
+POISON_EXIT_STATUS = 70
+
 
 def add_parser(sub, settings: Settings) -> None:
     from tide.cli import add_redis_option
@@ -30,12 +33,17 @@ def add_parser(sub, settings: Settings) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.leases.book import LeaseBook
+    from jobs.leases.keeper import LeaseKeeper
+    from jobs.leases.reaper import Reaper
     from jobs.lifecycle import Finalizer
     from jobs.shard_runner import ShardContext
     from jobs.specs import queue_for
+    from workers.reaper import ReaperThread
     from workers.registry import Heartbeat
     from workers.tasks import register_tasks
 
+    settings.export_storage_env()
     store, dispatcher = connect(args.redis_url)
     served = args.served_name or args.model
     name = f"{queue_for(served)}-{os.getpid()}@{socket.gethostname()}"
@@ -44,15 +52,34 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     # a time and leave nothing to refill the batch with.
     service = engine_service(args.model, args.dtype, max_num_seqs=args.max_num_seqs,
                              kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads)
+    leases = LeaseBook(store.redis, settings.lease_ttl_s)
+    keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
+    finalizer = Finalizer(store=store, webhook_secret=settings.webhook_secret)
     context = ShardContext(store=store, dispatcher=dispatcher, service=service, worker=name,
-                           max_attempts=args.max_attempts)
-    register_tasks(dispatcher.app, context, Finalizer(store=store, webhook_secret=settings.webhook_secret))
+                           max_attempts=args.max_attempts, leases=leases, keeper=keeper,
+                           before_submit=_exit_on_id(os.environ.get(EXIT_ON_ID_HOOK)))
+    register_tasks(dispatcher.app, context, finalizer)
     heartbeat = Heartbeat(store.redis, name, served, args.concurrency, service.figures).start()
+    reaper = ReaperThread(Reaper(store, dispatcher, leases, finalizer), settings.reaper_interval_s).start()
     try:
         dispatcher.app.worker_main(["worker", "--pool=threads", f"--concurrency={args.concurrency}",
                                     "-Q", queue_for(served), "-n", name, f"--loglevel={args.loglevel}",
                                     "--without-gossip", "--without-mingle"])
     finally:
+        reaper.stop()
+        keeper.stop()
         heartbeat.stop()
         service.close()
     return 0
+
+
+def _exit_on_id(custom_id: str | None):
+    """The poison-row fault test's hook: the worker process dies the moment it would run this row."""
+    if not custom_id:
+        return None
+
+    def check(row) -> None:
+        if row.custom_id == custom_id:
+            os._exit(POISON_EXIT_STATUS)
+
+    return check

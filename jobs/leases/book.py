@@ -1,0 +1,114 @@
+"""The lease book in Redis: who holds which shard until when, the shard tasks to send again, job deadlines.
+
+Keys: `tide:leases` (sorted set, member `job|index|token`, score = expiry), `tide:deadlines` (sorted set, job id ->
+expires_at, while the job runs), `tide:job:{id}:tasks` (hash, shard index -> ShardTask JSON) and
+`tide:job:{id}:inflight` (hash, `index|token` -> the row a careful re-run is on).
+
+A lease is taken back by exactly one reaper: the one whose ZREM removes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobs.specs import ShardTask
+
+LEASES_KEY = "tide:leases"
+DEADLINES_KEY = "tide:deadlines"
+KEEP_SECONDS = 30 * 86400
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One claim of one shard; `token` is the claim's attempt number, the fencing token."""
+
+    job_id: str
+    index: int
+    token: int
+
+    @property
+    def member(self) -> str:
+        return f"{self.job_id}|{self.index}|{self.token}"
+
+    @classmethod
+    def parse(cls, member: bytes | str) -> "Lease":
+        text = member.decode() if isinstance(member, bytes) else member
+        job_id, index, token = text.rsplit("|", 2)
+        return cls(job_id, int(index), int(token))
+
+
+class LeaseBook:
+    def __init__(self, client, ttl_s: float = 30.0) -> None:
+        self.redis, self.ttl_s = client, ttl_s
+
+    # Leases.
+    def grant(self, lease: Lease, now: float) -> None:
+        self.redis.zadd(LEASES_KEY, {lease.member: now + self.ttl_s})
+
+    def renew(self, leases: list[Lease], now: float) -> list[bool]:
+        """Push each lease's expiry out; False for a lease no longer in the book (a reaper took it back)."""
+        if not leases:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                pipe.zadd(LEASES_KEY, {lease.member: now + self.ttl_s}, xx=True)
+                pipe.zscore(LEASES_KEY, lease.member)
+            answers = pipe.execute()
+        return [score is not None for score in answers[1::2]]
+
+    def held(self, lease: Lease, now: float) -> bool:
+        score = self.redis.zscore(LEASES_KEY, lease.member)
+        return score is not None and score > now
+
+    def release(self, lease: Lease) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(LEASES_KEY, lease.member)
+            pipe.hdel(_inflight_key(lease.job_id), f"{lease.index}|{lease.token}")
+            pipe.execute()
+
+    def lapsed(self, now: float, limit: int = 100) -> list[Lease]:
+        return [Lease.parse(m) for m in self.redis.zrangebyscore(LEASES_KEY, "-inf", now, start=0, num=limit)]
+
+    def take(self, lease: Lease) -> bool:
+        """Remove a lapsed lease; True for exactly one caller."""
+        return bool(self.redis.zrem(LEASES_KEY, lease.member))
+
+    # The row a careful re-run has in the engine (to name the row that kills workers).
+    def mark_inflight(self, lease: Lease, row: int) -> None:
+        self.redis.hset(_inflight_key(lease.job_id), f"{lease.index}|{lease.token}", row)
+
+    def inflight(self, lease: Lease) -> int | None:
+        raw = self.redis.hget(_inflight_key(lease.job_id), f"{lease.index}|{lease.token}")
+        return None if raw is None else int(raw)
+
+    # Shard tasks, kept so a reaper can send a shard again.
+    def put_tasks(self, job_id: str, tasks: list[ShardTask]) -> None:
+        key = f"tide:job:{job_id}:tasks"
+        with self.redis.pipeline() as pipe:
+            for start in range(0, len(tasks), 500):
+                pipe.hset(key, mapping={str(t.shard.index): t.model_dump_json() for t in tasks[start:start + 500]})
+            pipe.expire(key, KEEP_SECONDS)
+            pipe.execute()
+
+    def get_task(self, job_id: str, index: int) -> ShardTask | None:
+        raw = self.redis.hget(f"tide:job:{job_id}:tasks", str(index))
+        return None if raw is None else ShardTask.model_validate_json(raw)
+
+    # Deadlines of running jobs, so expiry does not wait for a worker to touch the job.
+    def watch_deadline(self, job_id: str, at: float) -> None:
+        self.redis.zadd(DEADLINES_KEY, {job_id: at})
+
+    def due_deadlines(self, now: float, limit: int = 100) -> list[str]:
+        return [m.decode() for m in self.redis.zrangebyscore(DEADLINES_KEY, "-inf", now, start=0, num=limit)]
+
+    def drop_deadline(self, job_id: str) -> None:
+        self.redis.zrem(DEADLINES_KEY, job_id)
+
+
+def _inflight_key(job_id: str) -> str:
+    return f"tide:job:{job_id}:inflight"
+
+
+def leases_for(store, ttl_s: float = 30.0) -> LeaseBook | None:
+    """The lease book beside a job store: Redis for a `RedisJobStore`, None for the in-memory store of `tide run`."""
+    client = getattr(store, "redis", None)
+    return LeaseBook(client, ttl_s) if client is not None else None

@@ -1,0 +1,102 @@
+"""The reaper: sends again the shards whose lease lapsed (their worker died or hung), and expires jobs past their
+deadline whether or not a worker touches them. Every worker and the scheduler run one; sweeps may overlap, since
+each lapsed lease is taken back by exactly one of them and every shard change is a compare-and-set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from jobs.dispatch import Dispatcher
+from jobs.leases.book import Lease, LeaseBook
+from jobs.lifecycle import Finalizer, finalize_job
+from jobs.shard_runner import ShardContext, run_shard
+from jobs.state import JobStatus, ShardState, ShardStatus
+from jobs.store import JobNotFound, JobStore
+
+logger = logging.getLogger("tide.reaper")
+
+
+class _FinalizeHere:
+    """The reaper's dispatcher: shards go to the queue, but a job it expires is finalized right here, so an expired
+    job ends even when no worker serves its model."""
+
+    def __init__(self, dispatcher: Dispatcher, finalizer: Finalizer) -> None:
+        self.dispatcher, self.finalizer = dispatcher, finalizer
+
+    def send_shard(self, task) -> None:
+        self.dispatcher.send_shard(task)
+
+    def send_finalize(self, job_id: str, model: str) -> None:
+        finalize_job(job_id, self.finalizer)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        self.dispatcher.revoke(task_ids)
+
+
+class Reaper:
+    def __init__(self, store: JobStore, dispatcher: Dispatcher, book: LeaseBook, finalizer: Finalizer,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.dispatcher, self.book, self.clock = store, dispatcher, book, clock
+        self.context = ShardContext(store=store, dispatcher=_FinalizeHere(dispatcher, finalizer), service=None,
+                                    worker=f"reaper-{os.getpid()}@{socket.gethostname()}", clock=clock, leases=book)
+
+    def sweep(self) -> list[Lease]:
+        """One pass; returns the leases whose shards it sent again."""
+        now = self.clock()
+        recovered = [lease for lease in self.book.lapsed(now) if self._recover(lease)]
+        for job_id in self.book.due_deadlines(now):
+            self._expire(job_id, now)
+        return recovered
+
+    def _recover(self, lease: Lease) -> bool:
+        if not self.book.take(lease):
+            return False  # another reaper took it
+        row = self.book.inflight(lease)
+        self.book.release(lease)
+        changed = []
+
+        def change(shard: ShardState) -> ShardState | None:
+            changed.clear()
+            if shard.status != ShardStatus.RUNNING or shard.attempt != lease.token:
+                return None  # finished, or already claimed again: nothing was lost
+            poisoned = shard.poisoned_rows + ([row] if row is not None and row not in shard.poisoned_rows else [])
+            changed.append(True)
+            return shard.model_copy(update={"lost": shard.lost + 1, "poisoned_rows": poisoned})
+
+        try:
+            self.store.update_shard(lease.job_id, lease.index, change)
+            task = self.book.get_task(lease.job_id, lease.index)
+        except JobNotFound:
+            return False
+        if not changed or task is None:
+            return False
+        logger.warning("shard %s/%d: the lease of attempt %d lapsed (its worker died or hung); sent again%s",
+                       lease.job_id, lease.index, lease.token,
+                       f", row {row} set aside" if row is not None else "")
+        self.dispatcher.send_shard(task)
+        return True
+
+    def _expire(self, job_id: str, now: float) -> None:
+        """Past its deadline: every shard no live worker holds becomes `expired`, its unfinished rows
+        `batch_expired` error rows (finished parts are kept); the last one finalizes the job."""
+        try:
+            job = self.store.get_job(job_id)
+        except JobNotFound:
+            self.book.drop_deadline(job_id)
+            return
+        if job.status.terminal:
+            self.book.drop_deadline(job_id)
+            return
+        if job.status != JobStatus.IN_PROGRESS or job.expires_at > now:
+            return  # a cancel or a finalization in flight ends it
+        for shard in self.store.get_shards(job_id):
+            if shard.status.terminal or (shard.status == ShardStatus.RUNNING and shard.attempt is not None
+                                         and self.book.held(Lease(job_id, shard.index, shard.attempt), now)):
+                continue  # a live worker holds it and expires it at its next poll
+            task = self.book.get_task(job_id, shard.index)
+            if task is not None:
+                run_shard(task, self.context)  # claims it and, past the deadline, writes its expired rows
