@@ -33,6 +33,13 @@ def test_dashboard_lists_the_callers_jobs_workers_and_evals(client, api_app, tmp
     upload = client.post("/v1/files", headers=AUTH, data={"purpose": "batch"},
                          files={"file": ("in.jsonl", b'{"prompt": "hi"}\n{"prompt": "there"}\n')})
     job = client.post("/v1/jobs", headers=AUTH, json={"input": upload.json()["id"], "model": "dash-model"}).json()
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "dash-model", "messages": [{"role": "user", "content": "hi"}]}}
+    batch_file = client.post("/v1/files", headers=AUTH, data={"purpose": "batch"},
+                             files={"file": ("b.jsonl", (json.dumps(line) + "\n").encode())}).json()
+    batch = client.post("/v1/batches", headers=AUTH, json={"input_file_id": batch_file["id"],
+                                                           "completion_window": "24h",
+                                                           "endpoint": "/v1/chat/completions"}).json()
     svc = api_app.state.services
     beat = time.time()
     info = WorkerInfo(name="w-dash", model="dash-model", host="h", pid=1, concurrency=2, started_at=beat - 60,
@@ -55,6 +62,7 @@ def test_dashboard_lists_the_callers_jobs_workers_and_evals(client, api_app, tmp
         svc.store.redis.delete(KEY_PREFIX + info.name)
     mine = [j for j in data["jobs"] if j["id"] == job["id"]]
     assert mine and mine[0]["progress"]["total"] in (0, 2) and mine[0]["model"] == "dash-model"
+    assert [j["kind"] for j in data["jobs"] if j["id"] == batch["id"]] == ["batch"]
     assert data["queues"].get("tide.dash-model", 0) >= 0
     worker = next(w for w in data["workers"] if w["name"] == "w-dash")
     assert worker["batch_occupancy"] == 0.5 and worker["tokens_per_s"] == pytest.approx(40.0)
