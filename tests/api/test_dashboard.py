@@ -68,5 +68,8 @@ def test_dashboard_lists_the_callers_jobs_workers_and_evals(client, api_app, tmp
     assert worker["batch_occupancy"] == 0.5 and worker["tokens_per_s"] == pytest.approx(40.0)
     assert data["evals"] == [{"suite": "smoke", "model": "m", "runs": 3, "last_score": 1.0, "last_status": "passed",
                               "last_finished_at": "2026-01-01T00:00:00Z", "trend": [0.5, 0.75, 1.0]}]
+    assert mine[0]["report"] is False  # no summary until it ends: its report is not there yet
+    assert client.get(f"/v1/jobs/{job['id']}/report", headers=AUTH).status_code == 404
+    assert client.get(f"/v1/jobs/{job['id']}/report").status_code == 401
     other = client.get("/v1/dashboard", headers={"Authorization": "Bearer nobody"})
     assert other.status_code == 401

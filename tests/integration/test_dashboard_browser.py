@@ -75,6 +75,12 @@ def test_a_submitted_job_appears_on_the_dashboard_and_reaches_100_percent(stack)
             expect(row.locator(".pct")).to_contain_text("100%", timeout=240_000)
             expect(row).to_have_attribute("data-status", "completed", timeout=60_000)
             expect(row.locator(".pct")).to_contain_text("30/30")
+            with page.expect_popup() as opened:  # the finished job's report.html, fetched with the key
+                row.locator("a.report").click()
+            report_page = opened.value
+            expect(report_page.locator("h1")).to_contain_text(job["id"], timeout=15_000)
+            expect(report_page.locator("svg").first).to_be_visible()
+            report_page.close()
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = ARTIFACTS / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -2,9 +2,11 @@
 
 The page polls `/v1/dashboard` every two seconds with the caller's key: the caller's jobs and batches (status,
 progress, tokens/s, ETA), queue depth per model, live workers from their heartbeats, and eval suites' last scores.
+A finished job's report.html comes from `GET /v1/jobs/{id}/report` (the page fetches it with the key).
 """
 from __future__ import annotations
 
+import json
 import time
 
 from fastapi import APIRouter, Depends, Request
@@ -12,8 +14,11 @@ from fastapi.responses import HTMLResponse
 
 from jobs.evals.history import History
 from jobs.evals.suites import load_suites
+from jobs.report.html import render_report
+from jobs.storage import resolve
 from jobs.store import JobNotFound
 from tide.api.dashboard_page import PAGE
+from tide.api.errors import not_found
 from tide.api.jobs_routes import job_object
 from tide.api.ops import _queue_depths
 from tide.api.services import Services, owner, services
@@ -36,6 +41,17 @@ def dashboard(request: Request, who: str = Depends(owner), svc: Services = Depen
             "workers": _workers(request, live_workers(svc.store.redis), now), "evals": _evals(svc)}
 
 
+@router.get("/v1/jobs/{job_id}/report", response_class=HTMLResponse)
+def report(job_id: str, who: str = Depends(owner), svc: Services = Depends(services)) -> HTMLResponse:
+    """The job's report.html, drawn from its summary.json (404 until the job has one)."""
+    if svc.catalog.owner_of(job_id) != who:
+        raise not_found("Job", job_id)
+    job = svc.store.get_job(job_id)
+    if job.summary_uri is None:
+        raise not_found("report", job_id)
+    return HTMLResponse(render_report(json.loads(resolve(job.summary_uri).read_bytes())))
+
+
 def _jobs(svc: Services, who: str, now: float) -> list[dict]:
     ids = {job_id: kind for kind in ("batches", "jobs") for job_id in svc.catalog.page(who, kind, None, RECENT)}
     rows = []
@@ -48,7 +64,7 @@ def _jobs(svc: Services, who: str, now: float) -> list[dict]:
         rows.append({"id": job.id, "kind": "batch" if kind == "batches" else "job", "status": job.status.value,
                      "model": job.spec.model, "created_at": job.created_at, "progress": view["progress"],
                      "output_tokens_per_s": view["throughput"]["output_tokens_per_s"], "eta_s": view["eta_s"],
-                     "failed": job.request_counts.failed})
+                     "failed": job.request_counts.failed, "report": job.summary_uri is not None})
     return sorted(rows, key=lambda r: r["created_at"], reverse=True)[:RECENT]
 
 

@@ -26,7 +26,7 @@ form{margin:40px 0}input{font:inherit;padding:4px 8px;width:320px}
 <main id=main hidden>
 <h2>Jobs and batches</h2>
 <table id=jobs><thead><tr><th>id</th><th>kind</th><th>model</th><th>status</th><th>progress</th><th></th>
-<th>tokens/s</th><th>ETA</th></tr></thead><tbody></tbody></table>
+<th>tokens/s</th><th>ETA</th><th></th></tr></thead><tbody></tbody></table>
 <h2>Queues</h2><table id=queues><thead><tr><th>queue</th><th>waiting tasks</th></tr></thead><tbody></tbody></table>
 <h2>Workers</h2><table id=workers><thead><tr><th>worker</th><th>model</th><th>batch occupancy</th><th>tokens/s</th>
 <th>last heartbeat</th></tr></thead><tbody></tbody></table>
@@ -66,7 +66,8 @@ function show(data) {
       <td>${esc(j.model)}</td><td><span class="status ${esc(j.status)}">${esc(j.status)}</span></td>
       <td><span class="bar${f >= 1 ? " done" : ""}"><i style="width:${(f * 100).toFixed(1)}%"></i></span></td>
       <td class="num pct">${Math.floor(f * 100)}% <span class=muted>${done}</span></td>
-      <td class=num>${num(j.output_tokens_per_s)}</td><td class=num>${eta(j.eta_s)}</td></tr>`;
+      <td class=num>${num(j.output_tokens_per_s)}</td><td class=num>${eta(j.eta_s)}</td>
+      <td>${j.report ? `<a href="#" class=report data-job="${esc(j.id)}">report</a>` : ""}</td></tr>`;
   }, "no jobs yet");
   rows("queues", Object.entries(data.queues), ([q, n]) =>
     `<tr><td>${esc(q)}</td><td class=num>${n}</td></tr>`, "every queue is empty");
@@ -91,6 +92,17 @@ async function poll() {
   }
   setTimeout(poll, POLL_MS);
 }
+async function openReport(jobId) {
+  const tab = window.open("", "_blank");  // opened now, while the click still counts as the user's
+  const r = await fetch("/v1/jobs/" + encodeURIComponent(jobId) + "/report",
+                        {headers: {Authorization: "Bearer " + key}});
+  if (!r.ok) { tab.close(); $("error").textContent = "report: HTTP " + r.status; return; }
+  tab.location = URL.createObjectURL(new Blob([await r.text()], {type: "text/html"}));
+}
+$("jobs").addEventListener("click", (ev) => {
+  const link = ev.target.closest("a.report");
+  if (link) { ev.preventDefault(); openReport(link.dataset.job); }
+});
 function login(message) {
   $("main").hidden = true; $("login").hidden = false; $("error").textContent = message || "";
   $("updated").textContent = "";
