@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from jobs.dispatch import Dispatcher, ShardRetry
@@ -44,6 +45,38 @@ class ShardContext:
     keeper: LeaseKeeper | None = None  # renews this process's leases
     retry_delay_s: float = 5.0
     before_submit: Callable[[PromptRow], None] | None = None  # test hook: the poison-row fault test exits here
+    gate: "EngineGate" = field(default_factory=lambda: EngineGate())  # one per process, like the engine
+
+
+class EngineGate:
+    """Careful re-runs have this process's engine to themselves (other shards wait, and a careful one waits for
+    those running to finish), so a worker that dies during one was killed by the one row it had in flight."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._normal = self._careful_waiting = 0
+        self._careful = False
+
+    @contextmanager
+    def enter(self, careful: bool):
+        with self._cond:
+            if careful:
+                self._careful_waiting += 1
+                self._cond.wait_for(lambda: not self._careful and self._normal == 0)
+                self._careful_waiting -= 1
+                self._careful = True
+            else:
+                self._cond.wait_for(lambda: not self._careful and self._careful_waiting == 0)
+                self._normal += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if careful:
+                    self._careful = False
+                else:
+                    self._normal -= 1
+                self._cond.notify_all()
 
 
 @dataclass
@@ -88,7 +121,9 @@ def _attempt(ctx: ShardContext, task: ShardTask, shard: ShardState, lease: Lease
     rows, errors = _set_aside(rows, errors, shard.poisoned_rows)
     if shard.runs > ctx.max_attempts:
         return _give_up(ctx, task, rows, errors, lease, lost, f"shard abandoned after {ctx.max_attempts} attempts")
-    outcome = _generate(ctx, task, rows, errors, lease, careful=shard.lost > 0, lost=lost)
+    careful = shard.lost > 0 and ctx.leases is not None
+    with ctx.gate.enter(careful):
+        outcome = _generate(ctx, task, rows, errors, lease, careful=careful, lost=lost)
     return _commit(ctx, task, outcome, lease, lost)
 
 
@@ -209,15 +244,16 @@ def _expired(outcome: _Outcome, rows: list[PromptRow]) -> _Outcome:
 
 def _generate(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors: list[ErrorRow], lease: Lease,
               careful: bool, lost: threading.Event) -> _Outcome:
-    """Stream the rows into the engine. A re-run after a lapsed lease is careful: one row at a time, each marked in
-    flight first, so a row that kills the worker again is named by the reaper and set aside."""
+    """Stream the rows into the engine. A re-run after a lapsed lease is careful: one row at a time, alone in the
+    engine (`EngineGate`), each marked in flight first, so a row that kills the worker again is named by the reaper
+    and set aside."""
     outcome = _Outcome(errors=errors)
     outcome.series.sample(ctx.clock(), outcome.progress, ctx.service, force=True)
     ordered = group_by_prefix(rows) if ctx.group_prefixes else rows
-    for batch in ([r] for r in ordered) if careful and ctx.leases is not None else [ordered]:
+    for batch in ([r] for r in ordered) if careful else [ordered]:
         if outcome.status != ShardStatus.DONE or lost.is_set():
             break
-        if careful and ctx.leases is not None:
+        if careful:
             ctx.leases.mark_inflight(lease, batch[0].row)
         _run_batch(ctx, task, batch, outcome, lease.token, lost)
     return _expired(outcome, rows) if outcome.status == ShardStatus.EXPIRED else outcome
