@@ -125,7 +125,8 @@ def _add_run(sub, settings: Settings) -> None:
     p.add_argument("--dtype", default=settings.dtype, choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--shards-in-flight", type=int, default=2, help="shards sharing the engine at once")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=cmd_run)
+    p.add_argument("--webhook", default=None, help="URL to POST the signed job event to when it ends")
+    p.set_defaults(handler=lambda args: cmd_run(args, settings))
 
 
 def _add_submit(sub, settings: Settings) -> None:
@@ -153,19 +154,21 @@ def spec_from_args(args: argparse.Namespace, output: str, **extra) -> JobSpec:
                    output=output, shard_rows=args.shard_rows, **extra)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.embedded import run_embedded
     from jobs.storage import resolve
     from jobs.summary import format_report
+    from tide.webhooks_command import webhook_config
 
     if not os.path.exists(args.input) and not args.input.startswith("s3://"):
         raise UsageError(f"input file {args.input!r} does not exist")
     defaults = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
     args.sampling = {**defaults, **args.sampling}
-    spec = spec_from_args(args, os.path.abspath(args.output))
+    spec = spec_from_args(args, os.path.abspath(args.output), webhook_url=args.webhook)
     service = engine_service(spec.model, args.dtype)
     try:
-        job = run_embedded(spec, service, args.shards_in_flight, show_progress=not args.no_progress)
+        job = run_embedded(spec, service, args.shards_in_flight, show_progress=not args.no_progress,
+                           webhooks=webhook_config(settings))
     finally:
         service.close()
     if job.summary_uri is None:

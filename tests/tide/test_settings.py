@@ -56,3 +56,8 @@ def test_the_readme_table_lists_every_setting_with_its_default():
 def test_settings_refuse_bad_values():
     with pytest.raises(ValidationError):
         Settings(_env_file=None, concurrency=0)
+
+
+def test_tide_run_takes_a_webhook():
+    args = build_parser(Settings(_env_file=None)).parse_args(["run", "p.jsonl", "--webhook", "https://h.example/x"])
+    assert args.webhook == "https://h.example/x"
