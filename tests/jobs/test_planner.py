@@ -73,3 +73,14 @@ def test_parquet_messages_column_of_structs(tmp_path):
     task = ShardTask(job_id="j", spec=spec, format="parquet", shard=plan.shards[0], output_prefix="/x", deadline=0)
     rows, errors = read_shard_rows(task)
     assert not errors and rows[2].prompt[1] == {"role": "user", "content": "hi 2"}
+
+
+def test_the_digest_table_finds_every_repeat_and_stays_small():
+    import random
+    import sys
+
+    from jobs.planner import DigestSet
+
+    seen, digests = DigestSet(4), [random.getrandbits(64) for _ in range(50_000)]
+    assert not any(seen.add(d) for d in digests) and all(seen.add(d) for d in digests)
+    assert len(seen) == 50_000 and sys.getsizeof(seen._table) <= 32 * 50_000 + 4096
