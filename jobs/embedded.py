@@ -6,7 +6,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from jobs.dispatch import ShardRetry, shard_task_id
-from jobs.lifecycle import Finalizer, finalize_job, submit_job
+from jobs.lifecycle import Finalizer, finalize_job, plan_created, submit_job
 from jobs.progress import wait_for_job
 from jobs.shard_runner import ShardContext, run_shard
 from jobs.specs import JobSpec, ShardTask
@@ -33,6 +33,9 @@ class LocalDispatcher:
 
     def send_finalize(self, job_id: str, model: str) -> None:
         self._pool.submit(self._guarded, finalize_job, job_id, self.finalizer)
+
+    def send_plan(self, job_id: str, model: str) -> None:
+        self._pool.submit(self._guarded, plan_created, job_id, self.shard_context.store, self)
 
     def revoke(self, task_ids: list[str]) -> None:
         self._revoked.update(task_ids)

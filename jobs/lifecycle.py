@@ -85,6 +85,18 @@ def start_job(job: Job, store: JobStore, dispatcher: Dispatcher, clock: Callable
     return _fan_out(job, plan, store, dispatcher, clock)
 
 
+def plan_created(job_id: str, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float] = time.time
+                 ) -> Job:
+    """`start_job` for a job created elsewhere (the API), run where the broker redelivers it if its process dies.
+
+    A job already planned (or ended) is left as it is, so a second delivery does nothing.
+    """
+    job = store.get_job(job_id)
+    if job.in_progress_at is not None or job.num_shards or job.status.terminal:
+        return job
+    return start_job(job, store, dispatcher, clock)
+
+
 def _fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float]) -> Job:
     cancelled = store.get_job(job.id).status == JobStatus.CANCELLING  # cancelled while validating
     initial = ShardStatus.CANCELLED if cancelled else ShardStatus.PENDING

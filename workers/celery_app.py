@@ -5,6 +5,7 @@ from celery import Celery
 
 SHARD_TASK = "tide.run_shard"
 FINALIZE_TASK = "tide.finalize_job"
+PLAN_TASK = "tide.plan_job"
 
 
 def make_app(broker_url: str, soft_shutdown_s: float = 60.0) -> Celery:

@@ -5,7 +5,7 @@ from celery import Celery
 
 from jobs.dispatch import shard_task_id
 from jobs.specs import ShardTask, queue_for
-from workers.celery_app import FINALIZE_TASK, SHARD_TASK, celery_priority
+from workers.celery_app import FINALIZE_TASK, PLAN_TASK, SHARD_TASK, celery_priority
 
 
 class CeleryDispatcher:
@@ -20,6 +20,10 @@ class CeleryDispatcher:
     def send_finalize(self, job_id: str, model: str) -> None:
         # Highest priority: finalization is cheap and should not wait behind other jobs' shards.
         self.app.send_task(FINALIZE_TASK, args=[job_id], queue=queue_for(model), priority=0)
+
+    def send_plan(self, job_id: str, model: str) -> None:
+        # On a worker of the job's model rather than in the API: a lost planner's task is delivered again.
+        self.app.send_task(PLAN_TASK, args=[job_id], queue=queue_for(model), priority=0)
 
     def revoke(self, task_ids: list[str]) -> None:
         if task_ids:

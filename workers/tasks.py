@@ -4,10 +4,10 @@ from __future__ import annotations
 from celery import Celery
 
 from jobs.dispatch import ShardRetry
-from jobs.lifecycle import Finalizer, finalize_job
+from jobs.lifecycle import Finalizer, finalize_job, plan_created
 from jobs.shard_runner import ShardContext, run_shard
 from jobs.specs import ShardTask
-from workers.celery_app import FINALIZE_TASK, SHARD_TASK
+from workers.celery_app import FINALIZE_TASK, PLAN_TASK, SHARD_TASK
 
 RETRY_DELAY_S = 5
 
@@ -23,6 +23,10 @@ def register_tasks(app: Celery, shard_context: ShardContext, finalizer: Finalize
         except ShardRetry as exc:  # the attempt cap lives in Redis (run_shard), not in Celery's retry count
             raise self.retry(exc=exc, countdown=RETRY_DELAY_S)
         return None if status is None else status.value
+
+    @app.task(name=PLAN_TASK)
+    def plan_task(job_id: str) -> str:
+        return plan_created(job_id, shard_context.store, shard_context.dispatcher).status.value
 
     @app.task(name=FINALIZE_TASK)
     def finalize_task(job_id: str) -> str:

@@ -33,6 +33,9 @@ class _FinalizeHere:
     def send_finalize(self, job_id: str, model: str) -> None:
         finalize_job(job_id, self.finalizer)
 
+    def send_plan(self, job_id: str, model: str) -> None:
+        self.dispatcher.send_plan(job_id, model)
+
     def revoke(self, task_ids: list[str]) -> None:
         self.dispatcher.revoke(task_ids)
 

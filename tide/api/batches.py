@@ -7,11 +7,11 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.catalog.records import BatchRecord, FileRecord
-from jobs.lifecycle import cancel_job, create_job, job_status, start_job
+from jobs.lifecycle import cancel_job, create_job, job_status
 from jobs.openai_output import ERRORS_NAME, OUTPUT_NAME
 from jobs.specs import JobSpec
 from jobs.state import Job
@@ -43,7 +43,7 @@ class BatchCreate(BaseModel):
 
 
 @router.post("")
-def create_batch(body: BatchCreate, background: BackgroundTasks, who: str = Depends(owner),
+def create_batch(body: BatchCreate, who: str = Depends(owner),
                  svc: Services = Depends(services)) -> dict:
     source = owned_file(svc, who, body.input_file_id)
     if source.purpose != "batch":
@@ -64,7 +64,7 @@ def create_batch(body: BatchCreate, background: BackgroundTasks, who: str = Depe
                          output_expires_after_s=body.output_expires_after.seconds if body.output_expires_after
                          else None)
     svc.catalog.put_batch(record, job.created_at)
-    background.add_task(start_job, job, svc.store, svc.dispatcher)  # validation streams the file after we answer
+    svc.dispatcher.send_plan(job.id, spec.model)  # a worker validates the file after we answer
     return batch_object(svc, record, job)
 
 

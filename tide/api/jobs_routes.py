@@ -6,11 +6,11 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Depends, Header
+from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from jobs.lifecycle import cancel_job, create_job, job_status, new_job_id, start_job
+from jobs.lifecycle import cancel_job, create_job, job_status, new_job_id
 from jobs.results import iter_output_rows
 from jobs.specs import JobSpec
 from jobs.state import Job
@@ -22,8 +22,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.post("")
-def submit(background: BackgroundTasks, body: Annotated[dict[str, Any], Body(description="a JobSpec; `input` is "
-           "an s3:// URI or an uploaded file id, `output` defaults to the service's storage")],
+def submit(body: Annotated[dict[str, Any], Body(description="a JobSpec; `input` is an s3:// URI or an uploaded "
+                                                "file id, `output` defaults to the service's storage")],
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
            who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
     spec = _spec(body, who, idempotency_key, svc)
@@ -31,7 +31,7 @@ def submit(background: BackgroundTasks, body: Annotated[dict[str, Any], Body(des
     job = create_job(spec, svc.store, job_id)
     if job.id == job_id:  # a new job, not the idempotency key's earlier one
         svc.catalog.own(who, "jobs", job.id, job.created_at)
-        background.add_task(start_job, job, svc.store, svc.dispatcher)
+        svc.dispatcher.send_plan(job.id, spec.model)
     return job_object(job)
 
 

@@ -1,0 +1,39 @@
+"""A job created by the API is planned by whoever receives its plan task, once, however often it is delivered."""
+from __future__ import annotations
+
+import json
+
+from jobs.lifecycle import create_job, plan_created
+from jobs.specs import JobSpec
+from jobs.state import JobStatus
+from jobs.store import MemoryJobStore
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.shards, self.finalized = [], []
+
+    def send_shard(self, task) -> None:
+        self.shards.append(task)
+
+    def send_finalize(self, job_id: str, model: str) -> None:
+        self.finalized.append(job_id)
+
+    def send_plan(self, job_id: str, model: str) -> None:
+        raise AssertionError("planning does not plan again")
+
+    def revoke(self, task_ids) -> None:
+        pass
+
+
+def test_a_created_job_is_planned_once_across_deliveries(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "hi"}) + "\n" for i in range(5)))
+    store, dispatcher = MemoryJobStore(), Recorder()
+    spec = JobSpec(input=str(source), output=str(tmp_path / "out"), shard_rows=2)
+    job = create_job(spec, store, "batch_x")
+    assert job.status == JobStatus.VALIDATING
+    planned = plan_created("batch_x", store, dispatcher)
+    again = plan_created("batch_x", store, dispatcher)  # a redelivered plan task
+    assert planned.status == again.status == JobStatus.IN_PROGRESS
+    assert [t.shard.index for t in dispatcher.shards] == [0, 1, 2] and planned.request_counts.total == 5
