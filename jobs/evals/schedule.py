@@ -59,18 +59,24 @@ class SlotPicker:
     def __init__(self, suites: dict[str, Suite], grace_s: float) -> None:
         self.suites, self.grace_s = suites, grace_s
         self._seen: dict[str, float] = {}
+        self._leading: set[str] = set()  # suites looked at since this leader started
 
     def restart(self, now: float) -> None:
         """Becoming leader: anything within the grace window that nobody claimed is fair game again."""
         self._seen = {name: now - self.grace_s for name in self.suites}
+        self._leading = set()
 
     def due(self, now: float) -> list[tuple[str, float]]:
+        """After a restart, the latest slot within the grace window (a missed run runs once); while leading, every
+        slot since the last look, so a tick delayed past a slot (a busy machine) fires it late instead of never."""
         fire = []
         for name, suite in self.suites.items():
-            slot = latest_slot(suite, now)
-            if slot is not None and slot > self._seen.get(name, now - self.grace_s):
-                fire.append((name, slot))
-                self._seen[name] = slot
+            seen = self._seen.get(name, now - self.grace_s)
+            slots = recent_slots(suite, seen, now) if name in self._leading else recent_slots(suite, seen, now, 1)
+            fire += [(name, slot) for slot in reversed(slots)]
+            if slots:
+                self._seen[name] = slots[0]
+            self._leading.add(name)
         return fire
 
 

@@ -77,3 +77,14 @@ def test_slots_are_computed_in_the_suite_zone_and_kept_in_utc():
     assert datetime.fromtimestamp(latest_slot(paris, summer), timezone.utc).hour == 0  # 02:30 CEST = 00:30 UTC
     assert len(recent_slots(suite("0 * * * *"), summer - 3 * 3600, summer)) == 3
     assert latest_slot(Suite(dataset="d", history="h"), summer) is None
+
+
+def test_a_leader_whose_tick_was_late_fires_every_slot_it_passed_but_a_restart_only_the_latest():
+    from jobs.evals.schedule import SlotPicker
+
+    picker = SlotPicker({"tick": suite("* * * * * */5")}, grace_s=60)
+    picker.restart(T0 + 1)
+    assert picker.due(T0 + 1) == [("tick", T0)]  # started late: the missed slot once, not the whole window
+    assert picker.due(T0 + 16) == [("tick", T0 + 5), ("tick", T0 + 10), ("tick", T0 + 15)]  # a stalled tick
+    picker.restart(T0 + 40)
+    assert picker.due(T0 + 40) == [("tick", T0 + 40)]

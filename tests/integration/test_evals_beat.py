@@ -29,7 +29,7 @@ def test_two_beats_run_each_slot_once_and_deliver_its_webhook_once(services, wor
         f"    sampling: {{temperature: 0, max_tokens: 4}}\n    webhook: {hook.url}\n")
     env = dict(services.env, TIDE_WEBHOOK_ALLOW_PRIVATE="true", TIDE_WEBHOOK_RETRY_SCHEDULE="0,1,1,1,1,1,1,1,1,1",
                TIDE_LOG_LEVEL="INFO")
-    args = ("--config", str(tmp_path / "suites.yaml"), "--tick", "0.2", "--lock-ttl", "2", "--grace", "60")
+    args = ("--config", str(tmp_path / "suites.yaml"), "--tick", "0.2", "--lock-ttl", "4", "--grace", "60")
     beats = [start_beat(env, tmp_path / f"beat{i}.log", extra=args) for i in range(2)]
     index = tmp_path / "history" / "tick" / "index.json"
     try:
