@@ -7,23 +7,12 @@ from jobs.lifecycle import create_job, plan_created
 from jobs.specs import JobSpec
 from jobs.state import JobStatus
 from jobs.store import MemoryJobStore
+from tests.jobs.test_leases import Recorder as LeaseRecorder
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.shards, self.finalized = [], []
-
-    def send_shard(self, task) -> None:
-        self.shards.append(task)
-
-    def send_finalize(self, job_id: str, model: str) -> None:
-        self.finalized.append(job_id)
-
+class Recorder(LeaseRecorder):
     def send_plan(self, job_id: str, model: str) -> None:
         raise AssertionError("planning does not plan again")
-
-    def revoke(self, task_ids) -> None:
-        pass
 
 
 def test_a_created_job_is_planned_once_across_deliveries(tmp_path):
