@@ -1,7 +1,9 @@
 """Shared fixtures: the real SmolLM2-135M model directory and tiny random models of each supported architecture."""
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 
 # Triton kernels run in its interpreter on CPU; the flag must be set before anything imports triton (transformers
 # does), or it has no effect.
@@ -69,3 +71,10 @@ def tiny_model_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         return built[kind]
 
     return build
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread a test left blocked would hold this process open after the summary, until CI's time limit: give
+    the exit a minute, then print every thread's stack and fail."""
+    faulthandler.dump_traceback_later(60, exit=True, file=sys.__stderr__)

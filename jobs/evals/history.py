@@ -1,6 +1,7 @@
 """A suite's run history, under its `history` location (local directory or s3:// prefix):
 
     {history}/{suite}/index.json                  every finished run's summary, oldest first
+    {history}/{suite}/summaries/{run_id}.json     one run's summary (what index.json is rebuilt from)
     {history}/{suite}/runs/{run_id}/run.json      the run record
     {history}/{suite}/runs/{run_id}/results.parquet   one row per item: id, output, expected, passed, score, error
     {history}/{suite}/runs/{run_id}/input.jsonl, job/  the job's input and its results, as for any job
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -16,6 +18,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from jobs.storage import Location, resolve
+
+# Runs of one process end together (the scheduler runs several at once) and each rewrites index.json.
+_INDEX_LOCK = threading.Lock()
 
 RESULTS_SCHEMA = pa.schema([("id", pa.string()), ("output", pa.string()), ("expected", pa.string()),
                             ("passed", pa.bool_()), ("score", pa.float64()), ("error", pa.string())])
@@ -95,8 +100,21 @@ class History:
                                                           "n", "passed", "score", "status")}
         summary["regressions"] = len(record.regressions)
         summary["improvements"] = len(record.improvements)
-        runs = [r for r in self.index() if r["run_id"] != record.run_id] + [summary]
-        self.base.child("index.json").write_bytes(json.dumps(runs, indent=1).encode())
+        summaries = self.base.child("summaries")
+        summaries.child(f"{record.run_id}.json").write_bytes(json.dumps(summary).encode())
+        with _INDEX_LOCK:
+            runs = [r for r in self.index() if r["run_id"] != record.run_id]
+            self.base.child("index.json").write_bytes(json.dumps(_with_missing(runs, summaries), indent=1).encode())
+
+
+def _with_missing(runs: list[dict], summaries: Location) -> list[dict]:
+    """`runs` plus every run with a summary that `runs` lacks, in the order they finished: another process that
+    rewrote the index at the same moment (a beat still finishing runs after losing the lead) cannot drop a run."""
+    known = {r["run_id"] for r in runs}
+    for name in summaries.list_names():
+        if name.removesuffix(".json") not in known:
+            runs.append(json.loads(summaries.child(name).read_bytes()))
+    return sorted(runs, key=lambda r: r["finished_at"])
 
 
 def diff(previous: list[ResultRow], current: list[ResultRow]) -> tuple[list[str], list[str]]:

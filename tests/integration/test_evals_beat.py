@@ -37,8 +37,15 @@ def test_two_beats_run_each_slot_once_and_deliver_its_webhook_once(services, wor
         leader = next(b for i, b in enumerate(beats) if b"leading" in (tmp_path / f"beat{i}.log").read_bytes())
         leader.send_signal(signal.SIGKILL)  # the other takes over once the lock lapses
         leader.wait()
-        # the dead leader's unfinished slot runs again once its lease lapses, so wait for a gapless history
-        _until(lambda: len(_slots(index)) >= 5 and _gaps(_slots(index)) == {PERIOD_S}, 120)
+        # The dead leader's unfinished slots run again once their leases lapse, after later slots have run: no
+        # slot is lost when the history closes its gaps (a lost one times this out).
+        settled: list[float] = []
+
+        def gapless() -> bool:
+            settled[:] = _slots(index)
+            return len(settled) >= 5 and _gaps(settled) == {PERIOD_S}
+
+        _until(gapless, 120)
         hook.start()
         _until(lambda: len(hook.accepted()) >= 4, 30)
     finally:
@@ -49,7 +56,7 @@ def test_two_beats_run_each_slot_once_and_deliver_its_webhook_once(services, wor
     slots = _slots(index)
     assert len(set(slots)) == len(slots) == len({r["run_id"] for r in runs}), runs  # no slot twice
     assert all(r["n"] == 3 and r["passed"] == 3 for r in runs)
-    assert _gaps(slots) == {PERIOD_S}, slots  # none lost, not even the dead leader's unfinished ones
+    assert set(settled) <= set(slots)  # runs still in flight at the stop may end later, but none went away
     events = [Webhook(WEBHOOK_SECRET.encode()).verify(body, headers) for headers, body, _ in hook.accepted()]
     ids = [e["data"]["id"] for e in events]
     assert len(ids) == len(set(ids)) and set(ids) <= {r["run_id"] for r in runs}

@@ -76,7 +76,8 @@ def hung_attempt(task, ctx):
 
     ctx.before_submit = wait
     answer = []
-    thread = threading.Thread(target=lambda: answer.append(run_shard(task, ctx)))
+    # daemon: a test may leave the attempt frozen for good, and a frozen non-daemon thread keeps pytest from exiting
+    thread = threading.Thread(target=lambda: answer.append(run_shard(task, ctx)), daemon=True)
     thread.start()
     assert reached.wait(5)
 
