@@ -36,8 +36,8 @@ def deep_tiny_dir(smollm2_dir, tmp_path_factory):
 def test_layers_stream_under_the_cap(deep_tiny_dir, resident):
     """At most 1 or 2 of 4 layers hold weights at once; tokens and logprobs match the all-resident engine."""
     prompts = make_prompts(49152)[:6]
-    expected = LLM(model=deep_tiny_dir, dtype="float32").generate(prompts, PARAMS)
-    llm = LLM(model=deep_tiny_dir, dtype="float32", offload_max_resident_layers=resident)
+    expected = LLM(model=deep_tiny_dir, dtype="float32", num_threads=1).generate(prompts, PARAMS)
+    llm = LLM(model=deep_tiny_dir, dtype="float32", num_threads=1, offload_max_resident_layers=resident)
     got = llm.generate(prompts, PARAMS)
     assert_same_greedy(got, expected)
     offloader = llm.engine.runner.model.offloader
@@ -50,7 +50,7 @@ def test_layers_stream_under_the_cap(deep_tiny_dir, resident):
 
 
 def test_cap_covering_every_layer_keeps_them_resident(tiny_model_dir):
-    llm = LLM(model=str(tiny_model_dir("llama")), dtype="float32", offload_max_resident_layers=2)
+    llm = LLM(model=str(tiny_model_dir("llama")), dtype="float32", num_threads=1, offload_max_resident_layers=2)
     assert llm.engine.runner.model.offloader is None
     assert all(p.numel() > 0 for p in llm.engine.runner.model.layers[1].parameters())
 
