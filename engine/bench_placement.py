@@ -6,7 +6,8 @@
 Both sides run the same seeded fixed workload with greedy decoding, in one process, one after the other; each
 engine runs a short warm-up first. The tensor-parallel side needs heads that divide by the rank count: SmolLM2's
 9 query / 3 KV heads do not split over 2, so `--compare tp` defaults to a random model of SmolLM2's shape with
-8 query / 4 KV heads (same FLOPs per token, built once in a temporary directory).
+8 query / 4 KV heads of 72 dims (K/V projections 288 wide instead of 192, otherwise the same; built in a
+temporary directory).
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or (splittable_smollm2(tmp) if args.compare == "tp" else "smollm2-135m")
         workload = build_workload("fixed", load_tokenizer(resolve_model(model)), args)
-        print(f"bench_placement: {args.compare}, model {args.model or model}, dtype {args.dtype}, {threads} threads;"
+        name = args.model or (SPLITTABLE_SMOLLM2 if args.compare == "tp" else model)
+        print(f"bench_placement: {args.compare}, model {name}, dtype {args.dtype}, {threads} threads;"
               f" workload {workload.describe()}")
         if args.compare == "tp":
             world = args.tensor_parallel_size

@@ -22,7 +22,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
-    num_threads: int | None = None
+    num_threads: int | None = None  # per rank under tensor parallelism (default: the cores split over the ranks)
     seed: int = 0
     # Processes sharing the model by attention heads and MLP columns (engine on rank 0; engine/parallel/).
     tensor_parallel_size: int = 1

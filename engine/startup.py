@@ -90,7 +90,7 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
 
         group = TensorParallelGroup.start(config, model_dir, hf_config, device, dtype, num_threads)
     try:
-        model = load_model(hf_config, model_dir, device, dtype, shard=group and group.shard,
+        model = load_model(hf_config, model_dir, device, dtype, shard=group.shard if group else None,
                            max_resident_layers=config.offload_max_resident_layers)
         args = model.args
         max_model_len = min(config.max_model_len or args.max_position_embeddings,

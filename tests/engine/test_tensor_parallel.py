@@ -45,8 +45,9 @@ def test_two_ranks_match_one_and_a_dead_rank_fails_fast(tiny_model_dir):
     """
     model_dir = str(tiny_model_dir("qwen2"))
     prompts = make_prompts(49152)[:6]
-    expected = LLM(model=model_dir, dtype="float32", num_threads=1).generate(prompts, PARAMS)
-    tp = run_with_deadline(lambda: LLM(model=model_dir, dtype="float32", tensor_parallel_size=2), 90)
+    config = dict(model=model_dir, dtype="float32", max_num_batched_tokens=32)  # prefill chunks mixed with decodes
+    expected = LLM(**config, num_threads=1).generate(prompts, PARAMS)
+    tp = run_with_deadline(lambda: LLM(**config, tensor_parallel_size=2), 90)
     try:
         runner = tp.engine.runner
         assert runner.kv_cache.shape[-2] == 1  # rank 0 caches 1 of the 2 KV heads
