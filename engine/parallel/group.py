@@ -101,7 +101,11 @@ class TensorParallelGroup:
         for rank, (process, conn) in enumerate(zip(self._processes, self._conns), start=1):
             if not conn.poll(READY_TIMEOUT_S):
                 raise RuntimeError(f"tensor-parallel rank {rank} did not load its shard in {READY_TIMEOUT_S:.0f} s")
-            status, detail = conn.recv()
+            try:
+                status, detail = conn.recv()
+            except EOFError:
+                process.join(5)
+                status, detail = "exited", f"its process ended (exit code {process.exitcode})"
             if status != "ready":
                 raise RuntimeError(f"tensor-parallel rank {rank} failed to start: {detail}")
         for conn in self._conns:
