@@ -22,8 +22,13 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
-    num_threads: int | None = None
+    num_threads: int | None = None  # per rank under tensor parallelism (default: the cores split over the ranks)
     seed: int = 0
+    # Processes sharing the model by attention heads and MLP columns (engine on rank 0; engine/parallel/).
+    tensor_parallel_size: int = 1
+    # Stream decoder layers in from host memory, at most this many resident at once (None: all resident;
+    # engine/offload.py).
+    offload_max_resident_layers: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -34,5 +39,12 @@ class EngineConfig:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if not 0.0 < self.kv_cache_fraction <= 0.95:
             raise ValueError(f"kv_cache_fraction must be in (0, 0.95], got {self.kv_cache_fraction}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.offload_max_resident_layers is not None and self.offload_max_resident_layers < 1:
+            raise ValueError(f"offload_max_resident_layers must be >= 1, got {self.offload_max_resident_layers}")
+        if self.tensor_parallel_size > 1 and self.offload_max_resident_layers is not None:
+            raise ValueError("tensor_parallel_size > 1 and offload_max_resident_layers cannot be combined yet; "
+                             "use one or the other")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")

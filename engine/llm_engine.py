@@ -89,6 +89,10 @@ class LLMEngine:
         with self._lock:
             return bool(self._live_ids)
 
+    def close(self) -> None:
+        """Stop the engine's helper processes (tensor-parallel ranks), if it has any; it cannot step afterwards."""
+        self.runner.close()
+
     # ---- the loop (one thread) ------------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:

@@ -38,6 +38,9 @@ class ModelRunner:
             return torch.empty(0), []
         return self.model.compute_logits(hidden[logits_indices]).float(), sampling
 
+    def close(self) -> None:
+        """Release what lives outside this process (nothing here; the tensor-parallel runner stops its ranks)."""
+
     def _prepare(self, scheduled: list[tuple[Sequence, int]]):
         tokens: list[int] = []
         positions: list[int] = []

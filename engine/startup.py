@@ -15,6 +15,7 @@ from engine.loader import iter_weights, load_config, load_tokenizer, resolve_mod
 from engine.model_runner import ModelRunner
 from engine.models import build_model
 from engine.models.cpu_linear import can_pack, pack_linears
+from engine.parallel.sharding import TensorShard
 from engine.sampler import Sampler
 
 logger = logging.getLogger("tide.engine")
@@ -79,14 +80,27 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     tokenizer = load_tokenizer(model_dir)
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
+    tp = config.tensor_parallel_size
+    num_threads = config.num_threads or max(1, (os.cpu_count() or 1) // tp)  # per rank: the ranks share the cores
     if device.type == "cpu":
-        torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
-    model = _load_model(hf_config, model_dir, device, dtype)
-    args = model.args
-    max_model_len = min(config.max_model_len or args.max_position_embeddings,
-                        args.max_position_embeddings, args.sliding_window or args.max_position_embeddings)
-    num_blocks = _num_kv_blocks(config, model, device, dtype, max_model_len)
-    runner = ModelRunner(model, num_blocks, config.block_size, max_model_len, device, dtype)
+        torch.set_num_threads(num_threads)
+    group = None
+    if tp > 1:
+        from engine.parallel import TensorParallelGroup
+
+        group = TensorParallelGroup.start(config, model_dir, hf_config, device, dtype, num_threads)
+    try:
+        model = load_model(hf_config, model_dir, device, dtype, shard=group.shard if group else None,
+                           max_resident_layers=config.offload_max_resident_layers)
+        args = model.args
+        max_model_len = min(config.max_model_len or args.max_position_embeddings,
+                            args.max_position_embeddings, args.sliding_window or args.max_position_embeddings)
+        num_blocks = _num_kv_blocks(config, model, device, dtype, max_model_len)
+        runner = _make_runner(group, model, num_blocks, config.block_size, max_model_len, device, dtype)
+    except BaseException:
+        if group is not None:
+            group.close()
+        raise
     load_time = time.perf_counter() - started
     tokens = num_blocks * config.block_size
     logger.info("model %s (%s, %s on %s) ready in %.2f s; KV cache %d blocks = %d tokens (%.2f GiB), "
@@ -106,17 +120,38 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     )
 
 
-def _load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype):
+def load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, shard: TensorShard | None = None,
+               max_resident_layers: int | None = None):
+    """Build the model and load its weights: all of it, or one tensor-parallel `shard` of it, or with its decoder
+    layers kept in host memory and streamed in, `max_resident_layers` at a time."""
     ops = kernels.get_ops(device)
-    model = build_model(hf_config, ops)
-    model = model.to(dtype).to_empty(device=device)  # cast while still on meta: no throwaway fp32 copy
+    model = build_model(hf_config, ops, shard and shard.shard_args)
+    home = torch.device("cpu") if max_resident_layers is not None else device  # offload loads in host memory
+    model = model.to(dtype).to_empty(device=home)  # cast while still on meta: no throwaway fp32 copy
     if model.args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    model.load_weights(iter_weights(model_dir))
+    weights = iter_weights(model_dir)
+    model.load_weights(shard.shard_weights(weights) if shard is not None else weights)
     model = model.eval().requires_grad_(False)
-    if device.type == "cpu" and can_pack(dtype):
+    if shard is not None:
+        shard.wrap_row_parallel(model)
+    if max_resident_layers is not None:
+        from engine.offload import offload_layers
+
+        offload_layers(model, device, max_resident_layers)
+    elif device.type == "cpu" and can_pack(dtype):
         pack_linears(model)
     return model
+
+
+def _make_runner(group, model, num_blocks: int, block_size: int, max_model_len: int, device: torch.device,
+                 dtype: torch.dtype) -> ModelRunner:
+    if group is None:
+        return ModelRunner(model, num_blocks, block_size, max_model_len, device, dtype)
+    from engine.parallel.runner import TensorParallelRunner
+
+    group.start_workers(num_blocks, max_model_len)
+    return TensorParallelRunner(group, model, num_blocks, block_size, max_model_len, device, dtype)
 
 
 def _num_kv_blocks(config: EngineConfig, model, device: torch.device, dtype: torch.dtype, max_model_len: int) -> int:

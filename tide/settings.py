@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="worker torch compute threads (default: all cores)")
     max_num_seqs: int | None = Field(None, ge=1, description="worker engine sequence cap (default: engine's)")
     kv_cache_bytes: int | None = Field(None, ge=1, description="worker KV cache budget (default: a share of RAM)")
+    tensor_parallel_size: int = Field(1, ge=1, description="processes one worker splits its model over (one per GPU, "
+                                      "the engine on rank 0; heads must divide evenly)")
+    offload_max_resident_layers: int | None = Field(None, ge=1, description="stream the worker's decoder layers in "
+                                                    "from host memory, at most this many on the device at once "
+                                                    "(default: all resident)")
     max_attempts: int = Field(3, ge=1, description="runs of one shard before its rows fail")
     shard_rows: int = Field(256, ge=1, description="rows per shard for jobs that do not say")
     cache_dir: str | None = Field(None, description="converted models and built kernels (default ~/.cache/tide)")

@@ -25,6 +25,11 @@ def add_parser(sub, settings: Settings) -> None:
     p.add_argument("--kv-cache-bytes", type=int, default=settings.kv_cache_bytes)
     p.add_argument("--threads", type=int, default=settings.threads,
                    help="torch compute threads (default: all cores; 1 is faster when other busy processes share them)")
+    p.add_argument("--tensor-parallel-size", type=int, default=settings.tensor_parallel_size,
+                   help="split the model over this many processes (one per GPU; on CPU, ranks share the cores); "
+                        "this worker is rank 0 and spawns the others")
+    p.add_argument("--offload-max-resident-layers", type=int, default=settings.offload_max_resident_layers,
+                   help="keep decoder layers in host memory and stream them in, at most this many on the device")
     p.add_argument("--max-attempts", type=int, default=settings.max_attempts,
                    help="runs of one shard before its rows fail")
     p.add_argument("--loglevel", default=settings.log_level)
@@ -51,7 +56,9 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     # share this one engine (and its batch); prefork would load one copy per child, solo would run one shard at
     # a time and leave nothing to refill the batch with.
     service = engine_service(args.model, args.dtype, max_num_seqs=args.max_num_seqs,
-                             kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads)
+                             kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads,
+                             tensor_parallel_size=args.tensor_parallel_size,
+                             offload_max_resident_layers=args.offload_max_resident_layers)
     leases = LeaseBook(store.redis, settings.lease_ttl_s)
     keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
     finalizer = Finalizer(store=store, webhook_secret=settings.webhook_secret)
@@ -70,6 +77,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         keeper.stop()
         heartbeat.stop()
         service.close()
+        service.engine.close()  # stops tensor-parallel ranks, if any
     return 0
 
 

@@ -61,3 +61,11 @@ def test_settings_refuse_bad_values():
 def test_tide_run_takes_a_webhook():
     args = build_parser(Settings(_env_file=None)).parse_args(["run", "p.jsonl", "--webhook", "https://h.example/x"])
     assert args.webhook == "https://h.example/x"
+
+
+def test_worker_takes_tensor_parallel_and_offload_from_settings():
+    settings = Settings(_env_file=None, tensor_parallel_size=2, offload_max_resident_layers=3)
+    args = build_parser(settings).parse_args(["worker"])
+    assert (args.tensor_parallel_size, args.offload_max_resident_layers) == (2, 3)
+    args = build_parser(Settings(_env_file=None)).parse_args(["worker", "--tensor-parallel-size", "4"])
+    assert (args.tensor_parallel_size, args.offload_max_resident_layers) == (4, None)

@@ -1,0 +1,31 @@
+"""Rank 0's model runner: the ordinary one, announcing each step to the other ranks before running its shard."""
+from __future__ import annotations
+
+import torch
+
+from engine.model_runner import ModelRunner
+from engine.parallel.group import TensorParallelGroup
+from engine.sequence import Sequence
+
+
+class TensorParallelRunner(ModelRunner):
+    """A ModelRunner over rank 0's shard; the other ranks run the same step on theirs in lockstep."""
+
+    def __init__(self, group: TensorParallelGroup, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+    def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
+        try:
+            return super().run(scheduled)
+        except (RuntimeError, BrokenPipeError, OSError) as exc:
+            raise self.group.failure(exc) from exc
+
+    def _prepare(self, scheduled: list[tuple[Sequence, int]]):
+        prepared = super()._prepare(scheduled)
+        input_ids, ctx = prepared[0], prepared[1]
+        self.group.announce_step(input_ids, ctx)
+        return prepared
+
+    def close(self) -> None:
+        self.group.close()
