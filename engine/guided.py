@@ -47,6 +47,8 @@ class Guide:
         """Write the tokens allowed next into row `row` of a CPU int32 bitmask."""
         forced = self.matcher.compute_ff_tokens()
         if forced:
+            # llguidance's own mask already allows only this token in forced text with SmolLM2's tokenizer; saying
+            # so keeps fast-forward exact with any tokenizer
             allow_only_(bitmask, row, forced[0])
             return
         words = bitmask[row]

@@ -3,7 +3,8 @@
 Order of processing, per row:
 1. logprobs are taken from log_softmax of the raw logits, so they compare directly with another implementation's logits;
 2. repetition penalty (over prompt + output tokens), then presence and frequency penalties (over output tokens);
-3. EOS and stop token ids are masked while the output is shorter than `min_tokens`;
+3. EOS and stop token ids are masked while the output is shorter than `min_tokens`, then the tokens a guided
+   request's grammar rules out (a bitmask from engine.guided);
 4. greedy rows take the argmax; the others go through temperature, top-k, top-p, min-p, then an exponential race.
 """
 from __future__ import annotations

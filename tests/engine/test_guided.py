@@ -129,6 +129,14 @@ def test_n_samples_and_logprobs(llm):
     assert llm.engine.stats.guided_forced_tokens == forced
 
 
+def test_logprobs_describe_the_model_not_the_mask(llm):
+    sample = llm.generate(["is it?"], guided("choice", ["yes", "no"], logprobs=3))[0].outputs[0]
+    first = sample.logprobs[0]
+    assert sample.text in ("yes", "no")
+    # the random model prefers other tokens; the grammar overrode it, and the logprob says so
+    assert first.logprob < first.top[0][1] and first.token_id not in [t for t, _ in first.top]
+
+
 def test_bad_constraints_fail_alone_naming_the_field(llm):
     good = guided("choice", ["yes", "no"])
     outs = llm.generate(["a", "b", "c"], [guided("json_schema", {"type": "strnig"}), good, guided("regex", "a(b")])
