@@ -48,5 +48,5 @@ class GuidedParams(BaseModel):
         return next(name for name in ("json_schema", "regex", "choice") if getattr(self, name) is not None)
 
     def cache_key(self) -> str:
-        """Identifies the grammar: equal for requests that constrain the same way, whatever the key order."""
-        return json.dumps([self.kind, getattr(self, self.kind)], sort_keys=True, ensure_ascii=False)
+        """Identifies the grammar. Key order counts: a schema's properties come out in the order it lists them."""
+        return json.dumps([self.kind, getattr(self, self.kind)], ensure_ascii=False)

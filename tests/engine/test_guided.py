@@ -137,6 +137,13 @@ def test_logprobs_describe_the_model_not_the_mask(llm):
     assert first.logprob < first.top[0][1] and first.token_id not in [t for t, _ in first.top]
 
 
+def test_schemas_differing_in_key_order_are_different_grammars(llm):
+    one = strict({"a": {"type": "boolean"}, "b": {"type": "boolean"}})
+    other = strict({"b": {"type": "boolean"}, "a": {"type": "boolean"}})
+    texts = [o.text for o in llm.generate(["x", "x"], [guided("json_schema", one), guided("json_schema", other)])]
+    assert [list(json.loads(t)) for t in texts] == [["a", "b"], ["b", "a"]]
+
+
 def test_bad_constraints_fail_alone_naming_the_field(llm):
     good = guided("choice", ["yes", "no"])
     outs = llm.generate(["a", "b", "c"], [guided("json_schema", {"type": "strnig"}), good, guided("regex", "a(b")])
