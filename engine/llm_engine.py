@@ -10,6 +10,7 @@ from itertools import count
 import torch
 
 from engine.config import EngineConfig
+from engine.guided import GuidedDecoding, GuidedError
 from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from engine.request import Prompt, RequestState
 from engine.sampling_params import SamplingParams
@@ -29,6 +30,7 @@ class EngineStats:
     prefix_cache_hit_rate: float = 0.0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    guided_forced_tokens: int = 0  # appended by guided fast-forward, without a decode step each
     mean_batch_occupancy: float = 0.0
     load_time_s: float = 0.0
     busy_time_s: float = 0.0
@@ -52,6 +54,7 @@ class LLMEngine:
         self.runner = parts.runner
         self.sampler = parts.sampler
         self.vocab_size = parts.vocab_size
+        self.guided = GuidedDecoding(self.tokenizer, self.vocab_size, self.eos_token_ids)
         self.max_seq_tokens = min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
                                    self.config.max_num_batched_tokens, self.config.enable_prefix_caching)
@@ -107,7 +110,8 @@ class LLMEngine:
                 seq.num_computed_tokens += num_new
                 self.block_manager.register_full_blocks(seq)
             if sampling:
-                self._postprocess(sampling, self.sampler(logits, sampling, self.eos_token_ids))
+                bitmask = self.guided.bitmask(sampling)
+                self._postprocess(sampling, self.sampler(logits, sampling, self.eos_token_ids, bitmask))
                 self.stats.generation_tokens += len(sampling)
             self._account(out, time.monotonic() - started)
         return self._collect_done()
@@ -133,6 +137,11 @@ class LLMEngine:
             state.error = (f"prompt has {n_prompt} tokens, but this engine holds at most {limit - 1} prompt tokens "
                            f"per sequence (max_model_len={self.max_model_len}, KV cache "
                            f"{self.block_manager.num_blocks * self.config.block_size} tokens)")
+        if state.error is None and state.params.guided is not None:
+            try:
+                self.guided.compile(state.params.guided)
+            except GuidedError as exc:
+                state.error, state.error_code = str(exc), exc.code
         if state.error is not None:
             self._done.append(state.to_output(error=True))
             with self._lock:
@@ -145,6 +154,7 @@ class LLMEngine:
                       for i in range(state.params.n)]
         for seq in state.seqs:
             state.attach_detokenizer(seq, self.tokenizer)
+            seq.guide = self.guided.guide(state.params)
         # Samples after the first wait until its prompt is in the cache, then share its full blocks.
         self.scheduler.add(state.seqs[0])
 
@@ -164,10 +174,20 @@ class LLMEngine:
                 for child in state.seqs[1:]:
                     self.scheduler.add(child)
             seq.append_token(token_id, logprob)
-            if state.check_stop(seq, token_id, self.eos_token_ids):
+            if state.check_stop(seq, token_id, self.eos_token_ids) or self._follow_guide(state, seq, token_id):
                 self.scheduler.finish(seq)
                 if all(s.is_finished for s in state.seqs):
                     self._finish_request(state)
+
+    def _follow_guide(self, state: RequestState, seq: Sequence, token_id: int) -> bool:
+        """Feed the token to the sequence's grammar, if it has one, and append the tokens the grammar forces after
+        it; True when that finishes the sequence."""
+        if seq.guide is None:
+            return False
+        done, forced = self.guided.advance(state, seq, token_id, self.eos_token_ids)
+        self.stats.generation_tokens += forced
+        self.stats.guided_forced_tokens += forced
+        return done
 
     def _finish_request(self, state: RequestState) -> None:
         state.metrics.finished_time = time.monotonic()

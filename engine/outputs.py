@@ -67,6 +67,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     metrics: RequestMetrics
     error: str | None = None
+    error_code: str | None = None  # what kind of error, where the engine knows (e.g. invalid_guided)
 
     @property
     def text(self) -> str:

@@ -44,6 +44,7 @@ class RequestState:
     metrics: RequestMetrics
     seqs: list[Sequence] = field(default_factory=list)
     error: str | None = None
+    error_code: str | None = None
     detokenizers: list[IncrementalDetokenizer] = field(default_factory=list)
     texts: list[str | None] = field(default_factory=list)  # final text once a stop string cut it
 
@@ -84,7 +85,8 @@ class RequestState:
     def to_output(self, error: bool) -> RequestOutput:
         if error:
             outputs = [CompletionOutput(index=0, text="", token_ids=[], finish_reason="error")]
-            return RequestOutput(self.request_id, self.prompt_token_ids, outputs, self.metrics, error=self.error)
+            return RequestOutput(self.request_id, self.prompt_token_ids, outputs, self.metrics, error=self.error,
+                                 error_code=self.error_code)
         outputs = []
         for seq in self.seqs:
             text = self.texts[seq.index]

@@ -3,7 +3,8 @@
 Order of processing, per row:
 1. logprobs are taken from log_softmax of the raw logits, so they compare directly with another implementation's logits;
 2. repetition penalty (over prompt + output tokens), then presence and frequency penalties (over output tokens);
-3. EOS and stop token ids are masked while the output is shorter than `min_tokens`;
+3. EOS and stop token ids are masked while the output is shorter than `min_tokens`, then the tokens a guided
+   request's grammar rules out (a bitmask from engine.guided);
 4. greedy rows take the argmax; the others go through temperature, top-k, top-p, min-p, then an exponential race.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams
+from engine.token_bitmask import apply_token_bitmask_
 
 # top-p looks for its nucleus among this many candidates first, widening by _TOP_P_GROWTH until it is found:
 # a full sort of a 49k vocabulary costs ~3 ms a row on CPU, a top-256 a tenth of that.
@@ -44,16 +46,23 @@ class SamplerOutput:
 class Sampler:
     """Samples the next token of every row of a batch."""
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow], eos_token_ids: set[int]) -> SamplerOutput:
-        """Sample one token per row of `logits` ([len(rows), vocab], any float dtype); `logits` is left unchanged."""
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow], eos_token_ids: set[int],
+                 token_bitmask: torch.Tensor | None = None) -> SamplerOutput:
+        """Sample one token per row of `logits` ([len(rows), vocab], any float dtype); `logits` is left unchanged.
+
+        `token_bitmask` ([len(rows), vocab / 32] int32, see engine.token_bitmask) forbids tokens a grammar rules out;
+        it applies after the penalties and before sampling, so logprobs still describe the model's own distribution.
+        """
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [num_rows={len(rows)}, vocab], got shape {tuple(logits.shape)}")
         raw = logits.float()
         processed = raw
-        if any(_edits_logits(row) for row in rows):
+        if token_bitmask is not None or any(_edits_logits(row) for row in rows):
             processed = raw.clone()
             apply_penalties_(processed, rows)
             mask_stop_tokens_before_min_tokens_(processed, rows, eos_token_ids)
+            if token_bitmask is not None:
+                apply_token_bitmask_(processed, token_bitmask)
         # one argmax over every row costs less than gathering the greedy rows first
         token_ids = processed.argmax(dim=-1)
         sampled = [i for i, row in enumerate(rows) if not row.params.greedy]

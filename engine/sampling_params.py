@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.guided_params import GuidedParams
+
 
 class SamplingParams(BaseModel):
     """How to sample one request's completion(s).
@@ -29,6 +31,7 @@ class SamplingParams(BaseModel):
     ignore_eos: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     skip_special_tokens: bool = True
+    guided: GuidedParams | None = None  # constrain the output to a JSON schema, regex or choice
 
     @field_validator("stop", mode="before")
     @classmethod

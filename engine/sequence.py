@@ -58,6 +58,7 @@ class Sequence:
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0
         self.generator: torch.Generator | None = None
+        self.guide = None  # engine.guided.Guide of a guided request, set when the engine admits it
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed + index)
         limit = max_total_tokens if params.max_tokens is None else self.num_prompt_tokens + params.max_tokens

@@ -11,6 +11,7 @@ from typing import Any, Union
 
 from pydantic import ValidationError
 
+from engine.guided_params import ANY_JSON_OBJECT
 from engine.sampling_params import SamplingParams
 
 Prompt = Union[str, list[dict]]
@@ -20,9 +21,10 @@ COMPLETIONS_URL = "/v1/completions"
 _BATCH_KEYS = {"custom_id", "method", "url", "body"}
 _SAMPLING_KEYS = set(SamplingParams.model_fields)
 _PLAIN_KEYS = {"id", "custom_id", "prompt", "messages"} | _SAMPLING_KEYS
-# OpenAI body fields that map onto SamplingParams under another name, or carry no sampling meaning here.
+# OpenAI body fields that map onto SamplingParams under another name, are converted below, or carry no sampling
+# meaning here.
 _BODY_RENAMES = {"max_completion_tokens": "max_tokens"}
-_BODY_IGNORED = {"model", "user", "stream", "top_logprobs", "logprobs"}
+_BODY_IGNORED = {"model", "user", "stream", "top_logprobs", "logprobs", "response_format"}
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
 
 
@@ -112,6 +114,11 @@ def _batch_line(raw: dict, endpoint: str | None) -> tuple[Prompt, dict[str, Any]
     overrides = {_BODY_RENAMES.get(k, k): v for k, v in body.items()
                  if k != prompt_key and k not in _BODY_IGNORED}
     overrides.update(_openai_logprobs(body, chat=url == CHAT_URL))
+    guided = _openai_response_format(body.get("response_format"))
+    if guided is not None:
+        if "guided" in overrides:
+            raise RowError("invalid_field", "give response_format or guided, not both", "body.response_format")
+        overrides["guided"] = guided
     return _prompt_from({prompt_key: body.get(prompt_key)}), overrides
 
 
@@ -122,6 +129,27 @@ def _openai_logprobs(body: dict, chat: bool) -> dict[str, Any]:
             return {}
         return {"logprobs": body.get("top_logprobs") or 0}
     return {} if body.get("logprobs") is None else {"logprobs": body["logprobs"]}
+
+
+def _openai_response_format(response_format: Any) -> dict[str, Any] | None:
+    """`response_format` -> the `guided` parameter: json_schema constrains to its schema (always strictly),
+    json_object to any JSON object, text (or none) to nothing."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_schema": ANY_JSON_OBJECT}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RowError("invalid_field", "response_format.json_schema.schema must be a JSON schema object",
+                           "body.response_format.json_schema.schema")
+        return {"json_schema": schema}
+    raise RowError("invalid_field", f"response_format.type must be text, json_object or json_schema, got {kind!r}",
+                   "body.response_format.type")
 
 
 def _plain_row(raw: dict) -> tuple[Prompt, dict[str, Any]]:

@@ -309,7 +309,7 @@ def _collect(ctx: ShardContext, task: ShardTask, sink: queue.Queue, by_id: dict[
 
 def _record(outcome: _Outcome, row: PromptRow, output) -> None:
     if output.error is not None:
-        outcome.errors.append(ErrorRow(row.row, row.custom_id, "context_length_exceeded",
+        outcome.errors.append(ErrorRow(row.row, row.custom_id, output.error_code or "context_length_exceeded",
                                        f"line {row.row + 1} (id {row.custom_id}): {output.error}"))
         return
     if output.finish_reason == "abort":  # cancelled or expired before it finished: neither a result nor an error

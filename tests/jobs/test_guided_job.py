@@ -1,0 +1,46 @@
+"""A job of OpenAI batch lines asking for structured output, on a real (tiny) engine: every result matches its
+schema, and a line whose schema cannot be compiled becomes one error row while the job goes on."""
+import json
+
+import jsonschema
+import pyarrow.parquet as pq
+
+from engine.llm_engine import LLMEngine
+from jobs.embedded import run_embedded
+from jobs.specs import JobSpec
+from jobs.state import JobStatus
+from tests.jobs.conftest import write_jsonl
+from workers.engine_service import EngineService
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                           "zip": {"type": "integer", "minimum": 1000, "maximum": 9999}},
+          "required": ["city", "zip"], "additionalProperties": False}
+
+
+def line(custom_id: str, response_format: dict) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": f"Where is {custom_id}?"}], "max_tokens": 60,
+                     "temperature": 0, "response_format": response_format}}
+
+
+def test_structured_output_job_with_a_bad_schema_row(tmp_path, tiny_model_dir):
+    good = {"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA, "strict": True}}
+    bad = {"type": "json_schema", "json_schema": {"name": "oops", "schema": {"type": "objekt"}}}
+    rows = [line(f"q{i}", good) for i in range(6)] + [line("bad", bad), line("any", {"type": "json_object"})]
+    spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"),
+                   endpoint="/v1/chat/completions")
+    engine = LLMEngine(model=str(tiny_model_dir("llama")), dtype="float32", device="cpu", kv_cache_bytes=16 << 20)
+    service = EngineService(engine, idle_wait_s=0.01)
+    try:
+        job = run_embedded(spec, service, show_progress=False)
+    finally:
+        service.close()
+    assert job.status == JobStatus.COMPLETED
+    prefix = tmp_path / "out" / job.id
+    results = {r["custom_id"]: r for f in sorted(prefix.glob("part-*")) for r in pq.read_table(f).to_pylist()}
+    assert set(results) == {f"q{i}" for i in range(6)} | {"any"}
+    for i in range(6):
+        jsonschema.validate(json.loads(results[f"q{i}"]["text"]), SCHEMA)
+    errors = [e for f in sorted(prefix.glob("errors-*")) for e in pq.read_table(f).to_pylist()]
+    assert [(e["custom_id"], e["code"]) for e in errors] == [("bad", "invalid_guided")]
+    assert "guided.json_schema" in errors[0]["message"] and "objekt" in errors[0]["message"]
