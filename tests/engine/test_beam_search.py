@@ -211,3 +211,21 @@ def test_beam_search_too_big_for_the_engine_is_a_request_error(setup):
     wide, long = llm.generate([prompts[0]] * 2, [SamplingParams(use_beam_search=True, best_of=5),
                                                  SamplingParams(use_beam_search=True, best_of=4, max_tokens=100)])
     assert "max_num_seqs" in wide.error and "lower best_of or max_tokens" in long.error
+
+
+@pytest.mark.slow
+def test_smollm2_beams_match_transformers(smollm2_dir):
+    """The real model, a chat prompt, 4 beams, its own EOS."""
+    llm = LLM(model=str(smollm2_dir), dtype="float32")
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    chats = [[{"role": "user", "content": "What is the capital of France?"}]]
+    params = SamplingParams(use_beam_search=True, best_of=4, n=2, max_tokens=20)
+    outputs = llm.generate(chats, params)
+    assert llm.engine.eos_token_ids == {EOS}
+    for out in outputs:
+        ref, ref_scores = hf_beams(hf, out.prompt_token_ids, 4, 2, 1.0, False, 0, [EOS], max_new=20)
+        assert [c.token_ids for c in out.outputs] == ref
+        scores = [c.cumulative_logprob / len(c.token_ids) for c in out.outputs]
+        assert scores == pytest.approx(ref_scores, abs=1e-3)
+        assert all(c.text for c in out.outputs)
+    assert_blocks_released(llm)
