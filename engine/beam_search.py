@@ -89,7 +89,7 @@ class BeamGroup:
                     self._add_finished(cand, penalised[rank], at_limit)
             elif len(running) < self.width:
                 running.append(cand)
-        if at_limit:
+        if at_limit or not running:  # no beam can go on (the second only with a vocabulary of stop tokens)
             self.done = True
             return []
         self._update_stop(running[0].score, generated)
