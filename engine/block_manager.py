@@ -138,6 +138,31 @@ class BlockManager:
         seq.block_table = []
         seq.num_computed_tokens = 0
 
+    def fork(self, parent: Sequence, child: Sequence, share: bool = True) -> list[tuple[int, int]]:
+        """Give `child` (no blocks yet) the KV of `parent`'s computed tokens; return the (src, dst) blocks to copy.
+
+        The parent's full blocks are shared (copy-on-write needs no copy: nobody writes a full block); only its
+        partially filled last block is copied into a fresh block. With `share=False` every block is copied (to
+        measure what sharing saves). Without enough free blocks, the child keeps what it could get and
+        recomputes the rest.
+        """
+        assert not child.block_table
+        size = self.block_size
+        num_full = parent.num_computed_tokens // size
+        shared = parent.block_table[:num_full] if share else []
+        for block_id in shared:
+            self.blocks[block_id].ref_count += 1
+        child.block_table = list(shared)
+        copies = []
+        for src in parent.block_table[len(shared):self.blocks_needed(parent.num_computed_tokens)]:
+            if not self.free_queue:
+                break
+            dst = self._take_free_block()
+            child.block_table.append(dst)
+            copies.append((src, dst))
+        child.num_computed_tokens = min(parent.num_computed_tokens, len(child.block_table) * size)
+        return copies
+
     def _take_free_block(self) -> int:
         block_id, _ = self.free_queue.popitem(last=False)
         block = self.blocks[block_id]

@@ -9,6 +9,7 @@ from itertools import count
 
 import torch
 
+from engine.beam_search import BeamSearch
 from engine.config import EngineConfig
 from engine.guided import GuidedDecoding, GuidedError
 from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
@@ -58,6 +59,8 @@ class LLMEngine:
         self.max_seq_tokens = min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
                                    self.config.max_num_batched_tokens, self.config.enable_prefix_caching)
+        self.beam_search = BeamSearch(self.scheduler, self.block_manager, self.runner, self.tokenizer,
+                                      self.eos_token_ids)
         self.stats = EngineStats(load_time_s=parts.load_time_s)
         self._lock = threading.Lock()
         self._intake: list[RequestState] = []
@@ -110,9 +113,13 @@ class LLMEngine:
                 seq.num_computed_tokens += num_new
                 self.block_manager.register_full_blocks(seq)
             if sampling:
+                self.stats.generation_tokens += len(sampling)
+                logits, sampling, ended = self.beam_search.step(logits, sampling)
+                for request_id in ended:
+                    self._finish_request(self._requests[request_id])
+            if sampling:
                 bitmask = self.guided.bitmask(sampling)
                 self._postprocess(sampling, self.sampler(logits, sampling, self.eos_token_ids, bitmask))
-                self.stats.generation_tokens += len(sampling)
             self._account(out, time.monotonic() - started)
         return self._collect_done()
 
@@ -142,6 +149,8 @@ class LLMEngine:
                 self.guided.compile(state.params.guided)
             except GuidedError as exc:
                 state.error, state.error_code = str(exc), exc.code
+        if state.error is None and state.params.use_beam_search:
+            state.error = self.beam_search.check(state, limit, self.config.max_num_seqs)
         if state.error is not None:
             self._done.append(state.to_output(error=True))
             with self._lock:
@@ -151,12 +160,14 @@ class LLMEngine:
         self.stats.prompt_tokens += n_prompt
         state.seqs = [Sequence(state.request_id, state.prompt_token_ids, state.params, index=i,
                                priority=state.priority, arrival_order=next(self._arrivals), max_total_tokens=limit)
-                      for i in range(state.params.n)]
+                      for i in range(1 if state.params.use_beam_search else state.params.n)]
         for seq in state.seqs:
             state.attach_detokenizer(seq, self.tokenizer)
             seq.guide = self.guided.guide(state.params)
         # Samples after the first wait until its prompt is in the cache, then share its full blocks.
         self.scheduler.add(state.seqs[0])
+        if state.params.use_beam_search:
+            self.beam_search.start(state)
 
     def _mark_scheduled(self, scheduled: list[tuple[Sequence, int]], now: float) -> None:
         for seq, _ in scheduled:
@@ -192,7 +203,8 @@ class LLMEngine:
     def _finish_request(self, state: RequestState) -> None:
         state.metrics.finished_time = time.monotonic()
         self._requests.pop(state.request_id, None)
-        self._done.append(state.to_output(error=False))
+        beams = state.params.use_beam_search
+        self._done.append(self.beam_search.finish(state) if beams else state.to_output(error=False))
         with self._lock:
             self._live_ids.discard(state.request_id)
 

@@ -1,6 +1,8 @@
 """Per-request sampling parameters, validated when a request is built."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.guided_params import GuidedParams
@@ -11,6 +13,12 @@ class SamplingParams(BaseModel):
 
     Validation errors name the offending field, so a bad row in a batch file can be reported precisely.
     `max_tokens=None` means: generate until a stop condition or the model's context is full.
+
+    Beam search (`use_beam_search=True`, HF `num_beams` semantics, as vLLM's former `use_beam_search`): `best_of`
+    beams (default `n`) advance together and the `n` best finished beams are returned, best first. A beam's score is
+    its summed token logprobs divided by (generated tokens, EOS included) ** `length_penalty`; `early_stopping` is
+    HF's: True stops once `best_of` beams have finished, False / "never" stop when no running beam can still beat
+    the worst of them (estimated at the current length, or for "never" with `length_penalty` > 0 at `max_tokens`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,6 +40,10 @@ class SamplingParams(BaseModel):
     logprobs: int | None = Field(None, ge=0, le=20)
     skip_special_tokens: bool = True
     guided: GuidedParams | None = None  # constrain the output to a JSON schema, regex or choice
+    use_beam_search: bool = False
+    best_of: int | None = Field(None, ge=1, le=128)  # beam width with use_beam_search (default: n)
+    length_penalty: float = 1.0
+    early_stopping: bool | Literal["never"] = False
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -58,6 +70,39 @@ class SamplingParams(BaseModel):
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         return self
 
+    @model_validator(mode="after")
+    def _beam_search_options(self) -> "SamplingParams":
+        check_beam_search_options(self)
+        return self
+
+    @property
+    def beam_width(self) -> int:
+        """Beams kept per step under beam search."""
+        return self.best_of or self.n
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+# Options that beam search (a deterministic search over logprobs) cannot honour, with the value that turns each off.
+_NOT_WITH_BEAMS = {"top_k": -1, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                   "frequency_penalty": 0.0, "stop": [], "guided": None}
+_BEAM_ONLY = {"best_of": None, "length_penalty": 1.0, "early_stopping": False}
+
+
+def check_beam_search_options(params: SamplingParams) -> None:
+    """Raise ValueError naming the first field that conflicts with `use_beam_search` (or needs it)."""
+    if not params.use_beam_search:
+        for name, off in _BEAM_ONLY.items():
+            if getattr(params, name) != off:
+                raise ValueError(f"{name} is only used with use_beam_search=true")
+        return
+    # temperature defaults to 1.0 for sampling: only an explicit non-zero value is a conflict
+    if "temperature" in params.model_fields_set and params.temperature != 0.0:
+        raise ValueError(f"temperature must be 0 (or unset) with use_beam_search, got {params.temperature}")
+    for name, off in _NOT_WITH_BEAMS.items():
+        if getattr(params, name) != off:
+            raise ValueError(f"{name} cannot be combined with use_beam_search")
+    if params.n > params.beam_width:
+        raise ValueError(f"n ({params.n}) must not exceed best_of ({params.best_of}), the beam width")

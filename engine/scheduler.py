@@ -48,6 +48,11 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         heapq.heappush(self.waiting, (seq.sort_key, seq.seq_id, seq))
 
+    def adopt(self, seq: Sequence) -> None:
+        """Run a sequence that already holds blocks (a forked beam) from the next step on, without admission."""
+        seq.status = SequenceStatus.RUNNING
+        self._insert_running(seq)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
@@ -56,6 +61,8 @@ class Scheduler:
         budget = self._schedule_running(out, self.max_num_batched_tokens)
         if not out.preempted:
             self._schedule_waiting(out, budget)
+            while not out.scheduled and self.waiting and self._preempt_parked(out):
+                self._schedule_waiting(out, budget)
         out.scheduled.sort(key=lambda item: item[1] != 1)  # decodes first, as AttentionMetadata expects
         return out
 
@@ -64,6 +71,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = min(seq.num_uncomputed_tokens, budget)
+            if num_new == 0:  # a beam waiting for the rest of its group keeps its blocks and its place
+                i += 1
+                continue
             while not self.block_manager.can_allocate(seq, num_new):
                 victim = self.running.pop()
                 self._preempt(victim, out)
@@ -96,8 +106,9 @@ class Scheduler:
             bm.attach_prefix(seq, hits)
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self.block_manager.can_allocate(seq, num_new, reserve=self.watermark_blocks):
-                if not self.running and not out.scheduled:
-                    # Nothing else holds blocks: the watermark must not block the only candidate.
+                if not out.scheduled and not any(s.num_uncomputed_tokens for s in self.running):
+                    # Nothing else is computing (at most beams waiting for their group hold blocks): the watermark
+                    # must not block the only candidate.
                     if not self.block_manager.can_allocate(seq, num_new):
                         num_new = self._largest_fitting_chunk(seq)
                     if num_new == 0:
@@ -127,6 +138,15 @@ class Scheduler:
         keys = [s.sort_key for s in self.running]
         pos = next((j for j, k in enumerate(keys) if k > seq.sort_key), len(keys))
         self.running.insert(pos, seq)
+
+    def _preempt_parked(self, out: SchedulerOutput) -> bool:
+        """Preempt the latest beam that waits for its group, so that a waiting sequence can get its blocks or slot
+        when nothing else runs (groups holding each other's memory would otherwise stall)."""
+        for i in range(len(self.running) - 1, -1, -1):
+            if self.running[i].num_uncomputed_tokens == 0:
+                self._preempt(self.running.pop(i), out)
+                return True
+        return False
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.block_manager.free(seq)

@@ -93,6 +93,18 @@ class Sequence:
             if self.logprobs is not None:
                 self.logprobs.append(logprob)
 
+    def fork(self, index: int) -> "Sequence":
+        """A copy with the same tokens and outcome so far (a beam branching off), holding no blocks yet."""
+        child = Sequence(self.request_id, self.prompt_token_ids, self.params, index=index, priority=self.priority,
+                         arrival_order=self.arrival_order, max_total_tokens=self.max_total_tokens)
+        child.token_ids = list(self.token_ids)
+        child.output_token_ids = list(self.output_token_ids)
+        child.block_hashes = list(self.block_hashes)
+        child.logprobs = None if self.logprobs is None else list(self.logprobs)
+        child.cumulative_logprob = self.cumulative_logprob
+        child.num_admissions = self.num_admissions
+        return child
+
     def __repr__(self) -> str:
         return (f"Sequence(id={self.seq_id}, req={self.request_id!r}#{self.index}, tokens={self.num_tokens}, "
                 f"computed={self.num_computed_tokens}, status={self.status.name})")
