@@ -15,6 +15,7 @@ from engine.request import Prompt, RequestState
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.speculative import build_speculator
 from engine.startup import EngineParts, build_engine_parts
 
 logger = logging.getLogger("tide.engine")
@@ -32,6 +33,9 @@ class EngineStats:
     mean_batch_occupancy: float = 0.0
     load_time_s: float = 0.0
     busy_time_s: float = 0.0
+    spec_proposed_tokens: int = 0  # draft tokens verified by the target (speculative decoding)
+    spec_accepted_tokens: int = 0  # of those, the ones it agreed with
+    spec_acceptance_rate: float = 0.0
     _occupancy_sum: float = field(default=0.0, repr=False)
 
 
@@ -55,6 +59,7 @@ class LLMEngine:
         self.max_seq_tokens = min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
                                    self.config.max_num_batched_tokens, self.config.enable_prefix_caching)
+        self.speculator = build_speculator(self.config, parts, self.max_model_len, self.scheduler.watermark_blocks)
         self.stats = EngineStats(load_time_s=parts.load_time_s)
         self._lock = threading.Lock()
         self._intake: list[RequestState] = []
@@ -95,6 +100,8 @@ class LLMEngine:
         """Run one scheduler step; return the requests that finished during it."""
         self._take_intake()
         out = self.scheduler.schedule()
+        if self.speculator is not None:
+            self.speculator.fit(out)
         if not out.is_empty:
             started = time.monotonic()
             self._mark_scheduled(out.scheduled, started)
@@ -103,8 +110,13 @@ class LLMEngine:
                 seq.num_computed_tokens += num_new
                 self.block_manager.register_full_blocks(seq)
             if sampling:
-                self._postprocess(sampling, self.sampler(logits, sampling, self.eos_token_ids))
-                self.stats.generation_tokens += len(sampling)
+                if self.speculator is None:
+                    sampled = self.sampler(logits, sampling, self.eos_token_ids)
+                else:
+                    sampling, sampled = self._verify(logits, sampling)
+                self.stats.generation_tokens += self._postprocess(sampling, sampled)
+            if self.speculator is not None:
+                self.speculator.propose(self.scheduler.running)
             self._account(out, time.monotonic() - started)
         return self._collect_done()
 
@@ -150,9 +162,23 @@ class LLMEngine:
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
 
-    def _postprocess(self, seqs: list[Sequence], sampled) -> None:
+    def _verify(self, logits: torch.Tensor, seqs: list[Sequence]):
+        verified = self.speculator.verify(logits, seqs, self.sampler, self.eos_token_ids)
+        for seq, proposed, accepted in verified.counts:
+            metrics = self._requests[seq.request_id].metrics
+            metrics.spec_proposed_tokens += proposed
+            metrics.spec_accepted_tokens += accepted
+        return verified.seqs, verified.sampled
+
+    def _postprocess(self, seqs: list[Sequence], sampled) -> int:
+        """Append each sampled token and check stops; returns the number appended. A sequence may come several
+        times in a row (accepted draft tokens): once it stops, its later tokens are dropped."""
         now = time.monotonic()
+        appended = 0
         for seq, token_id, logprob in zip(seqs, sampled.token_ids, sampled.logprobs):
+            if seq.is_finished:
+                continue
+            appended += 1
             state = self._requests[seq.request_id]
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
@@ -164,6 +190,7 @@ class LLMEngine:
                 self.scheduler.finish(seq)
                 if all(s.is_finished for s in state.seqs):
                     self._finish_request(state)
+        return appended
 
     def _finish_request(self, state: RequestState) -> None:
         state.metrics.finished_time = time.monotonic()
@@ -184,3 +211,7 @@ class LLMEngine:
         stats.prefix_cache_hit_rate = self.block_manager.hit_rate
         stats._occupancy_sum += len(out.scheduled) / self.config.max_num_seqs
         stats.mean_batch_occupancy = stats._occupancy_sum / stats.num_steps
+        if self.speculator is not None:
+            stats.spec_proposed_tokens = self.speculator.num_proposed
+            stats.spec_accepted_tokens = self.speculator.num_accepted
+            stats.spec_acceptance_rate = stats.spec_accepted_tokens / max(stats.spec_proposed_tokens, 1)

@@ -29,6 +29,7 @@ class SamplingParams(BaseModel):
     ignore_eos: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     skip_special_tokens: bool = True
+    speculate: bool = True  # False: never speculate for this request, even on an engine that does (greedy rows only)
 
     @field_validator("stop", mode="before")
     @classmethod
