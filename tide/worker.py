@@ -6,6 +6,7 @@ import os
 import socket
 
 from tide.settings import Settings
+from tide.speculative_options import add_speculative_options, speculative_config
 from tide.wiring import connect, engine_service
 
 EXIT_ON_ID_HOOK = "TIDE_TEST_EXIT_ON_ID"  # test hook, not a setting: exit the process when this row's turn comes
@@ -28,6 +29,7 @@ def add_parser(sub, settings: Settings) -> None:
     p.add_argument("--max-attempts", type=int, default=settings.max_attempts,
                    help="runs of one shard before its rows fail")
     p.add_argument("--loglevel", default=settings.log_level)
+    add_speculative_options(p, settings)
     add_redis_option(p, settings)
     p.set_defaults(handler=lambda args: run_worker(args, settings))
 
@@ -51,7 +53,8 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     # share this one engine (and its batch); prefork would load one copy per child, solo would run one shard at
     # a time and leave nothing to refill the batch with.
     service = engine_service(args.model, args.dtype, max_num_seqs=args.max_num_seqs,
-                             kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads)
+                             kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads,
+                             **speculative_config(args))
     leases = LeaseBook(store.redis, settings.lease_ttl_s)
     keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
     finalizer = Finalizer(store=store, webhook_secret=settings.webhook_secret)

@@ -144,22 +144,29 @@ def test_penalties_min_tokens_and_n_are_verified_as_without_speculation(small_vo
 # ---- stops inside an accepted run ---------------------------------------------------------------------------------
 
 def test_stops_inside_accepted_drafts_end_the_output_exactly_there(baseline):
+    """max_tokens, a stop token, a stop string and EOS, each reached inside a run of accepted drafts."""
     model_dir, prompts, expected = baseline
     tokens, text = expected[1].token_ids, expected[1].text
+    stop_at = next(i for i in range(3, len(tokens)) if tokens[i] not in tokens[:i])
     stop_string = text[len(text) // 2:len(text) // 2 + 3].strip() or text[-2:]
-    cases = [SamplingParams(temperature=0.0, max_tokens=7),
-             SamplingParams(temperature=0.0, max_tokens=MAX_NEW, stop_token_ids=[tokens[5]]),
-             SamplingParams(temperature=0.0, max_tokens=MAX_NEW, stop=[stop_string])]
-    prompt = [prompts[1]] * len(cases)
-    _, plain = generate(model_dir, prompt, cases)
-    llm, spec = generate(model_dir, prompt, cases, speculative="draft", draft_model=str(model_dir),
-                         num_speculative_tokens=6)
-    for ours, ref in zip(spec, plain):
+    cases = [SamplingParams(temperature=0.0, max_tokens=7, ignore_eos=True),
+             SamplingParams(temperature=0.0, max_tokens=MAX_NEW, stop_token_ids=[tokens[stop_at]], ignore_eos=True),
+             SamplingParams(temperature=0.0, max_tokens=MAX_NEW, stop=[stop_string], ignore_eos=True),
+             SamplingParams(temperature=0.0, max_tokens=MAX_NEW)]
+    outputs = {}
+    for mode, extra in (("off", {}), ("on", dict(speculative="draft", draft_model=str(model_dir),
+                                                 num_speculative_tokens=6))):
+        llm = LLM(model=str(model_dir), dtype="float32", num_threads=1, **extra)
+        llm.engine.eos_token_ids = {tokens[stop_at]}  # EOS for this test: a token in the middle of the output
+        outputs[mode] = llm.generate([prompts[1]] * len(cases), cases)
+    for ours, ref in zip(outputs["on"], outputs["off"]):
         out, want = ours.outputs[0], ref.outputs[0]
         assert (out.token_ids, out.text, out.finish_reason, out.stop_reason) == \
                (want.token_ids, want.text, want.finish_reason, want.stop_reason)
         assert ours.metrics.spec_accepted_tokens > 0
-    assert plain[1].outputs[0].token_ids[-1] == tokens[5] and len(plain[1].token_ids) < MAX_NEW
+    for stopped in outputs["off"][1:4:2]:  # the stop token and EOS ended these early
+        assert stopped.token_ids == tokens[:stop_at + 1]
+    assert len(outputs["off"][0].token_ids) == 7
 
 
 # ---- what is not speculated ---------------------------------------------------------------------------------------
@@ -266,3 +273,28 @@ def test_config_errors_name_the_field():
         EngineConfig(speculative="draft")
     with pytest.raises(ValueError, match="spec_ngram_min"):
         EngineConfig(speculative="ngram", spec_ngram_min=3, spec_ngram_max=2)
+
+
+# ---- SmolLM2 ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_chats_are_unchanged_by_prompt_lookup_and_by_a_tiny_draft(smollm2_dir, tiny_model_dir):
+    from engine.bench_spec import grounded_prompts
+    from tests.engine.test_smollm2 import CHATS
+
+    def run(**config):
+        llm = LLM(model=str(smollm2_dir), dtype="float32", num_threads=1, **config)
+        prompts = [[{"role": "user", "content": c}] for c in CHATS[:5]] + grounded_prompts(llm.tokenizer, 2, seed=0)
+        return llm, llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=40))
+
+    _, plain = run()
+    ngram, by_lookup = run(speculative="ngram")
+    draft, by_draft = run(speculative="draft", draft_model=str(tiny_model_dir("llama")))
+    assert [o.token_ids for o in by_lookup] == [o.token_ids for o in plain]
+    assert [o.token_ids for o in by_draft] == [o.token_ids for o in plain]
+    assert sum(o.finish_reason == "stop" for o in plain) >= 2  # EOS is reached, some of it inside accepted drafts
+    # the notes-grounded prompts are where lookup pays: most of their drafts are right
+    grounded = by_lookup[-2:]
+    assert sum(o.metrics.spec_accepted_tokens for o in grounded) > 0.5 * sum(
+        o.metrics.spec_proposed_tokens for o in grounded) > 0
+    assert draft.engine.stats.spec_proposed_tokens > 0
