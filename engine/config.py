@@ -30,7 +30,7 @@ class EngineConfig:
     draft_model: str | None = None
     spec_ngram_min: int = 2
     spec_ngram_max: int = 4
-    spec_max_running: int = 16  # speculate only while at most this many sequences run (measured: docs/PERFORMANCE.md)
+    spec_max_running: int = 2  # speculate only while at most this many sequences run (measured: docs/PERFORMANCE.md)
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
                                     "or GGUF file with the served model's tokenizer)")
     spec_ngram_min: int = Field(2, ge=1, description="shortest suffix prompt lookup matches")
     spec_ngram_max: int = Field(4, ge=1, description="longest suffix prompt lookup matches")
-    spec_max_running: int = Field(16, ge=0, description="speculate only while at most this many sequences run "
+    spec_max_running: int = Field(2, ge=0, description="speculate only while at most this many sequences run "
                                   "(above it a step is compute-bound and drafts cost more than they save)")
 
 

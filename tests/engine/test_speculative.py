@@ -50,7 +50,8 @@ def make_prompts(seed: int = 0) -> list[list[int]]:
 
 
 def generate(model_dir, prompts, params, **config):
-    llm = LLM(model=str(model_dir), dtype="float32", num_threads=1, **config)
+    """Outputs of an engine that speculates at any batch size, unless `config` says otherwise."""
+    llm = LLM(model=str(model_dir), dtype="float32", num_threads=1, **{"spec_max_running": 64, **config})
     return llm, llm.generate(prompts, params)
 
 
@@ -100,7 +101,8 @@ def test_greedy_output_is_unchanged(baseline, small_vocab_dir, proposer, schedul
     else:
         draft = model_dir if proposer == "draft_self" else small_vocab_dir("qwen2")
         config.update(speculative="draft", draft_model=str(draft))
-    llm = LLM(model=str(model_dir), dtype="float32", num_threads=1, num_speculative_tokens=3, **config)
+    llm = LLM(model=str(model_dir), dtype="float32", num_threads=1, num_speculative_tokens=3, spec_max_running=64,
+              **config)
     # draft even when blocks are scarce, so that sequences carrying drafts get preempted and cut by the budget
     llm.engine.speculator.reserve_blocks = -llm.engine.block_manager.num_blocks
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=MAX_NEW, logprobs=2))
@@ -156,7 +158,7 @@ def test_stops_inside_accepted_drafts_end_the_output_exactly_there(baseline):
     outputs = {}
     for mode, extra in (("off", {}), ("on", dict(speculative="draft", draft_model=str(model_dir),
                                                  num_speculative_tokens=6))):
-        llm = LLM(model=str(model_dir), dtype="float32", num_threads=1, **extra)
+        llm = LLM(model=str(model_dir), dtype="float32", num_threads=1, spec_max_running=64, **extra)
         llm.engine.eos_token_ids = {tokens[stop_at]}  # EOS for this test: a token in the middle of the output
         outputs[mode] = llm.generate([prompts[1]] * len(cases), cases)
     for ours, ref in zip(outputs["on"], outputs["off"]):
@@ -225,7 +227,7 @@ class WrongProposer:
 def test_rejected_drafts_give_back_their_blocks_and_are_never_cached(baseline):
     model_dir, prompts, expected = baseline
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True)
-    config = dict(model=str(model_dir), dtype="float32", num_threads=1, block_size=4)
+    config = dict(model=str(model_dir), dtype="float32", num_threads=1, block_size=4, spec_max_running=64)
     free_counts = {}
     for mode in ("off", "ngram"):
         llm = LLM(**config, speculative=mode)
@@ -283,7 +285,7 @@ def test_smollm2_chats_are_unchanged_by_prompt_lookup_and_by_a_tiny_draft(smollm
     from tests.engine.test_smollm2 import CHATS
 
     def run(**config):
-        llm = LLM(model=str(smollm2_dir), dtype="float32", num_threads=1, **config)
+        llm = LLM(model=str(smollm2_dir), dtype="float32", num_threads=1, spec_max_running=64, **config)
         prompts = [[{"role": "user", "content": c}] for c in CHATS[:5]] + grounded_prompts(llm.tokenizer, 2, seed=0)
         return llm, llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=40))
 
