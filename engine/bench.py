@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-python", default=os.environ.get("TIDE_PEER_PYTHON", "python"),
                    help="the Python of the peer's own environment (default $TIDE_PEER_PYTHON or python)")
     p.add_argument("--no-prefix-caching", action="store_true", help="turn Tide's prefix cache off (implied by --peer)")
+    p.add_argument("--speculative", choices=["off", "ngram", "draft"], default="off",
+                   help="speculative decoding in Tide (greedy rows; python -m engine.bench_spec compares it)")
+    p.add_argument("--draft-model", default=None, help="draft model for --speculative draft")
     p.add_argument("--twin-baseline", action="store_true",
                    help="also run Tide with the PyTorch twins for every kernel, right before, and print the ratio")
     return p
@@ -229,7 +232,8 @@ def _make_llm(args: argparse.Namespace, threads: int) -> LLM:
     kv_bytes = None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30)
     return LLM(model=args.model, dtype=args.dtype, num_threads=threads, max_num_seqs=args.max_num_seqs,
                max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=kv_bytes, seed=args.seed,
-               enable_prefix_caching=not (args.peer or args.no_prefix_caching))
+               enable_prefix_caching=not (args.peer or args.no_prefix_caching), speculative=args.speculative,
+               draft_model=args.draft_model)
 
 
 # ---- workloads ------------------------------------------------------------------------------------------------------
@@ -411,6 +415,9 @@ def _print_engine_report(llm: LLM, probe: Probe, tide: RunResult, peak: float) -
     print(f"  engine: {stats.num_steps} steps, {stats.preemptions} preemptions, prefix hit rate "
           f"{stats.prefix_cache_hit_rate:.1%}, mean batch occupancy {stats.mean_batch_occupancy:.1%}, "
           f"{probe.tokens_computed} tokens computed")
+    if stats.spec_proposed_tokens:
+        print(f"  speculative decoding: {stats.spec_acceptance_rate:.1%} of {stats.spec_proposed_tokens} draft tokens "
+              f"accepted, {stats.generation_tokens / stats.num_steps:.2f} output tokens per step")
     print(f"  engine time: model forward+logits {probe.forward_s / tide.seconds:.1%} of wall time, paged attention "
           f"{probe.attention_s / tide.seconds:.1%} of wall time ({probe.attention_s / probe.forward_s:.1%} of forward)")
     achieved = model_flops(llm.engine.runner.model, probe.tokens_computed, probe.rows_sampled) / tide.seconds

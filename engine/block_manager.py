@@ -101,9 +101,11 @@ class BlockManager:
     def register_full_blocks(self, seq: Sequence) -> None:
         """Hash the blocks that the last step filled, so later requests can share them.
 
-        Blocks fill in order, so the unhashed full blocks are a run at the end of the full ones.
+        Blocks fill in order, so the unhashed full blocks are a run at the end of the full ones. A block holding a
+        draft token (not yet verified, maybe rejected) is left out until its tokens are accepted.
         """
-        i = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        verified = min(seq.num_computed_tokens, seq.num_tokens - seq.num_draft_tokens)
+        i = min(verified // self.block_size, len(seq.block_table))
         hashes = self.block_hashes(seq)
         while i > 0 and self.blocks[seq.block_table[i - 1]].block_hash == _NO_HASH:
             i -= 1
@@ -128,13 +130,7 @@ class BlockManager:
     def free(self, seq: Sequence) -> None:
         """Release a sequence's blocks, tail first, and reset its progress."""
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            assert block.ref_count >= 0
-            if block.ref_count == 0:
-                if not self.enable_prefix_caching:
-                    self._forget(block)
-                self.free_queue[block_id] = None
+            self._release(block_id)
         seq.block_table = []
         seq.num_computed_tokens = 0
 
@@ -162,6 +158,32 @@ class BlockManager:
             copies.append((src, dst))
         child.num_computed_tokens = min(parent.num_computed_tokens, len(child.block_table) * size)
         return copies
+
+    def trim_hashes(self, seq: Sequence) -> None:
+        """Forget the hashes of blocks no longer full of `seq`'s tokens, after tokens were cut from its end."""
+        del seq.block_hashes[seq.num_tokens // self.block_size:]
+
+    def roll_back(self, seq: Sequence, num_computed: int) -> None:
+        """After rejected draft tokens were cut from `seq.token_ids`: keep the KV of its first `num_computed`
+        tokens and free the blocks past those.
+
+        The freed blocks were never registered in the prefix cache (register_full_blocks skips draft tokens).
+        """
+        self.trim_hashes(seq)
+        keep = self.blocks_needed(num_computed)
+        for block_id in reversed(seq.block_table[keep:]):
+            self._release(block_id)
+        del seq.block_table[keep:]
+        seq.num_computed_tokens = num_computed
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        assert block.ref_count >= 0
+        if block.ref_count == 0:
+            if not self.enable_prefix_caching:
+                self._forget(block)
+            self.free_queue[block_id] = None
 
     def _take_free_block(self) -> int:
         block_id, _ = self.free_queue.popitem(last=False)

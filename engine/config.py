@@ -29,6 +29,13 @@ class EngineConfig:
     # Stream decoder layers in from host memory, at most this many resident at once (None: all resident;
     # engine/offload.py).
     offload_max_resident_layers: int | None = None
+    # speculative decoding of greedy rows (engine/speculative.py): off | ngram (prompt lookup) | draft (draft_model)
+    speculative: str = "off"
+    num_speculative_tokens: int = 4
+    draft_model: str | None = None
+    spec_ngram_min: int = 2
+    spec_ngram_max: int = 4
+    spec_max_running: int = 2  # speculate only while at most this many sequences run (measured: docs/PERFORMANCE.md)
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -48,3 +55,14 @@ class EngineConfig:
                              "use one or the other")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.speculative not in ("off", "ngram", "draft"):
+            raise ValueError(f"speculative must be off, ngram or draft, got {self.speculative!r}")
+        if self.speculative == "draft" and not self.draft_model:
+            raise ValueError("speculative='draft' needs draft_model (an alias, HF directory or GGUF file)")
+        if self.num_speculative_tokens < 1:
+            raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
+        if self.spec_max_running < 0:
+            raise ValueError(f"spec_max_running must be >= 0, got {self.spec_max_running}")
+        if not 1 <= self.spec_ngram_min <= self.spec_ngram_max:
+            raise ValueError(f"need 1 <= spec_ngram_min <= spec_ngram_max, got {self.spec_ngram_min} and "
+                             f"{self.spec_ngram_max}")

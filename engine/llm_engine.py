@@ -17,6 +17,7 @@ from engine.request import Prompt, RequestState
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.speculative import build_speculator
 from engine.startup import EngineParts, build_engine_parts
 
 logger = logging.getLogger("tide.engine")
@@ -35,6 +36,9 @@ class EngineStats:
     mean_batch_occupancy: float = 0.0
     load_time_s: float = 0.0
     busy_time_s: float = 0.0
+    spec_proposed_tokens: int = 0  # draft tokens verified by the target (speculative decoding)
+    spec_accepted_tokens: int = 0  # of those, the ones it agreed with
+    spec_acceptance_rate: float = 0.0
     _occupancy_sum: float = field(default=0.0, repr=False)
 
 
@@ -61,6 +65,7 @@ class LLMEngine:
                                    self.config.max_num_batched_tokens, self.config.enable_prefix_caching)
         self.beam_search = BeamSearch(self.scheduler, self.block_manager, self.runner, self.tokenizer,
                                       self.eos_token_ids)
+        self.speculator = build_speculator(self.config, parts, self.max_model_len, self.scheduler.watermark_blocks)
         self.stats = EngineStats(load_time_s=parts.load_time_s)
         self._lock = threading.Lock()
         self._intake: list[RequestState] = []
@@ -105,6 +110,8 @@ class LLMEngine:
         """Run one scheduler step; return the requests that finished during it."""
         self._take_intake()
         out = self.scheduler.schedule()
+        if self.speculator is not None:
+            self.speculator.fit(out)
         if not out.is_empty:
             started = time.monotonic()
             self._mark_scheduled(out.scheduled, started)
@@ -113,13 +120,21 @@ class LLMEngine:
                 seq.num_computed_tokens += num_new
                 self.block_manager.register_full_blocks(seq)
             if sampling:
-                self.stats.generation_tokens += len(sampling)
+            if sampling:
+                num_rows = len(sampling)
                 logits, sampling, ended = self.beam_search.step(logits, sampling)
+                self.stats.generation_tokens += num_rows - len(sampling)  # beams took their tokens
                 for request_id in ended:
                     self._finish_request(self._requests[request_id])
             if sampling:
                 bitmask = self.guided.bitmask(sampling)
-                self._postprocess(sampling, self.sampler(logits, sampling, self.eos_token_ids, bitmask))
+                if self.speculator is None:
+                    sampled = self.sampler(logits, sampling, self.eos_token_ids, bitmask)
+                else:
+                    sampling, sampled = self._verify(logits, sampling, bitmask)
+                self.stats.generation_tokens += self._postprocess(sampling, sampled)
+            if self.speculator is not None:
+                self.speculator.propose(self.scheduler.running)
             self._account(out, time.monotonic() - started)
         return self._collect_done()
 
@@ -175,9 +190,23 @@ class LLMEngine:
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
 
-    def _postprocess(self, seqs: list[Sequence], sampled) -> None:
+    def _verify(self, logits: torch.Tensor, seqs: list[Sequence], bitmask: torch.Tensor | None):
+        verified = self.speculator.verify(logits, seqs, self.sampler, self.eos_token_ids, bitmask)
+        for seq, proposed, accepted in verified.counts:
+            metrics = self._requests[seq.request_id].metrics
+            metrics.spec_proposed_tokens += proposed
+            metrics.spec_accepted_tokens += accepted
+        return verified.seqs, verified.sampled
+
+    def _postprocess(self, seqs: list[Sequence], sampled) -> int:
+        """Append each sampled token and check stops; returns the number appended. A sequence may come several
+        times in a row (accepted draft tokens): once it stops, its later tokens are dropped."""
         now = time.monotonic()
+        appended = 0
         for seq, token_id, logprob in zip(seqs, sampled.token_ids, sampled.logprobs):
+            if seq.is_finished:
+                continue
+            appended += 1
             state = self._requests[seq.request_id]
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
@@ -189,6 +218,7 @@ class LLMEngine:
                 self.scheduler.finish(seq)
                 if all(s.is_finished for s in state.seqs):
                     self._finish_request(state)
+        return appended
 
     def _follow_guide(self, state: RequestState, seq: Sequence, token_id: int) -> bool:
         """Feed the token to the sequence's grammar, if it has one, and append the tokens the grammar forces after
@@ -220,3 +250,7 @@ class LLMEngine:
         stats.prefix_cache_hit_rate = self.block_manager.hit_rate
         stats._occupancy_sum += len(out.scheduled) / self.config.max_num_seqs
         stats.mean_batch_occupancy = stats._occupancy_sum / stats.num_steps
+        if self.speculator is not None:
+            stats.spec_proposed_tokens = self.speculator.num_proposed
+            stats.spec_accepted_tokens = self.speculator.num_accepted
+            stats.spec_acceptance_rate = stats.spec_accepted_tokens / max(stats.spec_proposed_tokens, 1)

@@ -40,7 +40,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
-        """Compute the scheduled tokens; return fp32 logits [S, vocab] for the S sequences that reach their end."""
+        """Compute the scheduled tokens; return fp32 logits for the sequences that reach their end: one row each, or
+        1 + num_draft_tokens consecutive rows for a sequence carrying draft tokens."""
         input_ids, ctx, logits_indices, sampling = self._prepare(scheduled)
         hidden = self.model(input_ids, ctx, self.kv_caches)
         if not sampling:
@@ -70,7 +71,8 @@ class ModelRunner:
             query_lens.append(num_new)
             seq_lens.append(end)
             if end == seq.num_tokens:
-                logits_indices.append(len(tokens) - 1)
+                # a sequence carrying draft tokens is verified at each of them, plus the token before the first
+                logits_indices.extend(range(len(tokens) - 1 - seq.num_draft_tokens, len(tokens)))
                 sampling.append(seq)
         max_blocks = max(len(seq.block_table) for seq, _ in scheduled)
         tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq, _ in scheduled]

@@ -37,6 +37,8 @@ class RequestMetrics:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
+    spec_proposed_tokens: int = 0  # draft tokens the target verified for this request (speculative decoding)
+    spec_accepted_tokens: int = 0
 
     @property
     def queue_time(self) -> float | None:

@@ -44,6 +44,7 @@ class SamplingParams(BaseModel):
     best_of: int | None = Field(None, ge=1, le=128)  # beam width with use_beam_search (default: n)
     length_penalty: float = 1.0
     early_stopping: bool | Literal["never"] = False
+    speculate: bool = True  # False: never speculate for this request, even on an engine that does (greedy rows only)
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -49,6 +49,7 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
+        self.num_draft_tokens = 0  # proposed tokens at the end of token_ids, not yet verified (speculative decoding)
         self.block_hashes: list[int] = []  # chained hashes of full blocks, filled in by the block manager
         self.num_admissions = 0  # times moved from waiting to running (more than one means it was preempted)
         self.block_table: list[int] = []

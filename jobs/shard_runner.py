@@ -327,6 +327,8 @@ def _record(outcome: _Outcome, row: PromptRow, output) -> None:
     progress.prompt_tokens += metrics.prompt_tokens
     progress.completion_tokens += metrics.completion_tokens
     progress.cached_prompt_tokens += metrics.cached_prompt_tokens
+    progress.spec_proposed_tokens += metrics.spec_proposed_tokens
+    progress.spec_accepted_tokens += metrics.spec_accepted_tokens
 
 
 def _logprobs(logprobs) -> list[dict] | None:

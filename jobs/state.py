@@ -65,6 +65,8 @@ class ShardProgress(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
+    spec_proposed_tokens: int = 0  # draft tokens verified for these rows (speculative decoding)
+    spec_accepted_tokens: int = 0
 
 
 class EngineFigures(BaseModel):
@@ -75,6 +77,8 @@ class EngineFigures(BaseModel):
     preemptions: int = 0
     busy_time_s: float = 0.0
     generation_tokens: int = 0
+    spec_proposed_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
 
 class ShardState(BaseModel):

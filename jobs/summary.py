@@ -40,11 +40,21 @@ def build_summary(job: Job, shards: list[ShardState], prefix: Location, now: flo
         "workers": _per_worker(shards),
         "num_shards": len(shards),
         "job_prefix_cache_hit_rate": usage.cached_prompt_tokens / usage.prompt_tokens if usage.prompt_tokens else None,
+        "speculative": _speculative(shards),
         "cost": job_cost(shards, usage.completion_tokens,
                          price_from_environ() if price_per_worker_hour is None else price_per_worker_hour),
         "histograms": {name.removesuffix("_s"): histogram(values) for name, values in timings.items()},
         "series": job_series(read_series(prefix), started, now),
     }
+
+
+def _speculative(shards: list[ShardState]) -> dict | None:
+    """Draft tokens the engines verified for this job's rows and the share accepted; None without speculation."""
+    proposed = sum(s.progress.spec_proposed_tokens for s in shards)
+    if not proposed:
+        return None
+    accepted = sum(s.progress.spec_accepted_tokens for s in shards)
+    return {"proposed_tokens": proposed, "accepted_tokens": accepted, "acceptance_rate": accepted / proposed}
 
 
 def _read_timings(prefix: Location) -> dict[str, np.ndarray]:
@@ -127,6 +137,10 @@ def format_report(summary: dict) -> str:
     hit = summary.get("prefix_cache_hit_rate")
     lines.append(f"  engine     {summary['preemptions']} preemptions, prefix-cache hit rate "
                  f"{'-' if hit is None else f'{hit:.1%}'}")
+    spec = summary.get("speculative")
+    if spec:
+        lines.append(f"  speculative decoding: {spec['acceptance_rate']:.1%} of {spec['proposed_tokens']} draft tokens "
+                     "accepted")
     cost = summary.get("cost")
     if cost:
         per_million = cost["cost_per_1m_output_tokens"]

@@ -17,6 +17,7 @@ from jobs.storage import StorageError
 from jobs.store import JobNotFound, StoreUnavailable
 from tide.logs import configure_logging
 from tide.settings import Settings, get_settings
+from tide.speculative_options import add_speculative_options, speculative_config
 from tide.wiring import UsageError, connect, engine_service
 
 
@@ -126,6 +127,7 @@ def _add_run(sub, settings: Settings) -> None:
     p.add_argument("--shards-in-flight", type=int, default=2, help="shards sharing the engine at once")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--webhook", default=None, help="URL to POST the signed job event to when it ends")
+    add_speculative_options(p, settings)
     p.set_defaults(handler=lambda args: cmd_run(args, settings))
 
 
@@ -165,7 +167,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     defaults = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
     args.sampling = {**defaults, **args.sampling}
     spec = spec_from_args(args, os.path.abspath(args.output), webhook_url=args.webhook)
-    service = engine_service(spec.model, args.dtype)
+    service = engine_service(spec.model, args.dtype, **speculative_config(args))
     try:
         job = run_embedded(spec, service, args.shards_in_flight, show_progress=not args.no_progress,
                            webhooks=webhook_config(settings))

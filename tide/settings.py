@@ -95,6 +95,17 @@ class Settings(BaseSettings):
                                         "or link-local addresses")
     webhook_timeout_s: float = Field(15.0, gt=0, description="timeout of one webhook attempt")
 
+    # Speculative decoding of greedy rows in the worker's engine (`tide worker`, `tide run`).
+    speculative: Literal["off", "ngram", "draft"] = Field("off", description="off; ngram (drafts looked up in the "
+                                                          "prompt and output); draft (a smaller model drafts)")
+    num_speculative_tokens: int = Field(4, ge=1, description="draft tokens proposed per sequence and step")
+    draft_model: str | None = Field(None, description="draft model for TIDE_SPECULATIVE=draft (alias, HF directory "
+                                    "or GGUF file with the served model's tokenizer)")
+    spec_ngram_min: int = Field(2, ge=1, description="shortest suffix prompt lookup matches")
+    spec_ngram_max: int = Field(4, ge=1, description="longest suffix prompt lookup matches")
+    spec_max_running: int = Field(2, ge=0, description="speculate only while at most this many sequences run "
+                                  "(above it a step is compute-bound and drafts cost more than they save)")
+
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()

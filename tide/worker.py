@@ -6,6 +6,7 @@ import os
 import socket
 
 from tide.settings import Settings
+from tide.speculative_options import add_speculative_options, speculative_config
 from tide.wiring import connect, engine_service
 
 EXIT_ON_ID_HOOK = "TIDE_TEST_EXIT_ON_ID"  # test hook, not a setting: exit the process when this row's turn comes
@@ -33,6 +34,7 @@ def add_parser(sub, settings: Settings) -> None:
     p.add_argument("--max-attempts", type=int, default=settings.max_attempts,
                    help="runs of one shard before its rows fail")
     p.add_argument("--loglevel", default=settings.log_level)
+    add_speculative_options(p, settings)
     add_redis_option(p, settings)
     p.set_defaults(handler=lambda args: run_worker(args, settings))
 
@@ -58,7 +60,8 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     service = engine_service(args.model, args.dtype, max_num_seqs=args.max_num_seqs,
                              kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads,
                              tensor_parallel_size=args.tensor_parallel_size,
-                             offload_max_resident_layers=args.offload_max_resident_layers)
+                             offload_max_resident_layers=args.offload_max_resident_layers,
+                             **speculative_config(args))
     leases = LeaseBook(store.redis, settings.lease_ttl_s)
     keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
     finalizer = Finalizer(store=store, webhook_secret=settings.webhook_secret)

@@ -53,7 +53,9 @@ class EngineService:
         return EngineFigures(mean_batch_occupancy=stats.mean_batch_occupancy,
                              prefix_cache_hit_rate=stats.prefix_cache_hit_rate, preemptions=stats.preemptions,
                              busy_time_s=getattr(stats, "busy_time_s", 0.0),
-                             generation_tokens=stats.generation_tokens)
+                             generation_tokens=stats.generation_tokens,
+                             spec_proposed_tokens=stats.spec_proposed_tokens,
+                             spec_accepted_tokens=stats.spec_accepted_tokens)
 
     def close(self) -> None:
         self._stop.set()
