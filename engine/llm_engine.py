@@ -120,7 +120,6 @@ class LLMEngine:
                 seq.num_computed_tokens += num_new
                 self.block_manager.register_full_blocks(seq)
             if sampling:
-            if sampling:
                 num_rows = len(sampling)
                 logits, sampling, ended = self.beam_search.step(logits, sampling)
                 self.stats.generation_tokens += num_rows - len(sampling)  # beams took their tokens
