@@ -172,3 +172,21 @@ def test_bitmask_allows_exactly_the_marked_tokens():
     apply_token_bitmask_(logits, bitmask)
     assert torch.isfinite(logits[0]).all()
     assert torch.isfinite(logits[1]).nonzero().flatten().tolist() == [63]
+
+
+def test_guided_rows_beside_speculated_rows_keep_their_grammar_and_the_others_their_tokens(tiny_model_dir):
+    """A speculating engine drafts for the plain greedy row only; in the verifying forward the guided rows still
+    get their masks, and the plain rows the same tokens as without speculation."""
+    path = str(tiny_model_dir("llama"))
+    repeating = [11, 12, 13, 14] * 8
+    params = [guided("json_schema", SCHEMAS[0]), SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+              guided("regex", REGEX)]
+    prompts = [repeating] * 3
+    plain = LLM(path, dtype="float32", device="cpu", kv_cache_bytes=32 << 20).generate(prompts, params)
+    speculating = LLM(path, dtype="float32", device="cpu", kv_cache_bytes=32 << 20, speculative="draft",
+                      draft_model=path, spec_max_running=64)  # drafting for itself: every draft is accepted
+    outputs = speculating.generate(prompts, params)
+    assert speculating.engine.stats.spec_proposed_tokens > 0
+    check(outputs[0].outputs[0], params[0])
+    check(outputs[2].outputs[0], params[2])
+    assert [o.outputs[0].token_ids for o in outputs] == [o.outputs[0].token_ids for o in plain]
