@@ -156,6 +156,8 @@ class BeamSearch:
         """Why this engine cannot run the request's beam search (None if it can): every beam of a group must be
         able to hold its KV at once, and to run in one step."""
         params, bm = state.params, self.block_manager
+        if not self.runner.copies_blocks:
+            return "use_beam_search is not supported with tensor_parallel_size > 1 yet"
         width = params.beam_width
         if width > max_num_seqs:
             return f"best_of ({width} beams) exceeds this engine's max_num_seqs ({max_num_seqs})"

@@ -57,6 +57,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.speculative not in ("off", "ngram", "draft"):
             raise ValueError(f"speculative must be off, ngram or draft, got {self.speculative!r}")
+        if self.speculative == "draft" and self.tensor_parallel_size > 1:
+            raise ValueError("speculative='draft' cannot be combined with tensor_parallel_size > 1 yet; use 'ngram'")
         if self.speculative == "draft" and not self.draft_model:
             raise ValueError("speculative='draft' needs draft_model (an alias, HF directory or GGUF file)")
         if self.num_speculative_tokens < 1:

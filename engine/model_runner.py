@@ -29,6 +29,8 @@ class ModelRunner:
         args = model.args
         return 2 * args.num_layers * args.num_kv_heads * args.head_dim * torch.empty((), dtype=dtype).element_size()
 
+    copies_blocks = True  # copy_blocks reaches the whole KV cache (not so for a tensor-parallel group)
+
     @torch.inference_mode()
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy whole KV blocks src -> dst in every layer (a forked beam's own copy of a partly filled block)."""

@@ -15,6 +15,9 @@ class TensorParallelRunner(ModelRunner):
         super().__init__(*args, **kwargs)
         self.group = group
 
+    # Forked beams copy KV blocks, and only rank 0 would copy its share: beam search is refused per request.
+    copies_blocks = False
+
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
         try:
             return super().run(scheduled)

@@ -275,6 +275,8 @@ def test_config_errors_name_the_field():
         EngineConfig(speculative="draft")
     with pytest.raises(ValueError, match="spec_ngram_min"):
         EngineConfig(speculative="ngram", spec_ngram_min=3, spec_ngram_max=2)
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        EngineConfig(speculative="draft", draft_model="x", tensor_parallel_size=2)
 
 
 # ---- SmolLM2 ------------------------------------------------------------------------------------------------------

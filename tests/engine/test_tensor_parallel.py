@@ -58,6 +58,10 @@ def test_two_ranks_match_one_and_a_dead_rank_fails_fast(tiny_model_dir):
             for a, b in zip(ours.outputs[0].logprobs, ref.outputs[0].logprobs):
                 assert abs(a.logprob - b.logprob) < 1e-4
 
+        beams = SamplingParams(use_beam_search=True, best_of=2, temperature=0.0, max_tokens=4)
+        refused = run_with_deadline(lambda: tp.generate([[5, 6, 7]], beams), 30)[0]
+        assert "tensor_parallel_size" in refused.error  # forks would copy KV blocks on rank 0 only
+
         worker = runner.group._processes[0]
         os.kill(worker.pid, signal.SIGKILL)
         worker.join(10)
