@@ -14,6 +14,7 @@ class EngineConfig:
 
     model: str = "smollm2-135m"
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    quantization: str = "none"  # none | int8 (decoder projections as int8 weights, per-output-channel scales)
     device: str = "auto"  # auto | cpu | cuda
     block_size: int = 16
     kv_cache_bytes: int | None = None
@@ -36,3 +37,5 @@ class EngineConfig:
             raise ValueError(f"kv_cache_fraction must be in (0, 0.95], got {self.kv_cache_fraction}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.quantization not in ("none", "int8"):
+            raise ValueError(f"quantization must be none or int8, got {self.quantization!r}")

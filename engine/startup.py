@@ -11,10 +11,11 @@ import torch
 import kernels
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
-from engine.loader import iter_weights, load_config, load_tokenizer, resolve_model
+from engine.loader import checkpoint_quantization, iter_weights, load_config, load_tokenizer, resolve_model
 from engine.model_runner import ModelRunner
 from engine.models import build_model
 from engine.models.cpu_linear import can_pack, pack_linears
+from engine.models.quant_linear import quantize_weights, use_int8_linears
 from engine.sampler import Sampler
 
 logger = logging.getLogger("tide.engine")
@@ -74,14 +75,14 @@ def free_memory_bytes(device: torch.device) -> int:
 
 def build_engine_parts(config: EngineConfig) -> EngineParts:
     started = time.perf_counter()
-    model_dir = resolve_model(config.model)
+    model_dir = resolve_model(config.model, quantization=config.quantization)
     hf_config = load_config(model_dir)
     tokenizer = load_tokenizer(model_dir)
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     if device.type == "cpu":
         torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
-    model = _load_model(hf_config, model_dir, device, dtype)
+    model = _load_model(hf_config, model_dir, device, dtype, config.quantization)
     args = model.args
     max_model_len = min(config.max_model_len or args.max_position_embeddings,
                         args.max_position_embeddings, args.sliding_window or args.max_position_embeddings)
@@ -106,13 +107,20 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     )
 
 
-def _load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype):
+def _load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, quantization: str = "none"):
     ops = kernels.get_ops(device)
     model = build_model(hf_config, ops)
-    model = model.to(dtype).to_empty(device=device)  # cast while still on meta: no throwaway fp32 copy
+    model = model.to(dtype)  # cast while still on meta: no throwaway fp32 copy
+    weights = iter_weights(model_dir)
+    if quantization == "int8":
+        use_int8_linears(model)
+        weights = quantize_weights(weights)  # float checkpoints are quantized tensor by tensor as they stream in
+    elif checkpoint_quantization(model_dir) != "none":
+        raise ValueError(f"{model_dir} holds int8 weights; load it with quantization int8")
+    model = model.to_empty(device=device)
     if model.args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    model.load_weights(iter_weights(model_dir))
+    model.load_weights(weights)
     model = model.eval().requires_grad_(False)
     if device.type == "cpu" and can_pack(dtype):
         pack_linears(model)
