@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGUFReader, dequantize
+from gguf import MODEL_ARCH_NAMES, GGUFReader, dequantize, get_tensor_name_map
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, PretrainedConfig
-from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map,
-                                                      read_field)
+from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, read_field
 
 from engine.models.quant_linear import is_quantized_weight, quantize_rows
 
@@ -40,9 +39,9 @@ def write_int8_weights(gguf: Path, config: PretrainedConfig, out_dir: Path) -> N
     with torch.device("meta"):
         hf_model = AutoModelForCausalLM.from_config(config)
     config.architectures = [type(hf_model).__name__]
-    processor = TENSOR_PROCESSORS.get(read_field(reader, "general.architecture")[0], TensorProcessor)(
-        config=config.to_dict())
-    names = get_gguf_hf_weights_map(hf_model, processor)
+    architecture = read_field(reader, "general.architecture")[0]
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config.to_dict())
+    names = _gguf_to_hf_names(architecture, list(hf_model.state_dict()), config.num_hidden_layers)
     tensors: dict[str, torch.Tensor] = {}
     source_types: dict[str, int] = {}
     for tensor in reader.tensors:
@@ -72,6 +71,22 @@ def int8_rows(data: np.ndarray, tensor_type) -> tuple[torch.Tensor, torch.Tensor
             q = torch.empty(rows, slab.shape[1], dtype=torch.int8)
         q[start:start + slab.shape[0]], scale[start:start + slab.shape[0]] = quantize_rows(slab)
     return q, scale
+
+
+def _gguf_to_hf_names(architecture: str, hf_names: list[str], num_layers: int) -> dict[str, str]:
+    """GGUF tensor name -> HF name, from the `gguf` package's name table (built once; transformers' helper rebuilds
+    it for every submodule, ~400 times for a 30-layer model)."""
+    arch = next((key for key, value in MODEL_ARCH_NAMES.items() if value == architecture), None)
+    if arch is None:
+        raise ValueError(f"GGUF architecture {architecture!r} is unknown to the installed gguf package")
+    table = get_tensor_name_map(arch, num_layers)
+    names = {}
+    for hf_name in hf_names:
+        module, suffix = hf_name.rsplit(".", 1)
+        gguf_module = table.get_name(module)
+        if gguf_module is not None:
+            names[f"{gguf_module}.{suffix}"] = hf_name
+    return names
 
 
 def _processed(processor: TensorProcessor, array: np.ndarray, gguf_name: str) -> torch.Tensor:
