@@ -1,7 +1,7 @@
 """`python -m engine.bench_quant`: int8 weight-only against fp32 and bf16 on one model, side by side in one run.
 
 Figures: weight bytes and RSS after load (each configuration loaded in a fresh subprocess, so RSS is its own),
-decode throughput on a fixed workload (engines loaded together, timed back to back, best of `--repeats`), and
+the decoder projections' time per pass at decode-sized row counts, decode throughput on a fixed workload (engines loaded together, timed back to back, best of `--repeats`), and
 quality: greedy token agreement and logprob drift against the float reference at the same dtype, teacher-forced
 (every position is scored on the reference's own prefix, so one early divergence does not spoil the rest).
 """
@@ -75,6 +75,24 @@ def decode_throughput(llm: LLM, prompts: list[list[int]], max_tokens: int) -> fl
     return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - start)
 
 
+@torch.inference_mode()
+def linear_pass_ms(llm: LLM, tokens: int, repeats: int = 5) -> float:
+    """Best time (ms) to run every decoder projection of the model once on `tokens` rows: all layers in turn, so
+    the weights stream from memory as in a real step instead of staying in cache."""
+    model = llm.engine.runner.model
+    linears = [m for layer in model.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                                      layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+    dtype = model.embed_tokens.weight.dtype
+    inputs = {n: torch.randn(tokens, n).to(dtype) for n in {m.in_features for m in linears}}
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for m in linears:
+            m(inputs[m.in_features])
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
 def weight_bytes(llm: LLM) -> dict[str, int]:
     """Parameter bytes of the model: the decoder layers (where int8 applies) and the rest."""
     model = llm.engine.runner.model
@@ -134,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         ref = REFERENCE.get(name)
         ratio = f" ({rate / best[ref]:.2f}x {ref})" if ref else ""
         print(f"  {name:17s} {rate:8.1f} out tok/s{ratio}")
+    print("decoder projections, one pass over all layers (ms, best of 5; ratio to the same dtype without int8):")
+    for tokens in (1, 8, 32, 64, 128):
+        times = {name: linear_pass_ms(llm, tokens) for name, llm in engines.items()}
+        print(f"  {tokens:4d} rows: " + ", ".join(
+            f"{name} {t:7.2f}" + (f" ({t / times[REFERENCE[name]]:.2f}x)" if name in REFERENCE else "")
+            for name, t in times.items()))
     chats = [[{"role": "user", "content": c}] for c in QUALITY_CHATS]
     for name, ref in REFERENCE.items():
         print(f"quality {name} vs {ref}: {agreement(engines[ref], engines[name], chats, args.quality_tokens)}")
