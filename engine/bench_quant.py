@@ -1,8 +1,8 @@
 """`python -m engine.bench_quant`: int8 weight-only against fp32 and bf16 on one model, side by side in one run.
 
 Figures: weight bytes and RSS after load (each configuration loaded in a fresh subprocess, so RSS is its own),
-the decoder projections' time per pass at decode-sized row counts, decode throughput on a fixed workload (engines loaded together, timed back to back, best of `--repeats`), and
-quality: greedy token agreement and logprob drift against the float reference at the same dtype, teacher-forced
+decode throughput on a fixed workload (engines loaded together, timed back to back, best of `--repeats`), the
+decoder projections' time per pass at decode-sized row counts, and quality: greedy token agreement and logprob drift against the float reference at the same dtype, teacher-forced
 (every position is scored on the reference's own prefix, so one early divergence does not spoil the rest).
 """
 from __future__ import annotations
