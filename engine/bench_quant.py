@@ -94,11 +94,22 @@ def linear_pass_ms(llm: LLM, tokens: int, repeats: int = 5) -> float:
 
 
 def weight_bytes(llm: LLM) -> dict[str, int]:
-    """Parameter bytes of the model: the decoder layers (where int8 applies) and the rest."""
+    """Weight bytes held by the model: the decoder layers (where int8 applies) and the rest.
+
+    Counts parameters and the packed copies PackedLinear keeps as plain tensors (on a CPU without oneDNN bf16 a
+    bf16 model's packed weights are fp32), each tensor once.
+    """
+    def held(root: torch.nn.Module) -> int:
+        seen: dict[int, int] = {}
+        for module in root.modules():
+            tensors = [*module.parameters(recurse=False),
+                       *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
+            seen.update((id(t), t.numel() * t.element_size()) for t in tensors)
+        return sum(seen.values())
+
     model = llm.engine.runner.model
-    layers = sum(p.numel() * p.element_size() for p in model.layers.parameters())
-    total = sum(p.numel() * p.element_size() for p in model.parameters())  # tied lm_head counted once
-    return {"layers": layers, "other": total - layers}
+    layers = held(model.layers)
+    return {"layers": layers, "other": held(model) - layers}
 
 
 def _memory_probe(model: str, dtype: str, quantization: str) -> dict:
@@ -129,14 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quality-tokens", type=int, default=24)
-    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--memory", choices=["run", "skip", "only"], default="run", help="the memory figures")
     args = p.parse_args(argv)
 
-    if not args.skip_memory:
+    if args.memory != "skip":
         for name, fig in memory_figures(args.model).items():
             print(f"memory {name:17s} weights: layers {fig['layers'] / 2**20:7.1f} MiB + other "
                   f"{fig['other'] / 2**20:6.1f} MiB; RSS after load {fig['rss'] / 2**20:7.1f} MiB, "
                   f"peak {fig['peak_rss'] / 2**20:7.1f} MiB", flush=True)
+    if args.memory == "only":
+        return 0
     engines = {name: LLM(model=args.model, dtype=dtype, quantization=q, num_threads=args.threads)
                for name, (dtype, q) in CONFIGS.items()}
     gen = torch.Generator().manual_seed(0)

@@ -175,7 +175,7 @@ def _cached_conversion(gguf: Path, cache_dir: Path, quantization: str = "none") 
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
         try:
             start = time.perf_counter()
-            _convert_gguf(gguf, tmp, quantization)
+            (_convert_gguf_int8 if quantization == "int8" else _convert_gguf)(gguf, tmp)
             (tmp / MARKER_FILE).write_text(json.dumps(stamp))
             tmp.rename(target)
         except BaseException:
@@ -193,15 +193,8 @@ def _remove_leftovers(cache_dir: Path, key: str) -> None:
             shutil.rmtree(path)
 
 
-def _convert_gguf(gguf: Path, out_dir: Path, quantization: str = "none") -> None:
-    """Dequantize `gguf` with transformers and save it as a float32 safetensors HF directory in `out_dir`
-    (quantization int8: projections as int8, see engine/gguf_int8.py)."""
-    if quantization == "int8":
-        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        write_int8_weights(gguf, config, out_dir)
-        config.save_pretrained(out_dir)
-        _save_generation_config_and_tokenizer(gguf, config, out_dir)
-        return
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize `gguf` with transformers and save it as a float32 safetensors HF directory in `out_dir`."""
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model is flagged quantized and refuses save_pretrained: move its weights into a plain model.
     config = copy.deepcopy(gguf_model.config)
@@ -209,6 +202,14 @@ def _convert_gguf(gguf: Path, out_dir: Path, quantization: str = "none") -> None
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.save_pretrained(out_dir, safe_serialization=True)
+    _save_generation_config_and_tokenizer(gguf, config, out_dir)
+
+
+def _convert_gguf_int8(gguf: Path, out_dir: Path) -> None:
+    """Save `gguf` as a HF directory in `out_dir` with int8 decoder projections (see engine/gguf_int8.py)."""
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    write_int8_weights(gguf, config, out_dir)
+    config.save_pretrained(out_dir)
     _save_generation_config_and_tokenizer(gguf, config, out_dir)
 
 
