@@ -32,8 +32,8 @@ class Int8Linear(nn.Module):
     """`y = (x @ q.T) * scale + b` for x [T, in_features]; q int8 [out, in], scale fp32 [out].
 
     CPU, up to INT8_MM_MAX_TOKENS rows: `aten._weight_int8pack_mm` with bf16 activations (its fp32 variant is ~10x
-    slower on CPU), reading a quarter of the fp32 weight bytes. Otherwise (and on CUDA): a matmul on the weight
-    widened to the activation dtype, with the scale applied to the output; plain torch ops, untested on a GPU here.
+    slower on CPU), reading a quarter of the fp32 weight bytes. Otherwise: a matmul on the weight widened to fp32 (CPU) or to the
+    activation dtype (CUDA), with the scale applied to the output; plain torch ops, untested on a GPU here.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
@@ -65,7 +65,9 @@ class Int8Linear(nn.Module):
             y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight,
                                                    self.weight_scale.to(torch.bfloat16)).to(x.dtype)
         else:
-            y = F.linear(x, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
+            # CPUs without native bf16 run a bf16 F.linear ~4x slower than fp32, so the CPU widens to fp32.
+            dtype = torch.float32 if x.device.type == "cpu" else x.dtype
+            y = (F.linear(x.to(dtype), self.weight.to(dtype)) * self.weight_scale.to(dtype)).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
