@@ -17,7 +17,7 @@ from torch import nn
 
 # Up to this many tokens the CPU path uses aten's int8 weight-only matmul; on larger chunks that kernel (a dot
 # product per output on AVX2) falls behind a float matmul on a widened weight. Measured in docs/PERFORMANCE.md.
-INT8_MM_MAX_TOKENS = 64
+INT8_MM_MAX_TOKENS = 32
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
