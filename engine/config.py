@@ -14,6 +14,7 @@ class EngineConfig:
 
     model: str = "smollm2-135m"
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    quantization: str = "none"  # none | int8 (decoder projections as int8 weights, per-output-channel scales)
     device: str = "auto"  # auto | cpu | cuda
     block_size: int = 16
     kv_cache_bytes: int | None = None
@@ -68,3 +69,8 @@ class EngineConfig:
         if not 1 <= self.spec_ngram_min <= self.spec_ngram_max:
             raise ValueError(f"need 1 <= spec_ngram_min <= spec_ngram_max, got {self.spec_ngram_min} and "
                              f"{self.spec_ngram_max}")
+        if self.quantization not in ("none", "int8"):
+            raise ValueError(f"quantization must be none or int8, got {self.quantization!r}")
+        if self.quantization != "none" and (self.tensor_parallel_size > 1 or self.offload_max_resident_layers):
+            raise ValueError("quantization cannot be combined with tensor_parallel_size > 1 or "
+                             "offload_max_resident_layers yet; use one or the other")

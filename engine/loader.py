@@ -1,7 +1,9 @@
 """Finding a model by name and reading it: aliases, HF directories, GGUF files converted once to a cached directory.
 
 Everything downstream (config, tokenizer, weights) reads a HF-format directory. A GGUF file is dequantized by
-transformers (with the `gguf` package) once, saved as float32 safetensors in the cache, and reused by later loads.
+transformers (with the `gguf` package) once, saved as float32 safetensors in the cache, and reused by later loads;
+with quantization int8 it is converted instead into int8 projections tensor by tensor (engine/gguf_int8.py), cached
+under its own key.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import transformers
 from filelock import FileLock
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
+
+from engine.gguf_int8 import QUANT_FILE, write_int8_weights
 
 logger = logging.getLogger("tide.loader")
 
@@ -65,21 +69,22 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tide" / "models"
 
 
-def resolve_model(name: str, cache_dir: Path | None = None) -> Path:
+def resolve_model(name: str, cache_dir: Path | None = None, quantization: str = "none") -> Path:
     """Turn a model name into a HF-format directory (config.json, *.safetensors, tokenizer files).
 
     `name` is an alias from MODEL_ALIASES, a path to a HF model directory (returned as is), or a path to a .gguf
     file (converted once into `cache_dir`, default `default_cache_dir()`, and reused while the file is unchanged).
+    `quantization` "int8" converts a GGUF into int8 projections (a HF directory is quantized when it loads).
     """
     start = time.perf_counter()
     if name in MODEL_ALIASES:
-        model_dir = _cached_conversion(MODEL_ALIASES[name].path(), cache_dir or default_cache_dir())
+        model_dir = _cached_conversion(MODEL_ALIASES[name].path(), cache_dir or default_cache_dir(), quantization)
     else:
         path = Path(name).expanduser()
         if path.is_dir():
             model_dir = _check_hf_dir(path)
         elif path.is_file() and path.suffix == ".gguf":
-            model_dir = _cached_conversion(path, cache_dir or default_cache_dir())
+            model_dir = _cached_conversion(path, cache_dir or default_cache_dir(), quantization)
         else:
             raise ValueError(
                 f"cannot load model {name!r}: it is not a known alias, an existing HF model directory or a .gguf file. "
@@ -128,15 +133,17 @@ def _summary(model_dir: Path) -> str:
             f"vocab {config.get('vocab_size')}")
 
 
-def _source_stamp(gguf: Path) -> dict:
+def _source_stamp(gguf: Path, quantization: str) -> dict:
     stat = gguf.stat()
-    return {"source": str(gguf.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "converter_version": CONVERTER_VERSION}
+    stamp = {"source": str(gguf.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "converter_version": CONVERTER_VERSION}
+    return stamp if quantization == "none" else {**stamp, "quantization": quantization}
 
 
 def _cache_key(stamp: dict) -> str:
     # Name + size + mtime: a replaced or edited file gets a new key and is converted again.
-    return f"{Path(stamp['source']).stem}-{stamp['size']}-{stamp['mtime_ns']}-v{stamp['converter_version']}"
+    key = f"{Path(stamp['source']).stem}-{stamp['size']}-{stamp['mtime_ns']}-v{stamp['converter_version']}"
+    return key + (f"-{stamp['quantization']}" if "quantization" in stamp else "")
 
 
 def _is_complete(model_dir: Path, stamp: dict) -> bool:
@@ -147,14 +154,14 @@ def _is_complete(model_dir: Path, stamp: dict) -> bool:
         return False
 
 
-def _cached_conversion(gguf: Path, cache_dir: Path) -> Path:
+def _cached_conversion(gguf: Path, cache_dir: Path, quantization: str = "none") -> Path:
     """Return the converted directory for `gguf`, converting it first if no complete one is cached.
 
     The conversion is written into a temporary directory and renamed into place, so a crash never leaves a
     directory that looks cached; a file lock makes concurrent processes wait for one conversion instead of
     racing.
     """
-    stamp = _source_stamp(gguf)
+    stamp = _source_stamp(gguf, quantization)
     key = _cache_key(stamp)
     target = cache_dir / key
     if _is_complete(target, stamp):
@@ -168,7 +175,7 @@ def _cached_conversion(gguf: Path, cache_dir: Path) -> Path:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
         try:
             start = time.perf_counter()
-            _convert_gguf(gguf, tmp)
+            (_convert_gguf_int8 if quantization == "int8" else _convert_gguf)(gguf, tmp)
             (tmp / MARKER_FILE).write_text(json.dumps(stamp))
             tmp.rename(target)
         except BaseException:
@@ -195,5 +202,23 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.save_pretrained(out_dir, safe_serialization=True)
+    _save_generation_config_and_tokenizer(gguf, config, out_dir)
+
+
+def _convert_gguf_int8(gguf: Path, out_dir: Path) -> None:
+    """Save `gguf` as a HF directory in `out_dir` with int8 decoder projections (see engine/gguf_int8.py)."""
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    write_int8_weights(gguf, config, out_dir)
+    config.save_pretrained(out_dir)
+    _save_generation_config_and_tokenizer(gguf, config, out_dir)
+
+
+def _save_generation_config_and_tokenizer(gguf: Path, config: PretrainedConfig, out_dir: Path) -> None:
     GenerationConfig.from_model_config(config).save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out_dir)
+
+
+def checkpoint_quantization(model_dir: Path) -> str:
+    """"int8" for a directory written by the int8 GGUF conversion, else "none" (float weights)."""
+    marker = Path(model_dir) / QUANT_FILE
+    return json.loads(marker.read_text())["method"] if marker.is_file() else "none"

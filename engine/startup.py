@@ -11,11 +11,12 @@ import torch
 import kernels
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
-from engine.loader import iter_weights, load_config, load_tokenizer, resolve_model
+from engine.loader import checkpoint_quantization, iter_weights, load_config, load_tokenizer, resolve_model
 from engine.model_runner import ModelRunner
 from engine.models import build_model
 from engine.models.cpu_linear import can_pack, pack_linears
 from engine.parallel.sharding import TensorShard
+from engine.models.quant_linear import quantize_weights, use_int8_linears
 from engine.sampler import Sampler
 
 logger = logging.getLogger("tide.engine")
@@ -75,7 +76,7 @@ def free_memory_bytes(device: torch.device) -> int:
 
 def build_engine_parts(config: EngineConfig) -> EngineParts:
     started = time.perf_counter()
-    model_dir = resolve_model(config.model)
+    model_dir = resolve_model(config.model, quantization=config.quantization)
     hf_config = load_config(model_dir)
     tokenizer = load_tokenizer(model_dir)
     device = pick_device(config.device)
@@ -91,7 +92,8 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         group = TensorParallelGroup.start(config, model_dir, hf_config, device, dtype, num_threads)
     try:
         model = load_model(hf_config, model_dir, device, dtype, shard=group.shard if group else None,
-                           max_resident_layers=config.offload_max_resident_layers)
+                           max_resident_layers=config.offload_max_resident_layers,
+                           quantization=config.quantization)
         args = model.args
         max_model_len = min(config.max_model_len or args.max_position_embeddings,
                             args.max_position_embeddings, args.sliding_window or args.max_position_embeddings)
@@ -121,17 +123,25 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
 
 
 def load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, shard: TensorShard | None = None,
-               max_resident_layers: int | None = None):
+               max_resident_layers: int | None = None, quantization: str = "none"):
     """Build the model and load its weights: all of it, or one tensor-parallel `shard` of it, or with its decoder
-    layers kept in host memory and streamed in, `max_resident_layers` at a time."""
+    layers kept in host memory and streamed in, `max_resident_layers` at a time; int8 linears with `quantization`."""
     ops = kernels.get_ops(device)
     model = build_model(hf_config, ops, shard and shard.shard_args)
+    model = model.to(dtype)  # cast while still on meta: no throwaway fp32 copy
+    weights = iter_weights(model_dir)
+    if shard is not None:
+        weights = shard.shard_weights(weights)
+    if quantization == "int8":
+        use_int8_linears(model)
+        weights = quantize_weights(weights)  # float checkpoints are quantized tensor by tensor as they stream in
+    elif checkpoint_quantization(model_dir) != "none":
+        raise ValueError(f"{model_dir} holds int8 weights; load it with quantization int8")
     home = torch.device("cpu") if max_resident_layers is not None else device  # offload loads in host memory
-    model = model.to(dtype).to_empty(device=home)  # cast while still on meta: no throwaway fp32 copy
+    model = model.to_empty(device=home)
     if model.args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    weights = iter_weights(model_dir)
-    model.load_weights(shard.shard_weights(weights) if shard is not None else weights)
+    model.load_weights(weights)
     model = model.eval().requires_grad_(False)
     if shard is not None:
         shard.wrap_row_parallel(model)

@@ -124,6 +124,8 @@ def _add_run(sub, settings: Settings) -> None:
     _add_job_options(p, settings, max_tokens=64)
     p.add_argument("--output", default="tide-output", help="local results directory (default ./tide-output)")
     p.add_argument("--dtype", default=settings.dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--quantization", default=settings.quantization, choices=["none", "int8"],
+                   help="int8: decoder projections as int8 weights with per-output-channel scales")
     p.add_argument("--shards-in-flight", type=int, default=2, help="shards sharing the engine at once")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--webhook", default=None, help="URL to POST the signed job event to when it ends")
@@ -167,7 +169,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     defaults = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
     args.sampling = {**defaults, **args.sampling}
     spec = spec_from_args(args, os.path.abspath(args.output), webhook_url=args.webhook)
-    service = engine_service(spec.model, args.dtype, **speculative_config(args))
+    service = engine_service(spec.model, args.dtype, quantization=args.quantization,
+                             **speculative_config(args))
     try:
         job = run_embedded(spec, service, args.shards_in_flight, show_progress=not args.no_progress,
                            webhooks=webhook_config(settings))

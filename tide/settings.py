@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(None, description="signing secret for completion webhooks")
     concurrency: int = Field(2, ge=1, description="shards a worker holds at once, all feeding its one engine")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="worker engine dtype")
+    quantization: Literal["none", "int8"] = Field("none", description="worker engine weights: none, or int8 "
+                                                  "decoder projections with per-output-channel scales")
     threads: int | None = Field(None, ge=1, description="worker torch compute threads (default: all cores)")
     max_num_seqs: int | None = Field(None, ge=1, description="worker engine sequence cap (default: engine's)")
     kv_cache_bytes: int | None = Field(None, ge=1, description="worker KV cache budget (default: a share of RAM)")

@@ -22,6 +22,8 @@ def add_parser(sub, settings: Settings) -> None:
     p.add_argument("--concurrency", type=int, default=settings.concurrency,
                    help="shards held at once, all feeding the one engine")
     p.add_argument("--dtype", default=settings.dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--quantization", default=settings.quantization, choices=["none", "int8"],
+                   help="int8: decoder projections as int8 weights with per-output-channel scales")
     p.add_argument("--max-num-seqs", type=int, default=settings.max_num_seqs)
     p.add_argument("--kv-cache-bytes", type=int, default=settings.kv_cache_bytes)
     p.add_argument("--threads", type=int, default=settings.threads,
@@ -57,8 +59,9 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     # Load the engine before Celery starts: the threads pool runs every task in this process, so all shard tasks
     # share this one engine (and its batch); prefork would load one copy per child, solo would run one shard at
     # a time and leave nothing to refill the batch with.
-    service = engine_service(args.model, args.dtype, max_num_seqs=args.max_num_seqs,
-                             kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads,
+    service = engine_service(args.model, args.dtype, quantization=args.quantization,
+                             max_num_seqs=args.max_num_seqs, kv_cache_bytes=args.kv_cache_bytes,
+                             num_threads=args.threads,
                              tensor_parallel_size=args.tensor_parallel_size,
                              offload_max_resident_layers=args.offload_max_resident_layers,
                              **speculative_config(args))
