@@ -64,6 +64,9 @@ def test_int8_rows_of_a_q8_0_tensor_keep_the_int8_values_of_each_row_largest_blo
 def test_quantization_must_be_none_or_int8():
     with pytest.raises(ValueError, match="quantization must be none or int8, got 'int4'"):
         EngineConfig(quantization="int4")
+    for placement in ({"tensor_parallel_size": 2}, {"offload_max_resident_layers": 2}):
+        with pytest.raises(ValueError, match="quantization cannot be combined"):
+            EngineConfig(quantization="int8", **placement)
 
 
 def test_int8_conversions_are_cached_apart_from_float_ones(tmp_path):
