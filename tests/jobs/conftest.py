@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from jobs.embedded import run_embedded
+from jobs.specs import JobSpec
+from jobs.state import Job
 from tests.jobs.fake_engine import FakeEngine
 from workers.engine_service import EngineService
 
@@ -26,3 +29,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
     """Rows may be dicts (dumped as JSON) or raw strings (written as they are, to make bad lines)."""
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def run_on_engine(spec: JobSpec, engine) -> Job:
+    """Run a job to its end in this process on `engine` (a real one), behind an engine service closed afterwards."""
+    service = EngineService(engine, idle_wait_s=0.01)
+    try:
+        return run_embedded(spec, service, show_progress=False)
+    finally:
+        service.close()

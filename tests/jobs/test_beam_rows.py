@@ -2,13 +2,11 @@
 import pytest
 
 from engine import LLM, LLMEngine, SamplingParams
-from jobs.embedded import run_embedded
 from jobs.rows import ErrorRow, parse_row
 from jobs.specs import JobSpec
 from jobs.state import JobStatus
-from tests.jobs.conftest import write_jsonl
+from tests.jobs.conftest import run_on_engine, write_jsonl
 from tests.jobs.test_pipeline import read_parts
-from workers.engine_service import EngineService
 
 
 def test_openai_body_takes_beam_search_fields():
@@ -26,11 +24,7 @@ def test_job_writes_each_beam_as_a_sample_in_score_order(tmp_path, tiny_model_di
             {"id": "plain", "prompt": "The sea is", "temperature": 0}]
     spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"),
                    sampling={"max_tokens": 6})
-    service = EngineService(LLMEngine(model=model, dtype="float32"), idle_wait_s=0.01)
-    try:
-        job = run_embedded(spec, service, show_progress=False)
-    finally:
-        service.close()
+    job = run_on_engine(spec, LLMEngine(model=model, dtype="float32"))
     assert job.status == JobStatus.COMPLETED
     prefix = tmp_path / "out" / job.id
     results = [(r["custom_id"], r["sample_index"], r["text"]) for r in read_parts(prefix)]

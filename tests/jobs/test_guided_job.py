@@ -6,11 +6,9 @@ import jsonschema
 import pyarrow.parquet as pq
 
 from engine.llm_engine import LLMEngine
-from jobs.embedded import run_embedded
 from jobs.specs import JobSpec
 from jobs.state import JobStatus
-from tests.jobs.conftest import write_jsonl
-from workers.engine_service import EngineService
+from tests.jobs.conftest import run_on_engine, write_jsonl
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
                                            "zip": {"type": "integer", "minimum": 1000, "maximum": 9999}},
@@ -30,11 +28,7 @@ def test_structured_output_job_with_a_bad_schema_row(tmp_path, tiny_model_dir):
     spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"),
                    endpoint="/v1/chat/completions")
     engine = LLMEngine(model=str(tiny_model_dir("llama")), dtype="float32", device="cpu", kv_cache_bytes=16 << 20)
-    service = EngineService(engine, idle_wait_s=0.01)
-    try:
-        job = run_embedded(spec, service, show_progress=False)
-    finally:
-        service.close()
+    job = run_on_engine(spec, engine)
     assert job.status == JobStatus.COMPLETED
     prefix = tmp_path / "out" / job.id
     results = {r["custom_id"]: r for f in sorted(prefix.glob("part-*")) for r in pq.read_table(f).to_pylist()}
