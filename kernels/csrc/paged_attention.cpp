@@ -6,9 +6,11 @@
 // a width: the tests build the 16-wide code on an AVX2 machine, where GCC runs each 16-wide op as two 8-wide ones.
 //
 // Work items are (sequence, kv head, query tile, key range): one item reads each K/V block once for every query
-// head of its GQA group and every query row of its tile, with an fp32 online softmax. Long decodes are split over
-// key ranges when there are too few items to keep the threads busy; a merge step then combines the splits'
-// partial states by their softmax maxima.
+// head of its GQA group and every query row of its tile, with an fp32 online softmax. A single query token (a
+// decode) instead takes two passes, all scores and then all values, with one softmax in between; with many
+// decodes in the batch one item covers all kv heads of its sequence, whose rows sit together in each block. Long
+// decodes are split over key ranges when there are too few items to keep the threads busy; a merge step then
+// combines the splits' partial states by their softmax maxima.
 #include <omp.h>
 
 #include <algorithm>
@@ -85,6 +87,59 @@ inline float hsum(vf v) {
   return s;
 }
 
+// One level of a transposing reduction: x and y hold partial sums in lane blocks of K; the result holds, in
+// alternate blocks, x's and y's sums over adjacent block pairs. W / 2 + W / 4 + ... such folds turn W vectors into
+// one vector of their W horizontal sums (sum_lanes) with 2(W - 1) shuffles, instead of W scalar reductions.
+template <int K>
+inline vf fold(vf x, vf y) {
+#if VW == 4
+  if constexpr (K == 1) return __builtin_shufflevector(x, y, 0, 4, 2, 6) + __builtin_shufflevector(x, y, 1, 5, 3, 7);
+  else return __builtin_shufflevector(x, y, 0, 1, 4, 5) + __builtin_shufflevector(x, y, 2, 3, 6, 7);
+#elif VW == 8
+  if constexpr (K == 1)
+    return __builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
+  else if constexpr (K == 2)
+    return __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
+  else
+    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15);
+#elif VW == 16
+  if constexpr (K == 1)
+    return __builtin_shufflevector(x, y, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+           __builtin_shufflevector(x, y, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  else if constexpr (K == 2)
+    return __builtin_shufflevector(x, y, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+           __builtin_shufflevector(x, y, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  else if constexpr (K == 4)
+    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+           __builtin_shufflevector(x, y, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  else
+    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(x, y, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+#else
+#error "vector width must be 4, 8 or 16"
+#endif
+}
+
+template <int K = 1>
+inline void fold_all(vf* a, int n) {
+  for (int p = 0; p < n; p += 2) a[p / 2] = fold<K>(a[p], a[p + 1]);
+  if constexpr (2 * K < W) fold_all<2 * K>(a, n / 2);
+}
+
+// Dot products of query row q with the W keys at k, k + ks, ..., over nc chunks of W: lane j holds key j's score.
+inline vf key_scores(const float* q, const float* k, int64_t ks, int nc) {
+  vf acc[W] = {};
+  for (int c = 0; c < nc; ++c) {
+    const vf qc = load(q + c * W);
+    for (int j = 0; j < W; ++j) acc[j] += qc * load(k + j * ks + c * W);
+  }
+  fold_all(acc, W);
+  return acc[0];
+}
+
 inline float to_float(float x) { return x; }
 inline float to_float(bf16 x) {
   uint32_t u = uint32_t(x) << 16;
@@ -123,6 +178,41 @@ inline vf vexp(vf x) {
   return (vf)((vi)y & ~dead);
 }
 
+// Asks for one head's rows of a cache block ahead of use. Blocks sit at scattered addresses and a head's rows are
+// strided by the other heads, which the hardware prefetchers do not follow.
+template <typename T>
+inline void prefetch_block(const T* cache, int block, int bs, int num_kv_heads, int head, int nh, int head_dim) {
+  const int64_t row_stride = int64_t(num_kv_heads) * head_dim;
+  const T* base = cache + (int64_t(block) * bs * num_kv_heads + head) * head_dim;
+  const int step = 64 / int(sizeof(T));  // elements per cache line
+  for (int j = 0; j < bs; ++j)
+    for (int d = 0; d < nh * head_dim; d += step) __builtin_prefetch(base + j * row_stride + d);
+}
+
+// acc[0, CN * W) = acc * alpha + sum over keys j in [j0, je) of p[j] * v[j] (key stride ks). CN output chunks times
+// KP interleaved key streams are independent FMA chains, enough to keep the FMA units busy instead of waiting on
+// one chain's latency.
+template <int CN, int KP>
+inline void accumulate_pv(float* acc, const float* p, const float* v, int64_t ks, int j0, int je, float alpha) {
+  vf o[KP][CN] = {};
+  for (int i = 0; i < CN; ++i) o[0][i] = load(acc + i * W) * alpha;
+  int j = j0;
+  for (; j + KP <= je; j += KP)
+    for (int k = 0; k < KP; ++k) {
+      const vf pj = splat(p[j + k]);
+      for (int i = 0; i < CN; ++i) o[k][i] += pj * load(v + (j + k) * ks + i * W);
+    }
+  for (; j < je; ++j) {
+    const vf pj = splat(p[j]);
+    for (int i = 0; i < CN; ++i) o[0][i] += pj * load(v + j * ks + i * W);
+  }
+  for (int i = 0; i < CN; ++i) {
+    vf sum = o[0][i];
+    for (int k = 1; k < KP; ++k) sum += o[k][i];
+    store(acc + i * W, sum);
+  }
+}
+
 struct Args {
   const void* q;
   int64_t q_stride;  // elements between query tokens (heads are contiguous, head_dim elements each)
@@ -138,10 +228,11 @@ struct Args {
 };
 
 struct Item {
-  int seq, head, q0, q1;  // query rows [q0, q1) of the sequence's chunk
+  int seq, head, q0, q1;  // first kv head; query rows [q0, q1) of the sequence's chunk
   int k0, k1;             // key positions [k0, k1)
   int part;               // slot of this split's partial state, -1 when the item writes `out` itself
   int64_t cost;
+  int nh = 1;  // kv heads [head, head + nh): a decode reads whole blocks of every head at once
 };
 
 // Per-thread scratch, grown on demand and kept between calls.
@@ -150,86 +241,122 @@ struct Scratch {
   std::vector<int> lim;
 };
 
+// One head's rows [j0, j1) of a cache block as fp32, with the key stride in *stride: the cache itself for fp32,
+// else those rows widened into scratch (BS x D).
 template <typename T>
-void run_item(const Args& a, const Item& it, Scratch& sc, float* part) {
-  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size;
-  const int BSP = (BS + W - 1) / W * W, nq = it.q1 - it.q0, R = nq * G;
+inline const float* block_rows(const T* cache, int64_t base, int64_t kv_stride, int j0, int j1, int D,
+                               float* scratch, int64_t* stride) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    *stride = kv_stride;
+    return reinterpret_cast<const float*>(cache + base);
+  } else {
+    for (int j = j0; j < j1; ++j)
+      for (int c = 0; c < D; c += W) store(scratch + size_t(j) * D + c, load(cache + base + j * kv_stride + c));
+    *stride = D;
+    return scratch;
+  }
+}
+
+// Scores of query row q against keys [j0, je) of a block of bs keys (key stride ks) into s[j0, je). Whole vectors
+// of keys go first, so lanes of s outside [j0, je) may be written too: the caller masks them.
+inline void block_scores(const float* q, const float* kp, int64_t ks, int bs, int nc, int j0, int je, float* s) {
+  int j = j0 / W * W;
+  for (; j + W <= bs && j < je; j += W) store(s + j, key_scores(q, kp + j * ks, ks, nc));
+  for (j = std::max(j, j0); j < je; ++j) {  // keys past the block's last whole vector
+    vf s0 = {};
+    for (int c = 0; c < nc; ++c) s0 += load(q + c * W) * load(kp + j * ks + c * W);
+    s[j] = hsum(s0);
+  }
+}
+
+// acc += sum over keys j in [j0, je) of p[j] * v[j] for one row, D = nc * W.
+inline void block_values(float* acc, const float* p, const float* vp, int64_t ks, int nc, int j0, int je,
+                         float alpha) {
+  int c = 0;
+  for (; c + 8 <= nc; c += 8) accumulate_pv<8, 1>(acc + c * W, p, vp + c * W, ks, j0, je, alpha);
+  for (; c + 4 <= nc; c += 4) accumulate_pv<4, 2>(acc + c * W, p, vp + c * W, ks, j0, je, alpha);
+  for (; c < nc; ++c) accumulate_pv<1, 2>(acc + c * W, p, vp + c * W, ks, j0, je, alpha);
+}
+
+// Sizes the scratch for an item of R rows and loads its queries, scaled, with each row's visible key limit.
+template <typename T>
+void start_item(const Args& a, const Item& it, Scratch& sc, int R) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, nq = it.q1 - it.q0, HG = it.nh * G;
   const int q_len = a.query_start_loc[it.seq + 1] - a.query_start_loc[it.seq];
   const int first_pos = a.seq_lens[it.seq] - q_len;
-  const int64_t kv_stride = int64_t(a.num_kv_heads) * D;  // elements between keys of one block
   sc.q.resize(size_t(R) * D);
   sc.acc.assign(size_t(R) * D, 0.f);
   sc.m.assign(R, NEG_INF);
   sc.l.assign(R, 0.f);
-  sc.s.resize(size_t(R) * BSP);
   sc.lim.resize(R);
   if (sizeof(T) != sizeof(float)) {
-    sc.k.resize(size_t(BS) * D);
-    sc.v.resize(size_t(BS) * D);
+    sc.k.resize(size_t(it.nh) * a.block_size * D);
+    sc.v.resize(size_t(it.nh) * a.block_size * D);
   }
   const T* q = static_cast<const T*>(a.q);
   for (int i = 0; i < nq; ++i) {
     const int64_t row = a.query_start_loc[it.seq] + it.q0 + i;
-    for (int g = 0; g < G; ++g) {
-      const int r = i * G + g;
+    for (int g = 0; g < HG; ++g) {  // row r = i * HG + g: query head it.head * G + g
+      const int r = i * HG + g;
       const T* src = q + row * a.q_stride + int64_t(it.head * G + g) * D;
       for (int d = 0; d < D; ++d) sc.q[size_t(r) * D + d] = to_float(src[d]) * a.scale;
       sc.lim[r] = first_pos + it.q0 + i + 1;  // keys < lim are visible to this row
     }
   }
+}
+
+// Writes an item's rows (acc / l) to out, or its unnormalised state to its split's partial slot.
+template <typename T>
+void finish_item(const Args& a, const Item& it, const Scratch& sc, float* part, int R) {
+  const int HG = it.nh * a.num_q_heads / a.num_kv_heads, D = a.head_dim;
+  if (part) {  // partial state of one split: [R, D] accumulator, then R maxima, then R denominators
+    std::memcpy(part, sc.acc.data(), sizeof(float) * R * D);
+    std::memcpy(part + R * D, sc.m.data(), sizeof(float) * R);
+    std::memcpy(part + R * D + R, sc.l.data(), sizeof(float) * R);
+    return;
+  }
+  T* out = static_cast<T*>(a.out);
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = a.query_start_loc[it.seq] + it.q0 + r / HG;
+    T* dst = out + (row * a.num_q_heads + it.head * HG / it.nh + r % HG) * D;
+    const float inv = 1.f / sc.l[r];
+    for (int d = 0; d < D; ++d) from_float(sc.acc[size_t(r) * D + d] * inv, dst + d);
+  }
+}
+
+// A tile of query rows over its causal keys, block by block with an online softmax.
+template <typename T>
+void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, nc = D / W;
+  const int BSP = (BS + W - 1) / W * W, R = (it.q1 - it.q0) * G;
+  const int64_t kv_stride = int64_t(a.num_kv_heads) * D;  // elements between keys of one block
+  start_item<T>(a, it, sc, R);
+  sc.s.resize(size_t(R) * BSP);
   const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
-  const int nc = D / W;
   for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += BS) {
     const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head) * D;
     const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
-    const float* kp;
-    const float* vp;
-    int64_t ks;
-    if constexpr (sizeof(T) == sizeof(float)) {
-      kp = reinterpret_cast<const float*>(k_cache + base);
-      vp = reinterpret_cast<const float*>(v_cache + base);
-      ks = kv_stride;
-    } else {
-      for (int j = j0; j < j1; ++j)
-        for (int c = 0; c < nc; ++c) {
-          store(&sc.k[size_t(j) * D + c * W], load(k_cache + base + j * kv_stride + c * W));
-          store(&sc.v[size_t(j) * D + c * W], load(v_cache + base + j * kv_stride + c * W));
-        }
-      kp = sc.k.data();
-      vp = sc.v.data();
-      ks = D;
+    if (key0 + BS < it.k1) {
+      prefetch_block(k_cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
+      prefetch_block(v_cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
     }
+    int64_t ks;
+    const float* kp = block_rows(k_cache, base, kv_stride, j0, j1, D, sc.k.data(), &ks);
+    const float* vp = block_rows(v_cache, base, kv_stride, j0, j1, D, sc.v.data(), &ks);
     for (int r = 0; r < R; ++r) {
       const int je = std::min(j1, sc.lim[r] - key0);
       if (je <= j0) continue;
       float* s = &sc.s[size_t(r) * BSP];
-      const float* qr = &sc.q[size_t(r) * D];
-      int j = j0;
-      for (; j + 4 <= je; j += 4) {  // four independent dot products
-        vf s0 = {}, s1 = {}, s2 = {}, s3 = {};
-        for (int c = 0; c < nc; ++c) {
-          const vf qc = load(qr + c * W);
-          s0 += qc * load(kp + (j + 0) * ks + c * W);
-          s1 += qc * load(kp + (j + 1) * ks + c * W);
-          s2 += qc * load(kp + (j + 2) * ks + c * W);
-          s3 += qc * load(kp + (j + 3) * ks + c * W);
-        }
-        s[j] = hsum(s0), s[j + 1] = hsum(s1), s[j + 2] = hsum(s2), s[j + 3] = hsum(s3);
-      }
-      for (; j < je; ++j) {
-        vf s0 = {};
-        for (int c = 0; c < nc; ++c) s0 += load(qr + c * W) * load(kp + j * ks + c * W);
-        s[j] = hsum(s0);
-      }
+      block_scores(&sc.q[size_t(r) * D], kp, ks, BS, nc, j0, je, s);
       float block_max = NEG_INF;
-      for (j = j0; j < je; ++j) block_max = std::max(block_max, s[j]);
+      for (int j = j0; j < je; ++j) block_max = std::max(block_max, s[j]);
       const float m_old = sc.m[r], m_new = std::max(m_old, block_max);
       const float alpha = m_old == NEG_INF ? 0.f : std::exp(m_old - m_new);
       // Probabilities over whole vectors: entries outside [j0, je) are -inf and come out as 0.
-      for (j = 0; j < j0; ++j) s[j] = NEG_INF;
-      for (j = je; j < BSP; ++j) s[j] = NEG_INF;
+      for (int j = 0; j < j0; ++j) s[j] = NEG_INF;
+      for (int j = je; j < BSP; ++j) s[j] = NEG_INF;
       vf psum = {};
       for (int c = 0; c < BSP / W; ++c) {
         const vf p = vexp(load(s + c * W) - m_new);
@@ -238,35 +365,69 @@ void run_item(const Args& a, const Item& it, Scratch& sc, float* part) {
       }
       sc.m[r] = m_new;
       sc.l[r] = sc.l[r] * alpha + hsum(psum);
-      float* acc = &sc.acc[size_t(r) * D];
-      for (int c = 0; c < nc; ++c) {
-        vf o0 = load(acc + c * W) * alpha, o1 = {};
-        int jj = j0;
-        for (; jj + 2 <= je; jj += 2) {
-          o0 += s[jj] * load(vp + jj * ks + c * W);
-          o1 += s[jj + 1] * load(vp + (jj + 1) * ks + c * W);
-        }
-        if (jj < je) o0 += s[jj] * load(vp + jj * ks + c * W);
-        store(acc + c * W, o0 + o1);
-      }
+      block_values(&sc.acc[size_t(r) * D], s, vp, ks, nc, j0, je, alpha);
     }
   }
-  if (part) {  // partial state of one split: [R, D] accumulator, then R maxima, then R denominators
-    std::memcpy(part, sc.acc.data(), sizeof(float) * R * D);
-    std::memcpy(part + R * D, sc.m.data(), sizeof(float) * R);
-    std::memcpy(part + R * D + R, sc.l.data(), sizeof(float) * R);
-    return;
-  }
-  T* out = static_cast<T*>(a.out);
-  for (int i = 0; i < nq; ++i) {
-    const int64_t row = a.query_start_loc[it.seq] + it.q0 + i;
-    for (int g = 0; g < G; ++g) {
-      const int r = i * G + g;
-      T* dst = out + (row * a.num_q_heads + it.head * G + g) * D;
-      const float inv = 1.f / sc.l[r];
-      for (int d = 0; d < D; ++d) from_float(sc.acc[size_t(r) * D + d] * inv, dst + d);
+  finish_item<T>(a, it, sc, part, R);
+}
+
+// One query token (a decode, or a split of one) over keys [k0, k1), all visible to it: every score first, then one
+// softmax per row, then the weighted sum of the values. Each block then costs its two passes of FMAs and little
+// else, where an online softmax rescales per block and row.
+template <typename T>
+void run_single_item(const Args& a, const Item& it, Scratch& sc, float* part) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, nc = D / W, R = it.nh * G;
+  const int64_t kv_stride = int64_t(a.num_kv_heads) * D;
+  const int kb = it.k0 / BS * BS, lo = it.k0 - kb, hi = it.k1 - kb;  // scores of row r: s[r * span + key - kb]
+  const int span = (hi + W - 1) / W * W;
+  start_item<T>(a, it, sc, R);
+  sc.s.resize(size_t(R) * span);
+  const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
+  const T* k_cache = static_cast<const T*>(a.k_cache);
+  const T* v_cache = static_cast<const T*>(a.v_cache);
+  int64_t ks;
+  for (int key0 = kb; key0 < it.k1; key0 += BS) {
+    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
+    if (key0 + BS < it.k1) prefetch_block(k_cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
+    for (int h = 0; h < it.nh; ++h) {
+      const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head + h) * D;
+      const float* kp = block_rows(k_cache, base, kv_stride, j0, j1, D, sc.k.data() + size_t(h) * BS * D, &ks);
+      for (int r = h * G; r < (h + 1) * G; ++r)
+        block_scores(&sc.q[size_t(r) * D], kp, ks, BS, nc, j0, j1, &sc.s[size_t(r) * span + key0 - kb]);
     }
   }
+  prefetch_block(v_cache, table[kb / BS], BS, a.num_kv_heads, it.head, it.nh, D);
+  for (int r = 0; r < R; ++r) {
+    float* s = &sc.s[size_t(r) * span];
+    for (int j = 0; j < lo; ++j) s[j] = NEG_INF;
+    for (int j = hi; j < span; ++j) s[j] = NEG_INF;
+    vf vmax = splat(NEG_INF);
+    for (int j = 0; j < span; j += W) {
+      const vf v = load(s + j);
+      vmax = v > vmax ? v : vmax;
+    }
+    float m = NEG_INF;
+    for (int i = 0; i < W; ++i) m = std::max(m, vmax[i]);
+    vf psum = {};
+    for (int j = 0; j < span; j += W) {
+      const vf p = vexp(load(s + j) - m);
+      store(s + j, p);
+      psum += p;
+    }
+    sc.m[r] = m;
+    sc.l[r] = hsum(psum);
+  }
+  for (int key0 = kb; key0 < it.k1; key0 += BS) {
+    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
+    if (key0 + BS < it.k1) prefetch_block(v_cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
+    for (int h = 0; h < it.nh; ++h) {
+      const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head + h) * D;
+      const float* vp = block_rows(v_cache, base, kv_stride, j0, j1, D, sc.v.data() + size_t(h) * BS * D, &ks);
+      for (int r = h * G; r < (h + 1) * G; ++r)
+        block_values(&sc.acc[size_t(r) * D], &sc.s[size_t(r) * span + key0 - kb], vp, ks, nc, j0, j1, 1.f);
+    }
+  }
+  finish_item<T>(a, it, sc, part, R);
 }
 
 // Combines the splits of one decode (sequence, kv head): weights each by exp(its max - the overall max).
@@ -305,6 +466,8 @@ std::vector<Item> plan(const Args& a, int num_threads, std::vector<int>& split_f
     base_items += int64_t((q_len + tm - 1) / tm) * a.num_kv_heads;
   }
   const int64_t want = 4 * int64_t(num_threads);
+  // Decodes take all kv heads in one item when that still leaves plenty of items to even out the threads.
+  const bool group_heads = base_items >= 4 * want * a.num_kv_heads;
   std::vector<Item> items;
   num_parts = 0;
   for (int b = 0; b < a.num_seqs; ++b) {
@@ -314,6 +477,12 @@ std::vector<Item> plan(const Args& a, int num_threads, std::vector<int>& split_f
     if (q_len == 1 && base_items < want && num_threads > 1) {
       splits = int(std::min<int64_t>((want + base_items - 1) / base_items, len / MIN_SPLIT_KEYS));
       splits = std::max(splits, 1);
+    }
+    if (group_heads && q_len == 1) {  // one item reads every head's rows of each block: contiguous memory
+      Item whole{b, 0, 0, 1, 0, len, -1, int64_t(a.num_q_heads) * len};
+      whole.nh = a.num_kv_heads;
+      items.push_back(whole);
+      continue;
     }
     for (int h = 0; h < a.num_kv_heads; ++h) {
       if (splits > 1) {
@@ -352,7 +521,11 @@ void paged_attention(const Args& a, int num_threads) {
 #pragma omp for schedule(dynamic, 1)
     for (int i = 0; i < n; ++i) {
       const Item& it = items[order[i]];
-      run_item<T>(a, it, scratch, it.part < 0 ? nullptr : parts.data() + size_t(it.part) * part_size);
+      float* part = it.part < 0 ? nullptr : parts.data() + size_t(it.part) * part_size;
+      if (it.q1 - it.q0 == 1)
+        run_single_item<T>(a, it, scratch, part);
+      else
+        run_tile_item<T>(a, it, scratch, part);
     }
     const int num_merges = int(split_bounds.size() / 2);
 #pragma omp for schedule(static)

@@ -58,6 +58,17 @@ def test_sixteen_wide_code_matches(paged_batch, dtype):
     torch.testing.assert_close(wide, run_native(batch), atol=TOLERANCE[dtype] / 4, rtol=TOLERANCE[dtype] / 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("vector_width", [None, 16])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_many_decodes_read_every_head_at_once(paged_batch, dtype, vector_width, block_size):
+    """With many decodes in a batch (here 40 on 2 threads) one work item covers all kv heads of a sequence."""
+    lengths = [1 + (37 * i) % 211 for i in range(40)]
+    batch = paged_batch(lengths, [(50, 9)], 6, 2, 64, block_size, dtype, float("nan"), seed=11)
+    out = run_native(batch, vector_width=vector_width, num_threads=2)
+    torch.testing.assert_close(out.double(), reference(batch), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
 @pytest.mark.parametrize("num_threads", [1, 2, 8])
 def test_split_decodes_equal_one_pass(paged_batch, num_threads):
     """Few long decodes are split over key ranges (more threads, more splits) and merged."""
