@@ -87,37 +87,45 @@ inline float hsum(vf v) {
   return s;
 }
 
+// Lane shuffle of two vectors by constant indices (0..W-1 from x, W..2W-1 from y). GCC before 12 lacks
+// __builtin_shufflevector and clang lacks __builtin_shuffle.
+#if defined(__clang__)
+#define SHUFFLE(x, y, ...) __builtin_shufflevector(x, y, __VA_ARGS__)
+#else
+#define SHUFFLE(x, y, ...) __builtin_shuffle(x, y, (vi){__VA_ARGS__})
+#endif
+
 // One level of a transposing reduction: x and y hold partial sums in lane blocks of K; the result holds, in
-// alternate blocks, x's and y's sums over adjacent block pairs. W / 2 + W / 4 + ... such folds turn W vectors into
-// one vector of their W horizontal sums (sum_lanes) with 2(W - 1) shuffles, instead of W scalar reductions.
+// alternate blocks, x's and y's sums over adjacent block pairs. W / 2 + W / 4 + ... such folds (fold_all) turn W
+// vectors into one vector of their W horizontal sums with 2(W - 1) shuffles, instead of W scalar reductions.
 template <int K>
 inline vf fold(vf x, vf y) {
 #if VW == 4
-  if constexpr (K == 1) return __builtin_shufflevector(x, y, 0, 4, 2, 6) + __builtin_shufflevector(x, y, 1, 5, 3, 7);
-  else return __builtin_shufflevector(x, y, 0, 1, 4, 5) + __builtin_shufflevector(x, y, 2, 3, 6, 7);
+  if constexpr (K == 1) return SHUFFLE(x, y, 0, 4, 2, 6) + SHUFFLE(x, y, 1, 5, 3, 7);
+  else return SHUFFLE(x, y, 0, 1, 4, 5) + SHUFFLE(x, y, 2, 3, 6, 7);
 #elif VW == 8
   if constexpr (K == 1)
-    return __builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) +
-           __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
+    return SHUFFLE(x, y, 0, 8, 2, 10, 4, 12, 6, 14) +
+           SHUFFLE(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
   else if constexpr (K == 2)
-    return __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) +
-           __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
+    return SHUFFLE(x, y, 0, 1, 8, 9, 4, 5, 12, 13) +
+           SHUFFLE(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
   else
-    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11) +
-           __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15);
+    return SHUFFLE(x, y, 0, 1, 2, 3, 8, 9, 10, 11) +
+           SHUFFLE(x, y, 4, 5, 6, 7, 12, 13, 14, 15);
 #elif VW == 16
   if constexpr (K == 1)
-    return __builtin_shufflevector(x, y, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
-           __builtin_shufflevector(x, y, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    return SHUFFLE(x, y, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+           SHUFFLE(x, y, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
   else if constexpr (K == 2)
-    return __builtin_shufflevector(x, y, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
-           __builtin_shufflevector(x, y, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    return SHUFFLE(x, y, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+           SHUFFLE(x, y, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
   else if constexpr (K == 4)
-    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
-           __builtin_shufflevector(x, y, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    return SHUFFLE(x, y, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+           SHUFFLE(x, y, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
   else
-    return __builtin_shufflevector(x, y, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-           __builtin_shufflevector(x, y, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    return SHUFFLE(x, y, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           SHUFFLE(x, y, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
 #else
 #error "vector width must be 4, 8 or 16"
 #endif
