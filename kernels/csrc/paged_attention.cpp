@@ -379,62 +379,73 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
   finish_item<T>(a, it, sc, part, R);
 }
 
+// Walks the blocks holding keys [k0, k1) of an item, prefetching each next one, and calls
+// fn(first_row, rows, ks, offset, j0, j1) for each of its kv heads: that head's rows of the block as fp32 (key
+// stride ks, see block_rows), valid in [j0, j1), at key offset `offset` from the item's first block, for the item's
+// query rows [first_row, first_row + G).
+template <typename T, typename F>
+void for_each_block(const Args& a, const Item& it, const T* cache, float* scratch, F&& fn) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size;
+  const int64_t kv_stride = int64_t(a.num_kv_heads) * D;
+  const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
+  const int kb = it.k0 / BS * BS;
+  for (int key0 = kb; key0 < it.k1; key0 += BS) {
+    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
+    if (key0 + BS < it.k1) prefetch_block(cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
+    for (int h = 0; h < it.nh; ++h) {
+      const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head + h) * D;
+      int64_t ks;
+      const float* rows = block_rows(cache, base, kv_stride, j0, j1, D, scratch + size_t(h) * BS * D, &ks);
+      fn(h * G, rows, ks, key0 - kb, j0, j1);
+    }
+  }
+}
+
+// Turns a row of scores s[lo, hi) into exp(s - max) in place (whole vectors over [0, span), zero outside [lo, hi));
+// returns the max, and the sum of the exponentials in *sum.
+inline float softmax_row(float* s, int lo, int hi, int span, float* sum) {
+  for (int j = 0; j < lo; ++j) s[j] = NEG_INF;
+  for (int j = hi; j < span; ++j) s[j] = NEG_INF;
+  vf vmax = splat(NEG_INF);
+  for (int j = 0; j < span; j += W) {
+    const vf v = load(s + j);
+    vmax = v > vmax ? v : vmax;
+  }
+  float m = NEG_INF;
+  for (int i = 0; i < W; ++i) m = std::max(m, vmax[i]);
+  vf psum = {};
+  for (int j = 0; j < span; j += W) {
+    const vf p = vexp(load(s + j) - m);
+    store(s + j, p);
+    psum += p;
+  }
+  *sum = hsum(psum);
+  return m;
+}
+
 // One query token (a decode, or a split of one) over keys [k0, k1), all visible to it: every score first, then one
 // softmax per row, then the weighted sum of the values. Each block then costs its two passes of FMAs and little
 // else, where an online softmax rescales per block and row.
 template <typename T>
 void run_single_item(const Args& a, const Item& it, Scratch& sc, float* part) {
   const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, nc = D / W, R = it.nh * G;
-  const int64_t kv_stride = int64_t(a.num_kv_heads) * D;
   const int kb = it.k0 / BS * BS, lo = it.k0 - kb, hi = it.k1 - kb;  // scores of row r: s[r * span + key - kb]
   const int span = (hi + W - 1) / W * W;
   start_item<T>(a, it, sc, R);
   sc.s.resize(size_t(R) * span);
-  const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
-  int64_t ks;
-  for (int key0 = kb; key0 < it.k1; key0 += BS) {
-    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
-    if (key0 + BS < it.k1) prefetch_block(k_cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
-    for (int h = 0; h < it.nh; ++h) {
-      const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head + h) * D;
-      const float* kp = block_rows(k_cache, base, kv_stride, j0, j1, D, sc.k.data() + size_t(h) * BS * D, &ks);
-      for (int r = h * G; r < (h + 1) * G; ++r)
-        block_scores(&sc.q[size_t(r) * D], kp, ks, BS, nc, j0, j1, &sc.s[size_t(r) * span + key0 - kb]);
-    }
-  }
-  prefetch_block(v_cache, table[kb / BS], BS, a.num_kv_heads, it.head, it.nh, D);
-  for (int r = 0; r < R; ++r) {
-    float* s = &sc.s[size_t(r) * span];
-    for (int j = 0; j < lo; ++j) s[j] = NEG_INF;
-    for (int j = hi; j < span; ++j) s[j] = NEG_INF;
-    vf vmax = splat(NEG_INF);
-    for (int j = 0; j < span; j += W) {
-      const vf v = load(s + j);
-      vmax = v > vmax ? v : vmax;
-    }
-    float m = NEG_INF;
-    for (int i = 0; i < W; ++i) m = std::max(m, vmax[i]);
-    vf psum = {};
-    for (int j = 0; j < span; j += W) {
-      const vf p = vexp(load(s + j) - m);
-      store(s + j, p);
-      psum += p;
-    }
-    sc.m[r] = m;
-    sc.l[r] = hsum(psum);
-  }
-  for (int key0 = kb; key0 < it.k1; key0 += BS) {
-    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
-    if (key0 + BS < it.k1) prefetch_block(v_cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
-    for (int h = 0; h < it.nh; ++h) {
-      const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head + h) * D;
-      const float* vp = block_rows(v_cache, base, kv_stride, j0, j1, D, sc.v.data() + size_t(h) * BS * D, &ks);
-      for (int r = h * G; r < (h + 1) * G; ++r)
-        block_values(&sc.acc[size_t(r) * D], &sc.s[size_t(r) * span + key0 - kb], vp, ks, nc, j0, j1, 1.f);
-    }
-  }
+  for_each_block(a, it, k_cache, sc.k.data(), [&](int r0, const float* kp, int64_t ks, int off, int j0, int j1) {
+    for (int r = r0; r < r0 + G; ++r)
+      block_scores(&sc.q[size_t(r) * D], kp, ks, BS, nc, j0, j1, &sc.s[size_t(r) * span + off]);
+  });
+  prefetch_block(v_cache, a.block_tables[int64_t(it.seq) * a.table_stride + kb / BS], BS, a.num_kv_heads, it.head,
+                 it.nh, D);
+  for (int r = 0; r < R; ++r) sc.m[r] = softmax_row(&sc.s[size_t(r) * span], lo, hi, span, &sc.l[r]);
+  for_each_block(a, it, v_cache, sc.v.data(), [&](int r0, const float* vp, int64_t ks, int off, int j0, int j1) {
+    for (int r = r0; r < r0 + G; ++r)
+      block_values(&sc.acc[size_t(r) * D], &sc.s[size_t(r) * span + off], vp, ks, nc, j0, j1, 1.f);
+  });
   finish_item<T>(a, it, sc, part, R);
 }
 
