@@ -316,7 +316,7 @@ void start_item(const Args& a, const Item& it, Scratch& sc, int R) {
 // Writes an item's rows (acc / l) to out, or its unnormalised state to its split's partial slot.
 template <typename T>
 void finish_item(const Args& a, const Item& it, const Scratch& sc, float* part, int R) {
-  const int HG = it.nh * a.num_q_heads / a.num_kv_heads, D = a.head_dim;
+  const int G = a.num_q_heads / a.num_kv_heads, HG = it.nh * G, D = a.head_dim;
   if (part) {  // partial state of one split: [R, D] accumulator, then R maxima, then R denominators
     std::memcpy(part, sc.acc.data(), sizeof(float) * R * D);
     std::memcpy(part + R * D, sc.m.data(), sizeof(float) * R);
@@ -326,7 +326,7 @@ void finish_item(const Args& a, const Item& it, const Scratch& sc, float* part, 
   T* out = static_cast<T*>(a.out);
   for (int r = 0; r < R; ++r) {
     const int64_t row = a.query_start_loc[it.seq] + it.q0 + r / HG;
-    T* dst = out + (row * a.num_q_heads + it.head * HG / it.nh + r % HG) * D;
+    T* dst = out + (row * a.num_q_heads + it.head * G + r % HG) * D;
     const float inv = 1.f / sc.l[r];
     for (int d = 0; d < D; ++d) from_float(sc.acc[size_t(r) * D + d] * inv, dst + d);
   }
