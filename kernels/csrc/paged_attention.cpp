@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(TIDE_VECTOR_WIDTH)
@@ -40,7 +41,7 @@ namespace {
 
 constexpr float NEG_INF = -INFINITY;
 
-inline vf splat(float x) { return (vf){} + x; }
+inline vf splat(float x) { return x - (vf){}; }  // x - 0 folds away (x + 0 does not: -0 + 0 = +0)
 
 inline vf load(const float* p) {
   vf v;
@@ -96,8 +97,8 @@ inline float hsum(vf v) {
 #endif
 
 // One level of a transposing reduction: x and y hold partial sums in lane blocks of K; the result holds, in
-// alternate blocks, x's and y's sums over adjacent block pairs. W / 2 + W / 4 + ... such folds (fold_all) turn W
-// vectors into one vector of their W horizontal sums with 2(W - 1) shuffles, instead of W scalar reductions.
+// alternate blocks, x's and y's sums over adjacent block pairs. fold<2>(fold<1>(a, b), fold<1>(c, d)) leaves the
+// four vectors' partial sums in lanes l % 4 with 6 shuffles, instead of four scalar reductions.
 template <int K>
 inline vf fold(vf x, vf y) {
 #if VW == 4
@@ -129,23 +130,6 @@ inline vf fold(vf x, vf y) {
 #else
 #error "vector width must be 4, 8 or 16"
 #endif
-}
-
-template <int K = 1>
-inline void fold_all(vf* a, int n) {
-  for (int p = 0; p < n; p += 2) a[p / 2] = fold<K>(a[p], a[p + 1]);
-  if constexpr (2 * K < W) fold_all<2 * K>(a, n / 2);
-}
-
-// Dot products of query row q with the W keys at k, k + ks, ..., over nc chunks of W: lane j holds key j's score.
-inline vf key_scores(const float* q, const float* k, int64_t ks, int nc) {
-  vf acc[W] = {};
-  for (int c = 0; c < nc; ++c) {
-    const vf qc = load(q + c * W);
-    for (int j = 0; j < W; ++j) acc[j] += qc * load(k + j * ks + c * W);
-  }
-  fold_all(acc, W);
-  return acc[0];
 }
 
 inline float to_float(float x) { return x; }
@@ -186,40 +170,29 @@ inline vf vexp(vf x) {
   return (vf)((vi)y & ~dead);
 }
 
-// Asks for one head's rows of a cache block ahead of use. Blocks sit at scattered addresses and a head's rows are
-// strided by the other heads, which the hardware prefetchers do not follow.
-template <typename T>
-inline void prefetch_block(const T* cache, int block, int bs, int num_kv_heads, int head, int nh, int head_dim) {
-  const int64_t row_stride = int64_t(num_kv_heads) * head_dim;
-  const T* base = cache + (int64_t(block) * bs * num_kv_heads + head) * head_dim;
-  const int step = 64 / int(sizeof(T));  // elements per cache line
-  for (int j = 0; j < bs; ++j)
-    for (int d = 0; d < nh * head_dim; d += step) __builtin_prefetch(base + j * row_stride + d);
+// GCC deletes a loop of __builtin_prefetch calls as free of side effects once it can count the loop's trips.
+inline void prefetch(const void* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p);
+#endif
 }
 
-// acc[0, CN * W) = acc * alpha + sum over keys j in [j0, je) of p[j] * v[j] (key stride ks). CN output chunks times
-// KP interleaved key streams are independent FMA chains, enough to keep the FMA units busy instead of waiting on
-// one chain's latency.
-template <int CN, int KP>
-inline void accumulate_pv(float* acc, const float* p, const float* v, int64_t ks, int j0, int je, float alpha) {
-  vf o[KP][CN] = {};
-  for (int i = 0; i < CN; ++i) o[0][i] = load(acc + i * W) * alpha;
-  int j = j0;
-  for (; j + KP <= je; j += KP)
-    for (int k = 0; k < KP; ++k) {
-      const vf pj = splat(p[j + k]);
-      for (int i = 0; i < CN; ++i) o[k][i] += pj * load(v + (j + k) * ks + i * W);
-    }
-  for (; j < je; ++j) {
-    const vf pj = splat(p[j]);
-    for (int i = 0; i < CN; ++i) o[0][i] += pj * load(v + j * ks + i * W);
+// One head's rows of the next block, fetched a few rows at a time between the FMAs of the current one: a whole
+// block at once stalls on the core's few outstanding misses instead of overlapping with the arithmetic.
+struct Ahead {
+  const char* base = nullptr;  // the next block's first row of the head; null when there is none
+  int64_t stride = 0;          // bytes between rows
+  int row_bytes = 0, rows = 0;
+
+  // Fetches the rows in the fraction [lo, hi) / total of the block.
+  void fetch(int lo, int hi, int total) const {
+    if (!base) return;
+    for (int j = lo * rows / total; j < hi * rows / total; ++j)
+      for (int b = 0; b < row_bytes; b += 64) prefetch(base + j * stride + b);
   }
-  for (int i = 0; i < CN; ++i) {
-    vf sum = o[0][i];
-    for (int k = 1; k < KP; ++k) sum += o[k][i];
-    store(acc + i * W, sum);
-  }
-}
+};
 
 struct Args {
   const void* q;
@@ -235,6 +208,15 @@ struct Args {
   float scale;
 };
 
+// The Ahead for kv head `head`'s rows of cache block `block`. Blocks sit at scattered addresses and a head's rows
+// are strided by the other heads, which the hardware prefetchers do not follow.
+template <typename T>
+inline Ahead block_ahead(const Args& a, const T* cache, int block, int head) {
+  const int64_t first = (int64_t(block) * a.block_size * a.num_kv_heads + head) * a.head_dim;
+  return {reinterpret_cast<const char*>(cache + first), int64_t(a.num_kv_heads) * a.head_dim * int64_t(sizeof(T)),
+          a.head_dim * int(sizeof(T)), a.block_size};
+}
+
 struct Item {
   int seq, head, q0, q1;  // first kv head; query rows [q0, q1) of the sequence's chunk
   int k0, k1;             // key positions [k0, k1)
@@ -245,7 +227,7 @@ struct Item {
 
 // Per-thread scratch, grown on demand and kept between calls.
 struct Scratch {
-  std::vector<float> q, acc, m, l, s, k, v;
+  std::vector<float> q, acc, m, l, alpha, s, k, v;
   std::vector<int> lim;
 };
 
@@ -265,25 +247,109 @@ inline const float* block_rows(const T* cache, int64_t base, int64_t kv_stride, 
   }
 }
 
-// Scores of query row q against keys [j0, je) of a block of bs keys (key stride ks) into s[j0, je). Whole vectors
-// of keys go first, so lanes of s outside [j0, je) may be written too: the caller masks them.
-inline void block_scores(const float* q, const float* kp, int64_t ks, int bs, int nc, int j0, int je, float* s) {
-  int j = j0 / W * W;
-  for (; j + W <= bs && j < je; j += W) store(s + j, key_scores(q, kp + j * ks, ks, nc));
-  for (j = std::max(j, j0); j < je; ++j) {  // keys past the block's last whole vector
-    vf s0 = {};
-    for (int c = 0; c < nc; ++c) s0 += load(q + c * W) * load(kp + j * ks + c * W);
-    s[j] = hsum(s0);
+typedef float v4f __attribute__((vector_size(16)));
+
+// s[0..3] = the sums over lane groups of 4 of v (lane l holds a partial sum of entry l % 4).
+inline void store_sums4(vf v, float* s) {
+  v4f t = {};
+  for (int g = 0; g < W; g += 4) {
+    v4f part;
+    std::memcpy(&part, reinterpret_cast<const float*>(&v) + g, sizeof part);
+    t += part;
   }
+  std::memcpy(s, &t, sizeof t);
 }
 
-// acc += sum over keys j in [j0, je) of p[j] * v[j] for one row, D = nc * W.
-inline void block_values(float* acc, const float* p, const float* vp, int64_t ks, int nc, int j0, int je,
-                         float alpha) {
-  int c = 0;
-  for (; c + 8 <= nc; c += 8) accumulate_pv<8, 1>(acc + c * W, p, vp + c * W, ks, j0, je, alpha);
-  for (; c + 4 <= nc; c += 4) accumulate_pv<4, 2>(acc + c * W, p, vp + c * W, ks, j0, je, alpha);
-  for (; c < nc; ++c) accumulate_pv<1, 2>(acc + c * W, p, vp + c * W, ks, j0, je, alpha);
+// Scores of R query rows (nc * W apart at q) against the 4 keys at k, k + ks, k + 2 ks, k + 3 ks, into
+// s[r * ss + 0..3]. Each key chunk is loaded once for all R rows: with R = 3 the 12 accumulators, 3 query chunks
+// and the key chunk fill the 16 AVX2 registers, at 7 loads per 12 FMAs where one row at a time needs one per FMA.
+template <int R>
+inline void scores4(const float* q, int nc, const float* k, int64_t ks, float* s, int64_t ss) {
+  vf acc[R][4] = {};
+  for (int c = 0; c < nc; ++c) {
+    vf qc[R];
+    for (int r = 0; r < R; ++r) qc[r] = load(q + (r * nc + c) * W);
+    for (int j = 0; j < 4; ++j) {
+      const vf kj = load(k + j * ks + c * W);
+      for (int r = 0; r < R; ++r) acc[r][j] += qc[r] * kj;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    store_sums4(fold<2>(fold<1>(acc[r][0], acc[r][1]), fold<1>(acc[r][2], acc[r][3])), s + r * ss);
+}
+
+// Scores of R query rows against keys [j0, je) of a block of bs keys (key stride ks) into s[r * ss + j]. Whole
+// groups of 4 keys go first, so entries of s outside [j0, je) may be written too: the caller masks them.
+template <int R>
+inline void block_scores(const float* q, int nc, const float* kp, int64_t ks, int bs, int j0, int je, float* s,
+                         int64_t ss, const Ahead& ahead) {
+  int j = j0 / 4 * 4;
+  for (; j + 4 <= bs && j < je; j += 4) {
+    ahead.fetch(j, j + 4, bs);
+    scores4<R>(q, nc, kp + j * ks, ks, s + j, ss);
+  }
+  for (j = std::max(j, j0); j < je; ++j)  // blocks of fewer than 4 keys
+    for (int r = 0; r < R; ++r) {
+      vf s0 = {};
+      for (int c = 0; c < nc; ++c) s0 += load(q + (r * nc + c) * W) * load(kp + j * ks + c * W);
+      s[r * ss + j] = hsum(s0);
+    }
+}
+
+// Output chunks [0, CN) of R rows (D apart at acc): acc = acc * alpha[r] + sum over keys j in [j0, je) of
+// p[r * ps + j] * v[j] (alpha null: 1). Each value chunk is loaded once for all R rows, into R * CN independent
+// FMA chains.
+template <int R, int CN>
+inline void values_chunk(float* acc, int D, const float* p, int64_t ps, const float* v, int64_t ks, int j0, int je,
+                         const float* alpha) {
+  vf o[R][CN];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < CN; ++i) o[r][i] = alpha ? load(acc + r * D + i * W) * alpha[r] : load(acc + r * D + i * W);
+  for (int j = j0; j < je; ++j) {
+    vf pj[R];
+    for (int r = 0; r < R; ++r) pj[r] = splat(p[r * ps + j]);
+    for (int i = 0; i < CN; ++i) {
+      const vf vi = load(v + j * ks + i * W);
+      for (int r = 0; r < R; ++r) o[r][i] += pj[r] * vi;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < CN; ++i) store(acc + r * D + i * W, o[r][i]);
+}
+
+#if defined(__AVX512F__)
+constexpr int VREGS = 32;
+#else
+constexpr int VREGS = 16;
+#endif
+
+// Output chunks per values_chunk pass for R rows: R * CN accumulators, R broadcasts, a value chunk and a spare fit
+// in the vector registers (with none spare GCC already keeps accumulators on the stack), and up to 8 chunks.
+constexpr int values_width(int R) {
+  const int n = (VREGS - R - 2) / R;
+  return n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
+}
+
+// R rows' acc = acc * alpha[r] + sum over keys j in [j0, je) of p[r * ps + j] * v[j], output chunks [c, nc) of
+// D = nc * W, CN chunks at a time and narrower passes for the rest.
+template <int R, int CN = values_width(R)>
+inline void block_values(float* acc, int nc, const float* p, int64_t ps, const float* vp, int64_t ks, int j0, int je,
+                         const float* alpha, const Ahead& ahead, int c = 0) {
+  for (; c + CN <= nc; c += CN) {
+    ahead.fetch(c, c + CN, nc);
+    values_chunk<R, CN>(acc + c * W, nc * W, p, ps, vp + c * W, ks, j0, je, alpha);
+  }
+  if constexpr (CN > 1) block_values<R, CN / 2>(acc, nc, p, ps, vp, ks, j0, je, alpha, ahead, c);
+}
+
+// Calls fn(std::integral_constant<int, R>(), first) over rows [0, n) in chunks of R <= 3 rows (4 as 2 + 2), the
+// rows that share one read of each key or value chunk.
+template <typename F>
+inline void for_row_chunks(int n, F&& fn) {
+  int r = 0;
+  for (; n - r == 3 || n - r > 4; r += 3) fn(std::integral_constant<int, 3>(), r);
+  for (; n - r >= 2; r += 2) fn(std::integral_constant<int, 2>(), r);
+  if (r < n) fn(std::integral_constant<int, 1>(), r);
 }
 
 // Sizes the scratch for an item of R rows and loads its queries, scaled, with each row's visible key limit.
@@ -296,6 +362,7 @@ void start_item(const Args& a, const Item& it, Scratch& sc, int R) {
   sc.acc.assign(size_t(R) * D, 0.f);
   sc.m.assign(R, NEG_INF);
   sc.l.assign(R, 0.f);
+  sc.alpha.resize(R);
   sc.lim.resize(R);
   if (sizeof(T) != sizeof(float)) {
     sc.k.resize(size_t(it.nh) * a.block_size * D);
@@ -346,43 +413,54 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
   for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += BS) {
     const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head) * D;
     const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
+    Ahead next_k, next_v;
     if (key0 + BS < it.k1) {
-      prefetch_block(k_cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
-      prefetch_block(v_cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
+      next_k = block_ahead(a, k_cache, table[key0 / BS + 1], it.head);
+      next_v = block_ahead(a, v_cache, table[key0 / BS + 1], it.head);
     }
     int64_t ks;
     const float* kp = block_rows(k_cache, base, kv_stride, j0, j1, D, sc.k.data(), &ks);
     const float* vp = block_rows(v_cache, base, kv_stride, j0, j1, D, sc.v.data(), &ks);
-    for (int r = 0; r < R; ++r) {
-      const int je = std::min(j1, sc.lim[r] - key0);
+    for (int r0 = 0; r0 < R; r0 += G) {  // one query token: its G rows see the same keys
+      next_k.fetch(r0, r0 + G, R);
+      next_v.fetch(r0, r0 + G, R);
+      const int je = std::min(j1, sc.lim[r0] - key0);
       if (je <= j0) continue;
-      float* s = &sc.s[size_t(r) * BSP];
-      block_scores(&sc.q[size_t(r) * D], kp, ks, BS, nc, j0, je, s);
-      float block_max = NEG_INF;
-      for (int j = j0; j < je; ++j) block_max = std::max(block_max, s[j]);
-      const float m_old = sc.m[r], m_new = std::max(m_old, block_max);
-      const float alpha = m_old == NEG_INF ? 0.f : std::exp(m_old - m_new);
-      // Probabilities over whole vectors: entries outside [j0, je) are -inf and come out as 0.
-      for (int j = 0; j < j0; ++j) s[j] = NEG_INF;
-      for (int j = je; j < BSP; ++j) s[j] = NEG_INF;
-      vf psum = {};
-      for (int c = 0; c < BSP / W; ++c) {
-        const vf p = vexp(load(s + c * W) - m_new);
-        store(s + c * W, p);
-        psum += p;
+      float* s = &sc.s[size_t(r0) * BSP];
+      for_row_chunks(G, [&](auto rows, int g) {
+        block_scores<rows()>(&sc.q[size_t(r0 + g) * D], nc, kp, ks, BS, j0, je, s + g * BSP, BSP, Ahead());
+      });
+      for (int r = r0; r < r0 + G; ++r) {
+        float* sr = &sc.s[size_t(r) * BSP];
+        float block_max = NEG_INF;
+        for (int j = j0; j < je; ++j) block_max = std::max(block_max, sr[j]);
+        const float m_old = sc.m[r], m_new = std::max(m_old, block_max);
+        sc.alpha[r] = m_old == NEG_INF ? 0.f : std::exp(m_old - m_new);
+        // Probabilities over whole vectors: entries outside [j0, je) are -inf and come out as 0.
+        for (int j = 0; j < j0; ++j) sr[j] = NEG_INF;
+        for (int j = je; j < BSP; ++j) sr[j] = NEG_INF;
+        vf psum = {};
+        for (int c = 0; c < BSP / W; ++c) {
+          const vf p = vexp(load(sr + c * W) - m_new);
+          store(sr + c * W, p);
+          psum += p;
+        }
+        sc.m[r] = m_new;
+        sc.l[r] = sc.l[r] * sc.alpha[r] + hsum(psum);
       }
-      sc.m[r] = m_new;
-      sc.l[r] = sc.l[r] * alpha + hsum(psum);
-      block_values(&sc.acc[size_t(r) * D], s, vp, ks, nc, j0, je, alpha);
+      for_row_chunks(G, [&](auto rows, int g) {
+        block_values<rows()>(&sc.acc[size_t(r0 + g) * D], nc, s + g * BSP, BSP, vp, ks, j0, je, &sc.alpha[r0 + g],
+                            Ahead());
+      });
     }
   }
   finish_item<T>(a, it, sc, part, R);
 }
 
-// Walks the blocks holding keys [k0, k1) of an item, prefetching each next one, and calls
-// fn(first_row, rows, ks, offset, j0, j1) for each of its kv heads: that head's rows of the block as fp32 (key
-// stride ks, see block_rows), valid in [j0, j1), at key offset `offset` from the item's first block, for the item's
-// query rows [first_row, first_row + G).
+// Walks the blocks holding keys [k0, k1) of an item and calls fn(first_row, rows, ks, offset, j0, j1, ahead) for
+// each of its kv heads: that head's rows of the block as fp32 (key stride ks, see block_rows), valid in [j0, j1), at
+// key offset `offset` from the item's first block, for the item's query rows [first_row, first_row + G); `ahead`
+// is the same head's rows of the next block.
 template <typename T, typename F>
 void for_each_block(const Args& a, const Item& it, const T* cache, float* scratch, F&& fn) {
   const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size;
@@ -391,12 +469,12 @@ void for_each_block(const Args& a, const Item& it, const T* cache, float* scratc
   const int kb = it.k0 / BS * BS;
   for (int key0 = kb; key0 < it.k1; key0 += BS) {
     const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
-    if (key0 + BS < it.k1) prefetch_block(cache, table[key0 / BS + 1], BS, a.num_kv_heads, it.head, it.nh, D);
     for (int h = 0; h < it.nh; ++h) {
       const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head + h) * D;
+      const Ahead ahead = key0 + BS < it.k1 ? block_ahead(a, cache, table[key0 / BS + 1], it.head + h) : Ahead();
       int64_t ks;
       const float* rows = block_rows(cache, base, kv_stride, j0, j1, D, scratch + size_t(h) * BS * D, &ks);
-      fn(h * G, rows, ks, key0 - kb, j0, j1);
+      fn(h * G, rows, ks, key0 - kb, j0, j1, ahead);
     }
   }
 }
@@ -435,17 +513,23 @@ void run_single_item(const Args& a, const Item& it, Scratch& sc, float* part) {
   sc.s.resize(size_t(R) * span);
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
-  for_each_block(a, it, k_cache, sc.k.data(), [&](int r0, const float* kp, int64_t ks, int off, int j0, int j1) {
-    for (int r = r0; r < r0 + G; ++r)
-      block_scores(&sc.q[size_t(r) * D], kp, ks, BS, nc, j0, j1, &sc.s[size_t(r) * span + off]);
-  });
-  prefetch_block(v_cache, a.block_tables[int64_t(it.seq) * a.table_stride + kb / BS], BS, a.num_kv_heads, it.head,
-                 it.nh, D);
+  auto scores = [&](int r0, const float* kp, int64_t ks, int off, int j0, int j1, const Ahead& ahead) {
+    for_row_chunks(G, [&](auto rows, int g) {
+      block_scores<rows()>(&sc.q[size_t(r0 + g) * D], nc, kp, ks, BS, j0, j1, &sc.s[size_t(r0 + g) * span + off],
+                           span, g == 0 ? ahead : Ahead());
+    });
+  };
+  for_each_block(a, it, k_cache, sc.k.data(), scores);
+  for (int h = 0; h < it.nh; ++h)
+    block_ahead(a, v_cache, a.block_tables[int64_t(it.seq) * a.table_stride + kb / BS], it.head + h).fetch(0, 1, 1);
   for (int r = 0; r < R; ++r) sc.m[r] = softmax_row(&sc.s[size_t(r) * span], lo, hi, span, &sc.l[r]);
-  for_each_block(a, it, v_cache, sc.v.data(), [&](int r0, const float* vp, int64_t ks, int off, int j0, int j1) {
-    for (int r = r0; r < r0 + G; ++r)
-      block_values(&sc.acc[size_t(r) * D], &sc.s[size_t(r) * span + off], vp, ks, nc, j0, j1, 1.f);
-  });
+  auto values = [&](int r0, const float* vp, int64_t ks, int off, int j0, int j1, const Ahead& ahead) {
+    for_row_chunks(G, [&](auto rows, int g) {
+      block_values<rows()>(&sc.acc[size_t(r0 + g) * D], nc, &sc.s[size_t(r0 + g) * span + off], span, vp, ks, j0, j1,
+                           nullptr, g == 0 ? ahead : Ahead());
+    });
+  };
+  for_each_block(a, it, v_cache, sc.v.data(), values);
   finish_item<T>(a, it, sc, part, R);
 }
 
