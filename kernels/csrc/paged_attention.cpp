@@ -399,6 +399,28 @@ void finish_item(const Args& a, const Item& it, const Scratch& sc, float* part, 
   }
 }
 
+// Turns a row of scores s[lo, hi) into exp(s - m) in place, m = max(m_floor, max of s[lo, hi)) (whole vectors over
+// [0, span), zero outside [lo, hi)); returns m, and the sum of the exponentials in *sum.
+inline float softmax_row(float* s, int lo, int hi, int span, float m_floor, float* sum) {
+  for (int j = 0; j < lo; ++j) s[j] = NEG_INF;
+  for (int j = hi; j < span; ++j) s[j] = NEG_INF;
+  vf vmax = splat(NEG_INF);
+  for (int j = 0; j < span; j += W) {
+    const vf v = load(s + j);
+    vmax = v > vmax ? v : vmax;
+  }
+  float m = m_floor;
+  for (int i = 0; i < W; ++i) m = std::max(m, vmax[i]);
+  vf psum = {};
+  for (int j = 0; j < span; j += W) {
+    const vf p = vexp(load(s + j) - m);
+    store(s + j, p);
+    psum += p;
+  }
+  *sum = hsum(psum);
+  return m;
+}
+
 // A tile of query rows over its causal keys, block by block with an online softmax.
 template <typename T>
 void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
@@ -431,22 +453,11 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
         block_scores<rows()>(&sc.q[size_t(r0 + g) * D], nc, kp, ks, BS, j0, je, s + g * BSP, BSP, Ahead());
       });
       for (int r = r0; r < r0 + G; ++r) {
-        float* sr = &sc.s[size_t(r) * BSP];
-        float block_max = NEG_INF;
-        for (int j = j0; j < je; ++j) block_max = std::max(block_max, sr[j]);
-        const float m_old = sc.m[r], m_new = std::max(m_old, block_max);
-        sc.alpha[r] = m_old == NEG_INF ? 0.f : std::exp(m_old - m_new);
-        // Probabilities over whole vectors: entries outside [j0, je) are -inf and come out as 0.
-        for (int j = 0; j < j0; ++j) sr[j] = NEG_INF;
-        for (int j = je; j < BSP; ++j) sr[j] = NEG_INF;
-        vf psum = {};
-        for (int c = 0; c < BSP / W; ++c) {
-          const vf p = vexp(load(sr + c * W) - m_new);
-          store(sr + c * W, p);
-          psum += p;
-        }
-        sc.m[r] = m_new;
-        sc.l[r] = sc.l[r] * sc.alpha[r] + hsum(psum);
+        const float m_old = sc.m[r];
+        float sum;
+        sc.m[r] = softmax_row(&sc.s[size_t(r) * BSP], j0, je, BSP, m_old, &sum);
+        sc.alpha[r] = m_old == NEG_INF ? 0.f : std::exp(m_old - sc.m[r]);
+        sc.l[r] = sc.l[r] * sc.alpha[r] + sum;
       }
       for_row_chunks(G, [&](auto rows, int g) {
         block_values<rows()>(&sc.acc[size_t(r0 + g) * D], nc, s + g * BSP, BSP, vp, ks, j0, je, &sc.alpha[r0 + g],
@@ -479,28 +490,6 @@ void for_each_block(const Args& a, const Item& it, const T* cache, float* scratc
   }
 }
 
-// Turns a row of scores s[lo, hi) into exp(s - max) in place (whole vectors over [0, span), zero outside [lo, hi));
-// returns the max, and the sum of the exponentials in *sum.
-inline float softmax_row(float* s, int lo, int hi, int span, float* sum) {
-  for (int j = 0; j < lo; ++j) s[j] = NEG_INF;
-  for (int j = hi; j < span; ++j) s[j] = NEG_INF;
-  vf vmax = splat(NEG_INF);
-  for (int j = 0; j < span; j += W) {
-    const vf v = load(s + j);
-    vmax = v > vmax ? v : vmax;
-  }
-  float m = NEG_INF;
-  for (int i = 0; i < W; ++i) m = std::max(m, vmax[i]);
-  vf psum = {};
-  for (int j = 0; j < span; j += W) {
-    const vf p = vexp(load(s + j) - m);
-    store(s + j, p);
-    psum += p;
-  }
-  *sum = hsum(psum);
-  return m;
-}
-
 // One query token (a decode, or a split of one) over keys [k0, k1), all visible to it: every score first, then one
 // softmax per row, then the weighted sum of the values. Each block then costs its two passes of FMAs and little
 // else, where an online softmax rescales per block and row.
@@ -522,7 +511,7 @@ void run_single_item(const Args& a, const Item& it, Scratch& sc, float* part) {
   for_each_block(a, it, k_cache, sc.k.data(), scores);
   for (int h = 0; h < it.nh; ++h)
     block_ahead(a, v_cache, a.block_tables[int64_t(it.seq) * a.table_stride + kb / BS], it.head + h).fetch(0, 1, 1);
-  for (int r = 0; r < R; ++r) sc.m[r] = softmax_row(&sc.s[size_t(r) * span], lo, hi, span, &sc.l[r]);
+  for (int r = 0; r < R; ++r) sc.m[r] = softmax_row(&sc.s[size_t(r) * span], lo, hi, span, NEG_INF, &sc.l[r]);
   auto values = [&](int r0, const float* vp, int64_t ks, int off, int j0, int j1, const Ahead& ahead) {
     for_row_chunks(G, [&](auto rows, int g) {
       block_values<rows()>(&sc.acc[size_t(r0 + g) * D], nc, &sc.s[size_t(r0 + g) * span + off], span, vp, ks, j0, j1,
