@@ -450,7 +450,8 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
       if (je <= j0) continue;
       float* s = &sc.s[size_t(r0) * BSP];
       for_row_chunks(G, [&](auto rows, int g) {
-        block_scores<rows()>(&sc.q[size_t(r0 + g) * D], nc, kp, ks, BS, j0, je, s + g * BSP, BSP, Ahead());
+        constexpr int n = decltype(rows)::value;
+        block_scores<n>(&sc.q[size_t(r0 + g) * D], nc, kp, ks, BS, j0, je, s + g * BSP, BSP, Ahead());
       });
       for (int r = r0; r < r0 + G; ++r) {
         const float m_old = sc.m[r];
@@ -460,8 +461,8 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
         sc.l[r] = sc.l[r] * sc.alpha[r] + sum;
       }
       for_row_chunks(G, [&](auto rows, int g) {
-        block_values<rows()>(&sc.acc[size_t(r0 + g) * D], nc, s + g * BSP, BSP, vp, ks, j0, je, &sc.alpha[r0 + g],
-                            Ahead());
+        constexpr int n = decltype(rows)::value;
+        block_values<n>(&sc.acc[size_t(r0 + g) * D], nc, s + g * BSP, BSP, vp, ks, j0, je, &sc.alpha[r0 + g], Ahead());
       });
     }
   }
@@ -504,8 +505,9 @@ void run_single_item(const Args& a, const Item& it, Scratch& sc, float* part) {
   const T* v_cache = static_cast<const T*>(a.v_cache);
   auto scores = [&](int r0, const float* kp, int64_t ks, int off, int j0, int j1, const Ahead& ahead) {
     for_row_chunks(G, [&](auto rows, int g) {
-      block_scores<rows()>(&sc.q[size_t(r0 + g) * D], nc, kp, ks, BS, j0, j1, &sc.s[size_t(r0 + g) * span + off],
-                           span, g == 0 ? ahead : Ahead());
+      constexpr int n = decltype(rows)::value;
+      block_scores<n>(&sc.q[size_t(r0 + g) * D], nc, kp, ks, BS, j0, j1, &sc.s[size_t(r0 + g) * span + off], span,
+                      g == 0 ? ahead : Ahead());
     });
   };
   for_each_block(a, it, k_cache, sc.k.data(), scores);
@@ -514,8 +516,9 @@ void run_single_item(const Args& a, const Item& it, Scratch& sc, float* part) {
   for (int r = 0; r < R; ++r) sc.m[r] = softmax_row(&sc.s[size_t(r) * span], lo, hi, span, NEG_INF, &sc.l[r]);
   auto values = [&](int r0, const float* vp, int64_t ks, int off, int j0, int j1, const Ahead& ahead) {
     for_row_chunks(G, [&](auto rows, int g) {
-      block_values<rows()>(&sc.acc[size_t(r0 + g) * D], nc, &sc.s[size_t(r0 + g) * span + off], span, vp, ks, j0, j1,
-                           nullptr, g == 0 ? ahead : Ahead());
+      constexpr int n = decltype(rows)::value;
+      block_values<n>(&sc.acc[size_t(r0 + g) * D], nc, &sc.s[size_t(r0 + g) * span + off], span, vp, ks, j0, j1,
+                      nullptr, g == 0 ? ahead : Ahead());
     });
   };
   for_each_block(a, it, v_cache, sc.v.data(), values);
