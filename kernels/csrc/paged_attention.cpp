@@ -101,6 +101,7 @@ inline float hsum(vf v) {
 // four vectors' partial sums in lanes l % 4 with 6 shuffles, instead of four scalar reductions.
 template <int K>
 inline vf fold(vf x, vf y) {
+  static_assert(K == 1 || K == 2, "only the two levels that close 4 keys");
 #if VW == 4
   if constexpr (K == 1) return SHUFFLE(x, y, 0, 4, 2, 6) + SHUFFLE(x, y, 1, 5, 3, 7);
   else return SHUFFLE(x, y, 0, 1, 4, 5) + SHUFFLE(x, y, 2, 3, 6, 7);
@@ -108,25 +109,16 @@ inline vf fold(vf x, vf y) {
   if constexpr (K == 1)
     return SHUFFLE(x, y, 0, 8, 2, 10, 4, 12, 6, 14) +
            SHUFFLE(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
-  else if constexpr (K == 2)
+  else
     return SHUFFLE(x, y, 0, 1, 8, 9, 4, 5, 12, 13) +
            SHUFFLE(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
-  else
-    return SHUFFLE(x, y, 0, 1, 2, 3, 8, 9, 10, 11) +
-           SHUFFLE(x, y, 4, 5, 6, 7, 12, 13, 14, 15);
 #elif VW == 16
   if constexpr (K == 1)
     return SHUFFLE(x, y, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
            SHUFFLE(x, y, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-  else if constexpr (K == 2)
+  else
     return SHUFFLE(x, y, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
            SHUFFLE(x, y, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-  else if constexpr (K == 4)
-    return SHUFFLE(x, y, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
-           SHUFFLE(x, y, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-  else
-    return SHUFFLE(x, y, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-           SHUFFLE(x, y, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
 #else
 #error "vector width must be 4, 8 or 16"
 #endif
