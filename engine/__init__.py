@@ -6,15 +6,15 @@ does not pull in torch and the model code.
 from importlib import import_module
 
 _EXPORTS = {
-    "LLM": "engine.llm",
-    "LLMEngine": "engine.llm_engine",
-    "EngineStats": "engine.llm_engine",
-    "EngineConfig": "engine.config",
-    "SamplingParams": "engine.sampling_params",
-    "RequestOutput": "engine.outputs",
-    "CompletionOutput": "engine.outputs",
-    "RequestMetrics": "engine.outputs",
-    "TokenLogprob": "engine.outputs",
+    "LLM": "tide.engine.llm",
+    "LLMEngine": "tide.engine.llm_engine",
+    "EngineStats": "tide.engine.llm_engine",
+    "EngineConfig": "tide.engine.config",
+    "SamplingParams": "tide.engine.sampling_params",
+    "RequestOutput": "tide.engine.outputs",
+    "CompletionOutput": "tide.engine.outputs",
+    "RequestMetrics": "tide.engine.outputs",
+    "TokenLogprob": "tide.engine.outputs",
 }
 __all__ = list(_EXPORTS)
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.block_manager import BlockManager
-from engine.detokenizer import IncrementalDetokenizer
-from engine.model_runner import ModelRunner
-from engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
-from engine.request import RequestState
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence
+from tide.engine.block_manager import BlockManager
+from tide.engine.detokenizer import IncrementalDetokenizer
+from tide.engine.model_runner import ModelRunner
+from tide.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from tide.engine.request import RequestState
+from tide.engine.scheduler import Scheduler
+from tide.engine.sequence import Sequence
 
 
 @dataclass

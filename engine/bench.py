@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.llm import LLM
-from engine.loader import resolve_model
-from engine.sampling_params import SamplingParams
+from tide.engine.llm import LLM
+from tide.engine.loader import resolve_model
+from tide.engine.sampling_params import SamplingParams
 
 CHAT_MIN_TOKENS, CHAT_MAX_TOKENS, CHAT_NEW_TOKENS = 20, 400, 128
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Python of the peer's own environment (default $TIDE_PEER_PYTHON or python)")
     p.add_argument("--no-prefix-caching", action="store_true", help="turn Tide's prefix cache off (implied by --peer)")
     p.add_argument("--speculative", choices=["off", "ngram", "draft"], default="off",
-                   help="speculative decoding in Tide (greedy rows; python -m engine.bench_spec compares it)")
+                   help="speculative decoding in Tide (greedy rows; python -m tide.engine.bench_spec compares it)")
     p.add_argument("--draft-model", default=None, help="draft model for --speculative draft")
     p.add_argument("--twin-baseline", action="store_true",
                    help="also run Tide with the PyTorch twins for every kernel, right before, and print the ratio")
@@ -223,7 +223,7 @@ def run_twin_baseline(args: argparse.Namespace, workload: Workload, threads: int
 
 def attention_path(llm: LLM) -> str:
     """Which paged attention the engine runs, in words."""
-    from kernels.dispatch import cpu_attention_path
+    from tide.kernels.dispatch import cpu_attention_path
 
     return "Triton kernels" if llm.engine.runner.model.ops.backend == "triton" else cpu_attention_path()
 
@@ -286,7 +286,7 @@ def run_tide(llm: LLM, workload: Workload) -> RunResult:
 
 def run_peer(args: argparse.Namespace, workload: Workload, tide: RunResult, threads: int) -> None:
     """The workload on the peer (vLLM's CPU build) in its own environment; prints its figures and the ratios."""
-    from engine.peer_vllm import run_vllm
+    from tide.engine.peer_vllm import run_vllm
 
     try:
         peer = run_vllm(args.peer_python, str(resolve_model(args.model)), args.dtype, workload.prompts,

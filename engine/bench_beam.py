@@ -1,7 +1,7 @@
 """Beam search benchmark: KV blocks held with forks sharing their parent's full blocks vs copying all of them, and
 the time of beam search vs greedy decoding, back to back on one engine.
 
-    python -m engine.bench_beam [--model smollm2-135m] [--prompt-len 512] [--max-tokens 32] [--widths 4,8]
+    python -m tide.engine.bench_beam [--model smollm2-135m] [--prompt-len 512] [--max-tokens 32] [--widths 4,8]
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from engine.llm import LLM
-from engine.sampling_params import SamplingParams
+from tide.engine.llm import LLM
+from tide.engine.sampling_params import SamplingParams
 
 
 @dataclass
@@ -43,7 +43,7 @@ def random_prompts(llm: LLM, count: int, length: int, seed: int) -> list[list[in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m engine.bench_beam", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tide.engine.bench_beam", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--prompt-len", type=int, default=512)

@@ -1,4 +1,4 @@
-"""`python -m engine.bench_guided`: guided JSON generation with and without fast-forward, back to back on one engine.
+"""`python -m tide.engine.bench_guided`: guided JSON with and without fast-forward, back to back on one engine.
 
 The schema has many fixed keys, so most of each output is forced by the grammar. Both runs use greedy decoding on the
 same prompts; the script checks that their outputs are identical and that every output validates, then reports the
@@ -12,8 +12,8 @@ import time
 
 import jsonschema
 
-from engine.llm import LLM
-from engine.sampling_params import SamplingParams
+from tide.engine.llm import LLM
+from tide.engine.sampling_params import SamplingParams
 
 _FIELDS = {
     "customer_account_identifier": {"type": "integer", "minimum": 0, "maximum": 99999},
@@ -49,7 +49,7 @@ def run(llm: LLM, batch: list[list[dict]], fast_forward: bool, max_tokens: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.bench_guided", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tide.engine.bench_guided", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="alias, HF directory or GGUF file (default smollm2-135m)")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=256)

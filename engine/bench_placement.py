@@ -1,7 +1,7 @@
 """Where the weights live, measured back to back: one process vs a tensor-parallel group, resident vs offloaded.
 
-    python -m engine.bench_placement --compare tp       # 1 rank, then 2 ranks (tensor parallel)
-    python -m engine.bench_placement --compare offload  # all layers resident, then streamed under a cap
+    python -m tide.engine.bench_placement --compare tp       # 1 rank, then 2 ranks (tensor parallel)
+    python -m tide.engine.bench_placement --compare offload  # all layers resident, then streamed under a cap
 
 Both sides run the same seeded fixed workload with greedy decoding, in one process, one after the other; each
 engine runs a short warm-up first. The tensor-parallel side needs heads that divide by the rank count: SmolLM2's
@@ -19,16 +19,16 @@ import tempfile
 
 import torch
 
-from engine.bench import RunResult, Workload, build_workload, run_tide
-from engine.llm import LLM
-from engine.loader import load_config, load_tokenizer, resolve_model
-from engine.models.cpu_linear import PackedLinear
+from tide.engine.bench import RunResult, Workload, build_workload, run_tide
+from tide.engine.llm import LLM
+from tide.engine.loader import load_config, load_tokenizer, resolve_model
+from tide.engine.models.cpu_linear import PackedLinear
 
 SPLITTABLE_SMOLLM2 = "random-smollm2-8-heads"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.bench_placement", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tide.engine.bench_placement", description=__doc__.split("\n\n")[0])
     p.add_argument("--compare", choices=["tp", "offload"], required=True)
     p.add_argument("--model", default=None, help=f"default: {SPLITTABLE_SMOLLM2} for tp, smollm2-135m for offload")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])

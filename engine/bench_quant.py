@@ -1,4 +1,4 @@
-"""`python -m engine.bench_quant`: int8 weight-only against fp32 and bf16 on one model, side by side in one run.
+"""`python -m tide.engine.bench_quant`: int8 weight-only against fp32 and bf16 on one model, side by side in one run.
 
 Figures: weight bytes and RSS after load (each configuration loaded in a fresh subprocess, so RSS is its own),
 decode throughput on a fixed workload (engines loaded together, timed back to back, best of `--repeats`), the
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.llm import LLM
-from engine.sampling_params import SamplingParams
+from tide.engine.llm import LLM
+from tide.engine.sampling_params import SamplingParams
 
 CONFIGS = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"),
            "int8 (fp32 rest)": ("float32", "int8"), "int8 (bf16 rest)": ("bfloat16", "int8")}

@@ -1,6 +1,6 @@
 """Speculative decoding against plain decoding on an input-grounded workload, back to back in one process.
 
-`python -m engine.bench_spec` asks SmolLM2 to extract, quote or list items from notes in its prompt, where prompt
+`python -m tide.engine.bench_spec` asks SmolLM2 to extract, quote or list items from notes in its prompt, where prompt
 lookup finds what the model will write next. For each batch size, an engine with speculation and one without run
 the same greedy requests in turn (best of `--repeats` each); the run prints output tokens/s of both, the speed-up,
 the acceptance rate, and how many outputs are identical (all of them, unless fp rounding flips a near tie).
@@ -14,9 +14,9 @@ import random
 import sys
 import time
 
-from engine.bench import _FILLER, _TOPICS, _templated
-from engine.llm import LLM
-from engine.sampling_params import SamplingParams
+from tide.engine.bench import _FILLER, _TOPICS, _templated
+from tide.engine.llm import LLM
+from tide.engine.sampling_params import SamplingParams
 
 _TASKS = [
     "Copy the notes below as a bulleted list, one sentence per bullet, keeping their wording.",
@@ -39,7 +39,7 @@ def grounded_prompts(tokenizer, num_prompts: int, seed: int) -> list[list[int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.bench_spec", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tide.engine.bench_spec", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     p.add_argument("--speculative", default="ngram", choices=["ngram", "draft"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from engine.sequence import Sequence
+from tide.engine.sequence import Sequence
 
 _NO_HASH = -1
 

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 
 import torch
 
-from engine.block_manager import BlockManager
-from engine.config import EngineConfig
-from engine.loader import load_config, resolve_model
-from engine.model_runner import ModelRunner
-from engine.models.llama import ModelArgs
-from engine.sequence import Sequence, SequenceStatus
-from engine.startup import EngineParts, build_engine_parts
+from tide.engine.block_manager import BlockManager
+from tide.engine.config import EngineConfig
+from tide.engine.loader import load_config, resolve_model
+from tide.engine.model_runner import ModelRunner
+from tide.engine.models.llama import ModelArgs
+from tide.engine.sequence import Sequence, SequenceStatus
+from tide.engine.startup import EngineParts, build_engine_parts
 
 
 class _DraftSeq:

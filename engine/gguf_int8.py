@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, read_field
 
-from engine.models.quant_linear import is_quantized_weight, quantize_rows
+from tide.engine.models.quant_linear import is_quantized_weight, quantize_rows
 
 # Written into an int8 directory: how its projection weights are stored (engine/startup.py checks for it).
 QUANT_FILE = "tide_quantization.json"

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Sequence as Seq
 
-from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput
-from engine.request import Prompt
-from engine.sampling_params import SamplingParams
+from tide.engine.config import EngineConfig
+from tide.engine.llm_engine import LLMEngine
+from tide.engine.outputs import RequestOutput
+from tide.engine.request import Prompt
+from tide.engine.sampling_params import SamplingParams
 
 
 class LLM:

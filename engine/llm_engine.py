@@ -9,16 +9,16 @@ from itertools import count
 
 import torch
 
-from engine.beam_search import BeamSearch
-from engine.config import EngineConfig
-from engine.guided import GuidedDecoding, GuidedError
-from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from engine.request import Prompt, RequestState
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence
-from engine.speculative import build_speculator
-from engine.startup import EngineParts, build_engine_parts
+from tide.engine.beam_search import BeamSearch
+from tide.engine.config import EngineConfig
+from tide.engine.guided import GuidedDecoding, GuidedError
+from tide.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from tide.engine.request import Prompt, RequestState
+from tide.engine.sampling_params import SamplingParams
+from tide.engine.scheduler import Scheduler
+from tide.engine.sequence import Sequence
+from tide.engine.speculative import build_speculator
+from tide.engine.startup import EngineParts, build_engine_parts
 
 logger = logging.getLogger("tide.engine")
 

@@ -25,7 +25,7 @@ from filelock import FileLock
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
 
-from engine.gguf_int8 import QUANT_FILE, write_int8_weights
+from tide.engine.gguf_int8 import QUANT_FILE, write_int8_weights
 
 logger = logging.getLogger("tide.loader")
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-import kernels
-from engine.models.llama import ForwardContext, LlamaForCausalLM
-from engine.sequence import Sequence
-from kernels.metadata import AttentionMetadata
+from tide import kernels
+from tide.engine.models.llama import ForwardContext, LlamaForCausalLM
+from tide.engine.sequence import Sequence
+from tide.kernels.metadata import AttentionMetadata
 
 
 class ModelRunner:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from array import array
 
-from engine.sequence import Sequence
+from tide.engine.sequence import Sequence
 
 _ITEM = array("i").itemsize
 

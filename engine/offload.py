@@ -22,8 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from engine.loader import default_cache_dir
-from engine.models.cpu_linear import PackedLinear, can_pack, pack_linears
+from tide.engine.loader import default_cache_dir
+from tide.engine.models.cpu_linear import PackedLinear, can_pack, pack_linears
 
 logger = logging.getLogger("tide.engine")
 

@@ -5,10 +5,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Union
 
-from engine.detokenizer import IncrementalDetokenizer, find_stop_string
-from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
+from tide.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from tide.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from tide.engine.sampling_params import SamplingParams
+from tide.engine.sequence import Sequence
 
 Prompt = Union[str, list[int], list[dict]]
 

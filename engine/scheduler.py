@@ -4,8 +4,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from engine.block_manager import BlockManager
-from engine.sequence import Sequence, SequenceStatus
+from tide.engine.block_manager import BlockManager
+from tide.engine.sequence import Sequence, SequenceStatus
 
 
 @dataclass

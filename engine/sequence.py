@@ -6,8 +6,8 @@ from itertools import count
 
 import torch
 
-from engine.outputs import TokenLogprob
-from engine.sampling_params import SamplingParams
+from tide.engine.outputs import TokenLogprob
+from tide.engine.sampling_params import SamplingParams
 
 _seq_ids = count()
 

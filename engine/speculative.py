@@ -15,12 +15,12 @@ from typing import Protocol
 
 import torch
 
-from engine.block_manager import BlockManager
-from engine.config import EngineConfig
-from engine.sampler import Sampler, SamplerOutput
-from engine.sampling_params import SamplingParams
-from engine.scheduler import SchedulerOutput
-from engine.sequence import Sequence, SequenceStatus
+from tide.engine.block_manager import BlockManager
+from tide.engine.config import EngineConfig
+from tide.engine.sampler import Sampler, SamplerOutput
+from tide.engine.sampling_params import SamplingParams
+from tide.engine.scheduler import SchedulerOutput
+from tide.engine.sequence import Sequence, SequenceStatus
 
 
 class Proposer(Protocol):
@@ -153,11 +153,11 @@ def build_speculator(config: EngineConfig, parts, max_model_len: int, reserve_bl
     if config.speculative == "off":
         return None
     if config.speculative == "ngram":
-        from engine.ngram_proposer import NgramProposer
+        from tide.engine.ngram_proposer import NgramProposer
 
         proposer: Proposer = NgramProposer(config.spec_ngram_min, config.spec_ngram_max)
     else:
-        from engine.draft_proposer import DraftProposer
+        from tide.engine.draft_proposer import DraftProposer
 
         proposer = DraftProposer.load(config, parts, max_model_len)
     return Speculator(proposer, parts.block_manager, config.num_speculative_tokens, config.spec_max_running,

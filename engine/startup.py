@@ -8,16 +8,16 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
-from engine.block_manager import BlockManager
-from engine.config import EngineConfig
-from engine.loader import checkpoint_quantization, iter_weights, load_config, load_tokenizer, resolve_model
-from engine.model_runner import ModelRunner
-from engine.models import build_model
-from engine.models.cpu_linear import can_pack, pack_linears
-from engine.parallel.sharding import TensorShard
-from engine.models.quant_linear import quantize_weights, use_int8_linears
-from engine.sampler import Sampler
+from tide import kernels
+from tide.engine.block_manager import BlockManager
+from tide.engine.config import EngineConfig
+from tide.engine.loader import checkpoint_quantization, iter_weights, load_config, load_tokenizer, resolve_model
+from tide.engine.model_runner import ModelRunner
+from tide.engine.models import build_model
+from tide.engine.models.cpu_linear import can_pack, pack_linears
+from tide.engine.parallel.sharding import TensorShard
+from tide.engine.models.quant_linear import quantize_weights, use_int8_linears
+from tide.engine.sampler import Sampler
 
 logger = logging.getLogger("tide.engine")
 
@@ -87,7 +87,7 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         torch.set_num_threads(num_threads)
     group = None
     if tp > 1:
-        from engine.parallel import TensorParallelGroup
+        from tide.engine.parallel import TensorParallelGroup
 
         group = TensorParallelGroup.start(config, model_dir, hf_config, device, dtype, num_threads)
     try:
@@ -146,7 +146,7 @@ def load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, s
     if shard is not None:
         shard.wrap_row_parallel(model)
     if max_resident_layers is not None:
-        from engine.offload import offload_layers
+        from tide.engine.offload import offload_layers
 
         offload_layers(model, device, max_resident_layers)
     elif device.type == "cpu" and can_pack(dtype):
@@ -158,7 +158,7 @@ def _make_runner(group, model, num_blocks: int, block_size: int, max_model_len: 
                  dtype: torch.dtype) -> ModelRunner:
     if group is None:
         return ModelRunner(model, num_blocks, block_size, max_model_len, device, dtype)
-    from engine.parallel.runner import TensorParallelRunner
+    from tide.engine.parallel.runner import TensorParallelRunner
 
     group.start_workers(num_blocks, max_model_len)
     return TensorParallelRunner(group, model, num_blocks, block_size, max_model_len, device, dtype)

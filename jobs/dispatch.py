@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from jobs.specs import ShardTask
+from tide.jobs.specs import ShardTask
 
 
 class Dispatcher(Protocol):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from jobs.dispatch import ShardRetry, shard_task_id
-from jobs.lifecycle import Finalizer, finalize_job, plan_created, submit_job
-from jobs.progress import wait_for_job
-from jobs.shard_runner import ShardContext, run_shard
-from jobs.specs import JobSpec, ShardTask
-from jobs.state import Job
-from jobs.store import MemoryJobStore
-from jobs.webhooks.courier import Courier, WebhookConfig
-from jobs.webhooks.outbox import MemoryOutbox
+from tide.jobs.dispatch import ShardRetry, shard_task_id
+from tide.jobs.lifecycle import Finalizer, finalize_job, plan_created, submit_job
+from tide.jobs.progress import wait_for_job
+from tide.jobs.shard_runner import ShardContext, run_shard
+from tide.jobs.specs import JobSpec, ShardTask
+from tide.jobs.state import Job
+from tide.jobs.store import MemoryJobStore
+from tide.jobs.webhooks.courier import Courier, WebhookConfig
+from tide.jobs.webhooks.outbox import MemoryOutbox
 
 logger = logging.getLogger("tide.run")
 

@@ -11,19 +11,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jobs.dispatch import Dispatcher, shard_task_id
-from jobs.leases.book import leases_for
-from jobs.openai_output import write_openai_files
-from jobs.planner import Plan, plan_job
-from jobs.report.html import write_report
-from jobs.specs import JobSpec, ShardTask, window_seconds
-from jobs.state import Job, JobStatus, RequestCounts, SampleError, ShardState, ShardStatus, with_counts
-from jobs.storage import StorageError, resolve
-from jobs.store import JobNotFound, JobStore
-from jobs.summary import build_summary
-from jobs.webhooks.courier import enqueue
-from jobs.webhooks.events import job_event
-from jobs.webhooks.outbox import Outbox, outbox_for
+from tide.jobs.dispatch import Dispatcher, shard_task_id
+from tide.jobs.leases.book import leases_for
+from tide.jobs.openai_output import write_openai_files
+from tide.jobs.planner import Plan, plan_job
+from tide.jobs.report.html import write_report
+from tide.jobs.specs import JobSpec, ShardTask, window_seconds
+from tide.jobs.state import Job, JobStatus, RequestCounts, SampleError, ShardState, ShardStatus, with_counts
+from tide.jobs.storage import StorageError, resolve
+from tide.jobs.store import JobNotFound, JobStore
+from tide.jobs.summary import build_summary
+from tide.jobs.webhooks.courier import enqueue
+from tide.jobs.webhooks.events import job_event
+from tide.jobs.webhooks.outbox import Outbox, outbox_for
 
 logger = logging.getLogger("tide.jobs")
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator
 from itertools import groupby
 from pathlib import Path
 
-from jobs.results import iter_output_rows
-from jobs.rows import CHAT_URL
-from jobs.storage import Location
+from tide.jobs.results import iter_output_rows
+from tide.jobs.rows import CHAT_URL
+from tide.jobs.storage import Location
 
 OUTPUT_NAME = "output.jsonl"
 ERRORS_NAME = "errors.jsonl"

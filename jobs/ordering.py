@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from os.path import commonprefix
 
-from jobs.rows import PromptRow
+from tide.jobs.rows import PromptRow
 
 # Prompts sharing fewer characters than this (about one 16-token KV block) gain nothing from sitting together.
 MIN_SHARED_CHARS = 64

@@ -11,10 +11,10 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from jobs.readers import Format, detect_format, iter_jsonl_lines, iter_parquet_rows
-from jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
-from jobs.specs import JobSpec, ShardPlan
-from jobs.storage import Location, resolve
+from tide.jobs.readers import Format, detect_format, iter_jsonl_lines, iter_parquet_rows
+from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
+from tide.jobs.specs import JobSpec, ShardPlan
+from tide.jobs.storage import Location, resolve
 
 
 @dataclass

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from jobs.lifecycle import job_status
-from jobs.state import Job
-from jobs.store import JobStore
+from tide.jobs.lifecycle import job_status
+from tide.jobs.state import Job
+from tide.jobs.store import JobStore
 
 
 def wait_for_job(store: JobStore, job_id: str, poll_s: float = 1.0, show: bool = True,

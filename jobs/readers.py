@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from jobs.specs import ColumnMap
-from jobs.storage import Location, StorageError
+from tide.jobs.specs import ColumnMap
+from tide.jobs.storage import Location, StorageError
 
 Format = Literal["jsonl", "parquet"]
 PARQUET_BATCH_ROWS = 1024

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 
-from jobs.storage import resolve
+from tide.jobs.storage import resolve
 
 
 def iter_output_rows(output_prefix: str, errors: bool = False) -> Iterator[dict]:

@@ -11,8 +11,8 @@ from typing import Any, Union
 
 from pydantic import ValidationError
 
-from engine.guided_params import ANY_JSON_OBJECT
-from engine.sampling_params import SamplingParams
+from tide.engine.guided_params import ANY_JSON_OBJECT
+from tide.engine.sampling_params import SamplingParams
 
 Prompt = Union[str, list[dict]]
 

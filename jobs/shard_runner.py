@@ -13,20 +13,20 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from jobs.dispatch import Dispatcher, ShardRetry
-from jobs.leases.book import Lease, LeaseBook
-from jobs.leases.keeper import LeaseKeeper
-from jobs.ordering import group_by_prefix
-from jobs.metrics import shard_counters
-from jobs.planner import duplicate_error
-from jobs.report.series import SeriesRecorder, write_series
-from jobs.readers import iter_jsonl_lines, iter_parquet_rows
-from jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
-from jobs.specs import ShardTask
-from jobs.state import EngineFigures, JobStatus, ShardProgress, ShardState, ShardStatus
-from jobs.storage import resolve
-from jobs.store import JobStore
-from jobs.writers import ResultRow, write_errors, write_results
+from tide.jobs.dispatch import Dispatcher, ShardRetry
+from tide.jobs.leases.book import Lease, LeaseBook
+from tide.jobs.leases.keeper import LeaseKeeper
+from tide.jobs.ordering import group_by_prefix
+from tide.jobs.metrics import shard_counters
+from tide.jobs.planner import duplicate_error
+from tide.jobs.report.series import SeriesRecorder, write_series
+from tide.jobs.readers import iter_jsonl_lines, iter_parquet_rows
+from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
+from tide.jobs.specs import ShardTask
+from tide.jobs.state import EngineFigures, JobStatus, ShardProgress, ShardState, ShardStatus
+from tide.jobs.storage import resolve
+from tide.jobs.store import JobStore
+from tide.jobs.writers import ResultRow, write_errors, write_results
 
 logger = logging.getLogger("tide.worker")
 

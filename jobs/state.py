@@ -5,7 +5,7 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.specs import JobSpec
+from tide.jobs.specs import JobSpec
 
 
 class JobStatus(str, Enum):

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from jobs.state import Job, ShardProgress, ShardState
+from tide.jobs.state import Job, ShardProgress, ShardState
 
 JobChange = Callable[[Job], "Job | None"]
 ShardChange = Callable[[ShardState], "ShardState | None"]

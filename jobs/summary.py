@@ -7,11 +7,11 @@ from collections import defaultdict
 import numpy as np
 import pyarrow.parquet as pq
 
-from jobs.report.cost import job_cost, price_from_environ
-from jobs.report.figures import histogram, job_series
-from jobs.report.series import read_series
-from jobs.state import Job, ShardState
-from jobs.storage import Location
+from tide.jobs.report.cost import job_cost, price_from_environ
+from tide.jobs.report.figures import histogram, job_series
+from tide.jobs.report.series import read_series
+from tide.jobs.state import Job, ShardState
+from tide.jobs.storage import Location
 
 _TIMING_COLUMNS = ["ttft_s", "tpot_s", "latency_s"]
 
@@ -143,12 +143,19 @@ def format_report(summary: dict) -> str:
                      "accepted")
     cost = summary.get("cost")
     if cost:
-        per_million = cost["cost_per_1m_output_tokens"]
-        lines.append(f"  cost       {cost['worker_seconds']:.1f} worker-s x {cost['price_per_worker_hour']:g}/h = "
-                     f"{cost['cost']:.4f} ({'-' if per_million is None else f'{per_million:.4f}'} per 1M output "
-                     "tokens)")
+        lines.append(_cost_line(cost))
     for worker, figures in summary["workers"].items():
         occupancy = figures["mean_batch_occupancy"]
         lines.append(f"  worker {worker}: {figures['shards']} shards, {figures['completed']} requests, "
                      f"batch occupancy {'-' if occupancy is None else f'{occupancy:.0%}'}")
     return "\n".join(lines)
+
+
+def _cost_line(cost: dict) -> str:
+    """A price of 0 means none was set: show the worker time and how to price it rather than a cost of 0."""
+    if not cost["price_per_worker_hour"]:
+        return (f"  cost       {cost['worker_seconds']:.1f} worker-s (set TIDE_PRICE_PER_WORKER_HOUR to see what "
+                "they cost)")
+    per_million = cost["cost_per_1m_output_tokens"]
+    return (f"  cost       {cost['worker_seconds']:.1f} worker-s x {cost['price_per_worker_hour']:g}/h = "
+            f"{cost['cost']:.4f} ({'-' if per_million is None else f'{per_million:.4f}'} per 1M output tokens)")

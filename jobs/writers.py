@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.rows import ErrorRow
-from jobs.storage import Location
+from tide.jobs.rows import ErrorRow
+from tide.jobs.storage import Location
 
 _LOGPROB = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
 RESULT_SCHEMA = pa.schema([

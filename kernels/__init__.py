@@ -5,7 +5,7 @@
 
 Triton is imported only when the Triton backend is chosen, so this package imports on machines without it.
 """
-from kernels.dispatch import KernelOps, get_ops
-from kernels.rope_cache import build_cos_sin_cache
+from tide.kernels.dispatch import KernelOps, get_ops
+from tide.kernels.rope_cache import build_cos_sin_cache
 
 __all__ = ["KernelOps", "build_cos_sin_cache", "get_ops"]

@@ -1,4 +1,4 @@
-"""`python -m kernels.bench`: times each Triton kernel on CUDA against its PyTorch twin and against the
+"""`python -m tide.kernels.bench`: times each Triton kernel on CUDA against its PyTorch twin and against the
 bytes/FLOPs floor of the GPU, and checks the Triton results in bf16.
 
 Without CUDA it says so and exits 0; `--cpu` instead compares the CPU decode-attention strategies of the twin
@@ -13,9 +13,9 @@ from typing import Callable
 
 import torch
 
-from kernels import build_cos_sin_cache, torch_ops
-from kernels.bench_cpu import add_cpu_args, run_cpu_bench
-from kernels.metadata import AttentionMetadata
+from tide.kernels import build_cos_sin_cache, torch_ops
+from tide.kernels.bench_cpu import add_cpu_args, run_cpu_bench
+from tide.kernels.metadata import AttentionMetadata
 
 
 @dataclass
@@ -103,7 +103,7 @@ def elementwise_cases(args, triton_ops, dtype) -> list[Case]:
 def run_cuda_bench(args: argparse.Namespace) -> bool:
     import triton.testing
 
-    from kernels import triton_ops
+    from tide.kernels import triton_ops
 
     dtype = torch.bfloat16
     ctx, n = args.decode_context, args.decode_batch

@@ -1,4 +1,4 @@
-"""CPU comparison of decode-attention strategies for the PyTorch twin (`python -m kernels.bench --cpu`).
+"""CPU comparison of decode-attention strategies for the PyTorch twin (`python -m tide.kernels.bench --cpu`).
 
 Candidates: the twin's chunked online softmax at several chunk sizes (KiB of K gathered per chunk), a plain
 per-sequence gather + SDPA reference, and a one-shot gather of every block + one masked SDPA. Shapes default to
@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from kernels.torch_attention import decode_attention, gather_context
+from tide.kernels.torch_attention import decode_attention, gather_context
 
 DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]
 
@@ -54,8 +54,8 @@ def chunked(chunk_kib: int) -> DecodeFn:
 
 def native_decode(q, k_cache, v_cache, block_tables, seq_lens, scale) -> torch.Tensor:
     """The native library's paged attention (kernels/csrc) on the same decode batch."""
-    from kernels import native_ops
-    from kernels.metadata import AttentionMetadata
+    from tide.kernels import native_ops
+    from tide.kernels.metadata import AttentionMetadata
 
     n = len(seq_lens)
     meta = AttentionMetadata(torch.arange(n + 1, dtype=torch.int32), torch.tensor(seq_lens, dtype=torch.int32),
@@ -101,7 +101,7 @@ def run_cpu_bench(args: argparse.Namespace) -> None:
     }
     for kib in args.chunk_kib:
         candidates[f"chunked_{kib}KiB"] = chunked(kib)
-    from kernels import native
+    from tide.kernels import native
 
     if native.load() is not None:
         candidates["native"] = native_decode

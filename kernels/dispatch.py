@@ -14,7 +14,9 @@ import torch
 logger = logging.getLogger("tide.kernels")
 
 BACKEND_ENV = "TIDE_KERNELS"
-_BACKEND_MODULES = {"triton": "kernels.triton_ops", "native": "kernels.native_ops", "torch": "kernels.torch_ops"}
+_BACKEND_MODULES = {
+    "triton": "tide.kernels.triton_ops", "native": "tide.kernels.native_ops", "torch": "tide.kernels.torch_ops",
+}
 _logged: set[str] = set()
 _OP_NAMES = (
     "write_kv_cache",
@@ -56,7 +58,7 @@ def get_ops(device: torch.device) -> KernelOps:
     if backend not in _BACKEND_MODULES:
         raise ValueError(f"{BACKEND_ENV} must be 'triton', 'native' or 'torch', got {backend!r}")
     if backend == "native":
-        from kernels import native
+        from tide.kernels import native
 
         if native.load() is None:
             backend = "torch"
@@ -73,7 +75,7 @@ def get_ops(device: torch.device) -> KernelOps:
 
 def cpu_attention_path() -> str:
     """What paged attention runs on CPU in this process, in words (printed by `tide bench`)."""
-    from kernels import native
+    from tide.kernels import native
 
     if os.environ.get(BACKEND_ENV, "").strip().lower() == "torch":
         return f"torch twin ({BACKEND_ENV}=torch)"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels import native, torch_ops
-from kernels.metadata import AttentionMetadata
-from kernels.torch_ops import rms_norm
+from tide.kernels import native, torch_ops
+from tide.kernels.metadata import AttentionMetadata
+from tide.kernels.torch_ops import rms_norm
 
 __all__ = ["fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
            "write_kv_cache"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.metadata import AttentionMetadata
+from tide.kernels.metadata import AttentionMetadata
 
 # Bytes of K gathered per decode chunk (all sequences together): small enough for the gathered K and V to stay in
-# cache, large enough to amortise per-op overhead. Chosen with `python -m kernels.bench --cpu` (docs/KERNELS.md).
+# cache, large enough to amortise per-op overhead. Chosen with `python -m tide.kernels.bench --cpu` (docs/KERNELS.md).
 DECODE_CHUNK_BYTES = 2 << 20
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.torch_attention import paged_attention
+from tide.kernels.torch_attention import paged_attention
 
 
 

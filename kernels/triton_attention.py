@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.metadata import AttentionMetadata
+from tide.kernels.metadata import AttentionMetadata
 
 LOG2E = 1.4426950408889634
 # Split a decode only when each split still walks this many blocks: shorter splits cost more in the reduction

@@ -9,6 +9,11 @@ import sys
 # does), or it has no effect.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The checkout's top-level folders (kernels/, engine/, ...) install as tide.*; on sys.path (`python -m pytest` puts
+# the working directory there) `kernels/` would shadow Hugging Face's `kernels`, which transformers imports.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _REPO]
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 
-from engine.loader import load_tokenizer, resolve_model
+from tide.engine.loader import load_tokenizer, resolve_model
 
 # Small enough to build and run in well under a second, large enough to exercise GQA (4 query heads sharing 2 KV
 # heads). The vocabulary is SmolLM2's so its tokenizer and chat template work on these models.

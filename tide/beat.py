@@ -30,18 +30,18 @@ def add_parser(sub, settings: Settings) -> None:
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
-    from jobs.evals.runner import QueuedExecutor
-    from jobs.evals.scorers import ScorerError, get_scorer
-    from jobs.evals.suites import SuiteError, load_suites
-    from jobs.leases.book import LeaseBook
-    from jobs.leases.reaper import Reaper
-    from jobs.lifecycle import Finalizer
-    from jobs.webhooks.courier import Courier
-    from jobs.webhooks.outbox import RedisOutbox
+    from tide.jobs.evals.runner import QueuedExecutor
+    from tide.jobs.evals.scorers import ScorerError, get_scorer
+    from tide.jobs.evals.suites import SuiteError, load_suites
+    from tide.jobs.leases.book import LeaseBook
+    from tide.jobs.leases.reaper import Reaper
+    from tide.jobs.lifecycle import Finalizer
+    from tide.jobs.webhooks.courier import Courier
+    from tide.jobs.webhooks.outbox import RedisOutbox
     from tide.webhooks_command import webhook_config
     from tide.wiring import connect
-    from workers.reaper import ReaperThread
-    from workers.scheduler import Scheduler
+    from tide.workers.reaper import ReaperThread
+    from tide.workers.scheduler import Scheduler
 
     settings = get_settings()
     settings.export_storage_env()

@@ -37,7 +37,7 @@ class RawEngine:
     """The engine on its own, through the offline API, with the same config as the worker's."""
 
     def __init__(self, args: argparse.Namespace, rows: list[dict]) -> None:
-        from engine import LLM, SamplingParams
+        from tide.engine import LLM, SamplingParams
 
         self.llm = LLM(model=args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs)
         self.params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
@@ -71,10 +71,10 @@ class QueuedJobs:
 
     def __enter__(self) -> "QueuedJobs":
         from tide.processes import service_env, start_moto, start_redis, start_worker
-        from jobs.storage import s3_client
-        from jobs.store import RedisJobStore
-        from workers.celery_app import make_app
-        from workers.dispatch import CeleryDispatcher
+        from tide.jobs.storage import s3_client
+        from tide.jobs.store import RedisJobStore
+        from tide.workers.celery_app import make_app
+        from tide.workers.dispatch import CeleryDispatcher
 
         args = self.args
         redis_url, s3_url = args.redis_url, args.s3_url
@@ -103,10 +103,10 @@ class QueuedJobs:
 
     def run(self, rows: list[dict], name: str) -> tuple[float, dict]:
         """Output tokens/s of one job from submit to completed, and its summary."""
-        from jobs.lifecycle import submit_job
-        from jobs.progress import wait_for_job
-        from jobs.specs import JobSpec
-        from jobs.storage import resolve, s3_client
+        from tide.jobs.lifecycle import submit_job
+        from tide.jobs.progress import wait_for_job
+        from tide.jobs.specs import JobSpec
+        from tide.jobs.storage import resolve, s3_client
 
         body = "".join(json.dumps(r) + "\n" for r in rows).encode()
         s3_client().put_object(Bucket=BUCKET, Key=f"{name}.jsonl", Body=body)

@@ -21,8 +21,8 @@ BUCKET = "tide-load"
 
 
 def plan_figures(rows: int, workdir: Path) -> None:
-    from jobs.planner import plan_job
-    from jobs.specs import JobSpec
+    from tide.jobs.planner import plan_job
+    from tide.jobs.specs import JobSpec
 
     path = workdir / "million.jsonl"
     with open(path, "w") as f:
@@ -51,14 +51,14 @@ def rss_mib(pid: int) -> float:
 
 
 def job_figures(args: argparse.Namespace, workdir: Path) -> None:
-    from jobs.lifecycle import job_status, submit_job
-    from jobs.results import iter_output_rows
-    from jobs.specs import JobSpec
-    from jobs.storage import s3_client
-    from jobs.store import RedisJobStore
+    from tide.jobs.lifecycle import job_status, submit_job
+    from tide.jobs.results import iter_output_rows
+    from tide.jobs.specs import JobSpec
+    from tide.jobs.storage import s3_client
+    from tide.jobs.store import RedisJobStore
     from tide.processes import service_env, start_moto, start_redis, start_worker, stop
-    from workers.celery_app import make_app
-    from workers.dispatch import CeleryDispatcher
+    from tide.workers.celery_app import make_app
+    from tide.workers.dispatch import CeleryDispatcher
 
     redis_proc, redis_url = start_redis(workdir)
     moto_proc, s3_url = start_moto()

@@ -33,8 +33,8 @@ def kv_bytes_per_token(model_dir: Path, dtype: str) -> int:
     """2 (K and V) x layers x KV heads x head dim x element size, as the engine reserves it."""
     import torch
 
-    from engine.loader import load_config
-    from engine.startup import pick_device, pick_dtype
+    from tide.engine.loader import load_config
+    from tide.engine.startup import pick_device, pick_dtype
 
     config = load_config(model_dir)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -43,9 +43,9 @@ def kv_bytes_per_token(model_dir: Path, dtype: str) -> int:
 
 
 def run(service_factory, rows_path: Path, out: Path, grouped: bool, max_tokens: int) -> dict:
-    from jobs.embedded import run_embedded
-    from jobs.specs import JobSpec
-    from jobs.storage import resolve
+    from tide.jobs.embedded import run_embedded
+    from tide.jobs.specs import JobSpec
+    from tide.jobs.storage import resolve
 
     service = service_factory()
     try:
@@ -65,7 +65,7 @@ def run(service_factory, rows_path: Path, out: Path, grouped: bool, max_tokens: 
 
 
 def _results(prefix: str):
-    from jobs.results import iter_output_rows
+    from tide.jobs.results import iter_output_rows
 
     return iter_output_rows(prefix)
 
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-tokens", type=int, default=4096, help="KV cache size, in tokens")
     args = parser.parse_args(argv)
 
-    from engine import EngineConfig, LLMEngine
-    from engine.loader import load_tokenizer, resolve_model
-    from workers.engine_service import EngineService
+    from tide.engine import EngineConfig, LLMEngine
+    from tide.engine.loader import load_tokenizer, resolve_model
+    from tide.workers.engine_service import EngineService
 
     model_dir = resolve_model(args.model)
     kv_bytes = kv_bytes_per_token(model_dir, args.dtype) * args.kv_tokens

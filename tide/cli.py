@@ -12,9 +12,9 @@ import sys
 
 from pydantic import ValidationError
 
-from jobs.specs import ColumnMap, JobSpec
-from jobs.storage import StorageError
-from jobs.store import JobNotFound, StoreUnavailable
+from tide.jobs.specs import ColumnMap, JobSpec
+from tide.jobs.storage import StorageError
+from tide.jobs.store import JobNotFound, StoreUnavailable
 from tide.logs import configure_logging
 from tide.settings import Settings, get_settings
 from tide.speculative_options import add_speculative_options, speculative_config
@@ -24,7 +24,7 @@ from tide.wiring import UsageError, connect, engine_service
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the engine's benchmark owns its own arguments
-        from engine.bench import main as bench_main
+        from tide.engine.bench import main as bench_main
 
         return bench_main(argv[1:])
     try:
@@ -159,9 +159,9 @@ def spec_from_args(args: argparse.Namespace, output: str, **extra) -> JobSpec:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs.embedded import run_embedded
-    from jobs.storage import resolve
-    from jobs.summary import format_report
+    from tide.jobs.embedded import run_embedded
+    from tide.jobs.storage import resolve
+    from tide.jobs.summary import format_report
     from tide.webhooks_command import webhook_config
 
     if not os.path.exists(args.input) and not args.input.startswith("s3://"):
@@ -184,7 +184,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from jobs.lifecycle import submit_job
+    from tide.jobs.lifecycle import submit_job
 
     metadata = dict(_key_value(item) for item in args.metadata)
     spec = spec_from_args(args, args.output, priority=args.priority, metadata=metadata, webhook_url=args.webhook,
@@ -209,22 +209,22 @@ def _key_value(item: str) -> tuple[str, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from jobs.lifecycle import job_status
-    from jobs.store import RedisJobStore
+    from tide.jobs.lifecycle import job_status
+    from tide.jobs.store import RedisJobStore
 
     print(job_status(RedisJobStore.from_url(args.redis_url), args.job_id).model_dump_json(indent=2))
     return 0
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from jobs.store import RedisJobStore
+    from tide.jobs.store import RedisJobStore
 
     return _wait(RedisJobStore.from_url(args.redis_url), args.job_id, args.timeout)
 
 
 def _wait(store, job_id: str, timeout: float | None) -> int:
-    from jobs.progress import wait_for_job
-    from jobs.state import JobStatus
+    from tide.jobs.progress import wait_for_job
+    from tide.jobs.state import JobStatus
 
     job = wait_for_job(store, job_id, timeout_s=timeout, show=sys.stderr.isatty())
     counts = job.request_counts
@@ -234,7 +234,7 @@ def _wait(store, job_id: str, timeout: float | None) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from jobs.lifecycle import cancel_job
+    from tide.jobs.lifecycle import cancel_job
 
     store, dispatcher = connect(args.redis_url)
     job = cancel_job(store, dispatcher, args.job_id)
@@ -243,8 +243,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from jobs.results import iter_output_rows
-    from jobs.store import RedisJobStore
+    from tide.jobs.results import iter_output_rows
+    from tide.jobs.store import RedisJobStore
 
     job = RedisJobStore.from_url(args.redis_url).get_job(args.job_id)
     for i, row in enumerate(iter_output_rows(job.output_prefix, errors=args.errors)):

@@ -44,8 +44,8 @@ def _config(p: argparse.ArgumentParser, settings: Settings) -> None:
 def _guard(handler):
     """Suite and scorer mistakes are the user's to fix: one line, status 2, like every other usage error."""
     def run(args: argparse.Namespace) -> int:
-        from jobs.evals.scorers import ScorerError
-        from jobs.evals.suites import SuiteError
+        from tide.jobs.evals.scorers import ScorerError
+        from tide.jobs.evals.suites import SuiteError
 
         try:
             return handler(args)
@@ -55,7 +55,7 @@ def _guard(handler):
 
 
 def _suites(args: argparse.Namespace):
-    from jobs.evals.suites import load_suites
+    from tide.jobs.evals.suites import load_suites
 
     if not args.config:
         raise UsageError("no suites file: pass --config FILE or set TIDE_EVALS_CONFIG")
@@ -70,11 +70,11 @@ def _queued(args: argparse.Namespace) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jobs.evals.suites import get_suite
-    from jobs.webhooks.courier import Courier
+    from tide.jobs.evals.suites import get_suite
+    from tide.jobs.webhooks.courier import Courier
     from tide.webhooks_command import webhook_config
 
-    from jobs.evals.runner import check_suite
+    from tide.jobs.evals.runner import check_suite
 
     suite = get_suite(_suites(args), args.suite)
     check_suite(suite)
@@ -82,8 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _queued(args):
         record = _run_queued(args, suite, webhooks)
     else:
-        from jobs.evals.runner import EmbeddedExecutor, run_suite
-        from jobs.webhooks.outbox import MemoryOutbox
+        from tide.jobs.evals.runner import EmbeddedExecutor, run_suite
+        from tide.jobs.webhooks.outbox import MemoryOutbox
         from tide.wiring import engine_service
 
         service = engine_service(suite.model, args.dtype)
@@ -100,9 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_queued(args: argparse.Namespace, suite, webhooks):
-    from jobs.evals.runner import QueuedExecutor, run_suite
-    from jobs.webhooks.courier import Courier
-    from jobs.webhooks.outbox import RedisOutbox
+    from tide.jobs.evals.runner import QueuedExecutor, run_suite
+    from tide.jobs.webhooks.courier import Courier
+    from tide.jobs.webhooks.outbox import RedisOutbox
     from tide.wiring import connect
 
     store, dispatcher = connect(args.redis_url)
@@ -132,8 +132,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from jobs.evals.history import History
-    from jobs.evals.suites import get_suite
+    from tide.jobs.evals.history import History
+    from tide.jobs.evals.suites import get_suite
 
     suite = get_suite(_suites(args), args.suite)
     runs = History(suite.history, args.suite).index()[-args.limit:]

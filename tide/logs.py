@@ -1,7 +1,7 @@
 """Logging of the worker, API and scheduler: text as before, or `TIDE_LOG_FORMAT=json`, one JSON object per line
 with `job_id` and `shard_id` on every line (null when the line concerns no job).
 
-Ids come from the context the line was written in (`jobs.log_context`: bound per Celery task and per API request),
+Ids come from the context the line was written in (`tide.jobs.log_context`: bound per Celery task and per API request),
 else from the message itself (a job id, and `job/N` or `job.shard-N` naming a shard).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from jobs.log_context import bind, current
+from tide.jobs.log_context import bind, current
 
 JOB_ID = re.compile(r"\b((?:job|batch)_[0-9a-f]{8,})(?:(?:/|\.shard-)(\d+))?")
 PATH_ID = re.compile(r"^/v1/(?:jobs|batches)/((?:job|batch)_[0-9a-f]+)")

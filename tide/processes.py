@@ -15,7 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+
+
+def tide_command(*args: str) -> list[str]:
+    """`python -P -m tide ARGS`: -P keeps the working directory off sys.path, so a source checkout's top-level
+    folders (`kernels/` beside Hugging Face's `kernels` package) never shadow installed packages in the child."""
+    return [sys.executable, "-P", "-m", "tide", *args]
 
 
 def free_port() -> int:
@@ -51,7 +56,7 @@ def spawn(command: list[str], log: Path | None, env: dict[str, str] | None = Non
     """Start `command` with its output in `log`; detached ones get their own session and outlive this process."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=detach)
     finally:
         if log is not None:
@@ -117,8 +122,8 @@ def start_worker(model_dir: Path | str, served: str, env: dict[str, str], log: P
                  extra: tuple[str, ...] = ("--dtype", "float32", "--max-num-seqs", "32"),
                  detach: bool = False) -> subprocess.Popen:
     """A real `tide worker` process; returns once Celery reports it ready to consume."""
-    command = [sys.executable, "-m", "tide", "worker", "--model", str(model_dir), "--served-name", served,
-               "--concurrency", str(concurrency), *extra]
+    command = tide_command("worker", "--model", str(model_dir), "--served-name", served,
+                           "--concurrency", str(concurrency), *extra)
     process = spawn(command, log, env, detach)
     wait_until(lambda: b" ready." in log.read_bytes(), f"tide worker ({log})", process, timeout_s=300)
     return process
@@ -128,8 +133,7 @@ def start_api(env: dict[str, str], port: int, log: Path, detach: bool = False) -
     """A real `tide api` process on 127.0.0.1:`port`; returns once it answers /readyz."""
     import urllib.request
 
-    process = spawn([sys.executable, "-m", "tide", "api", "--host", "127.0.0.1", "--port", str(port)], log, env,
-                    detach)
+    process = spawn(tide_command("api", "--host", "127.0.0.1", "--port", str(port)), log, env, detach)
 
     def ready() -> bool:
         try:
@@ -145,15 +149,14 @@ def start_api(env: dict[str, str], port: int, log: Path, detach: bool = False) -
 def service_env(redis_url: str, s3_url: str, **extra: str) -> dict[str, str]:
     """The environment a CLI or worker subprocess needs to reach these services (moto accepts any credentials)."""
     return {**os.environ, "TIDE_REDIS_URL": redis_url, "AWS_ENDPOINT_URL": s3_url, "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
+            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", **extra}
 
 
 def start_beat(env: dict[str, str], log: Path, detach: bool = False,
                extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """A real `tide beat` process (eval schedules from TIDE_EVALS_CONFIG or `--config` in `extra`, webhook
     delivery); returns once it is up."""
-    process = spawn([sys.executable, "-m", "tide", "beat", *extra], log, env, detach)
+    process = spawn(tide_command("beat", *extra), log, env, detach)
     wait_until(lambda: log.exists() and b"tide beat: ready" in log.read_bytes(), f"tide beat ({log})", process,
                timeout_s=60)
     return process

@@ -24,8 +24,8 @@ def add_parser(sub, settings: Settings) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from jobs.report.html import write_report
-    from jobs.storage import resolve
+    from tide.jobs.report.html import write_report
+    from tide.jobs.storage import resolve
 
     summary_uri = _summary_uri(args.job, args.redis_url)
     summary_location = resolve(summary_uri)
@@ -45,7 +45,7 @@ def _summary_uri(job: str, redis_url: str) -> str:
         job = os.path.join(job, "summary.json")
     if os.path.isfile(job):
         return os.path.abspath(job)
-    from jobs.store import RedisJobStore
+    from tide.jobs.store import RedisJobStore
 
     found = RedisJobStore.from_url(redis_url).get_job(job)
     if found.summary_uri is None:

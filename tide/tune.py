@@ -85,8 +85,8 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _measure(args: argparse.Namespace, max_num_seqs: int, budget: int | None, bar) -> Point:
-    from engine import EngineConfig, LLMEngine, SamplingParams
-    from engine.bench import chat_prompt
+    from tide.engine import EngineConfig, LLMEngine, SamplingParams
+    from tide.engine.bench import chat_prompt
 
     options = {k: v for k, v in {"max_num_batched_tokens": budget, "num_threads": args.threads,
                                  "kv_cache_bytes": args.kv_cache_bytes}.items() if v is not None}

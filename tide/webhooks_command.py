@@ -11,8 +11,8 @@ from tide.wiring import UsageError
 
 def webhook_config(settings: Settings):
     """The webhook signing and retry settings every courier uses."""
-    from jobs.webhooks.courier import WebhookConfig
-    from jobs.webhooks.signing import split_secrets
+    from tide.jobs.webhooks.courier import WebhookConfig
+    from tide.jobs.webhooks.signing import split_secrets
 
     try:
         return WebhookConfig(secrets=split_secrets(settings.webhook_secret), schedule=settings.webhook_retry_schedule,
@@ -32,8 +32,8 @@ def add_parser(sub, settings: Settings) -> None:
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
-    from jobs.store import RedisJobStore
-    from jobs.webhooks.outbox import RedisOutbox
+    from tide.jobs.store import RedisJobStore
+    from tide.jobs.webhooks.outbox import RedisOutbox
 
     if len(args.words) == 2 and args.words[0] == "replay":
         return _replay(args.words[1], RedisOutbox(RedisJobStore.from_url(args.redis_url).redis))
@@ -54,7 +54,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def _replay(owner: str, outbox) -> int:
-    from jobs.webhooks.courier import Courier, replay
+    from tide.jobs.webhooks.courier import Courier, replay
 
     again = replay(outbox, owner, time.time())
     if not again:

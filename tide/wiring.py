@@ -8,8 +8,8 @@ class UsageError(Exception):
 
 def engine_service(model: str, dtype: str, **config):
     """An `EngineService` around a freshly loaded engine; options left as None take the engine's defaults."""
-    from engine import EngineConfig, LLMEngine
-    from workers.engine_service import EngineService
+    from tide.engine import EngineConfig, LLMEngine
+    from tide.workers.engine_service import EngineService
 
     from tide.tuned import tuned_options
 
@@ -24,9 +24,9 @@ def engine_service(model: str, dtype: str, **config):
 
 def connect(redis_url: str):
     """(RedisJobStore, CeleryDispatcher) for queued jobs; raises StoreUnavailable when Redis cannot be reached."""
-    from jobs.store import RedisJobStore
-    from workers.celery_app import make_app
-    from workers.dispatch import CeleryDispatcher
+    from tide.jobs.store import RedisJobStore
+    from tide.workers.celery_app import make_app
+    from tide.workers.dispatch import CeleryDispatcher
 
     store = RedisJobStore.from_url(redis_url)
     return store, CeleryDispatcher(make_app(redis_url))

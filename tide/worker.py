@@ -42,15 +42,15 @@ def add_parser(sub, settings: Settings) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs.leases.book import LeaseBook
-    from jobs.leases.keeper import LeaseKeeper
-    from jobs.leases.reaper import Reaper
-    from jobs.lifecycle import Finalizer
-    from jobs.shard_runner import ShardContext
-    from jobs.specs import queue_for
-    from workers.reaper import ReaperThread
-    from workers.registry import Heartbeat
-    from workers.tasks import register_tasks
+    from tide.jobs.leases.book import LeaseBook
+    from tide.jobs.leases.keeper import LeaseKeeper
+    from tide.jobs.leases.reaper import Reaper
+    from tide.jobs.lifecycle import Finalizer
+    from tide.jobs.shard_runner import ShardContext
+    from tide.jobs.specs import queue_for
+    from tide.workers.reaper import ReaperThread
+    from tide.workers.registry import Heartbeat
+    from tide.workers.tasks import register_tasks
 
     settings.export_storage_env()
     store, dispatcher = connect(args.redis_url)

@@ -1,11 +1,11 @@
-"""The Celery implementation of `jobs.dispatch.Dispatcher`: tasks by name, routed to the job's model queue."""
+"""The Celery implementation of `tide.jobs.dispatch.Dispatcher`: tasks by name, routed to the job's model queue."""
 from __future__ import annotations
 
 from celery import Celery
 
-from jobs.dispatch import shard_task_id
-from jobs.specs import ShardTask, queue_for
-from workers.celery_app import FINALIZE_TASK, PLAN_TASK, SHARD_TASK, celery_priority
+from tide.jobs.dispatch import shard_task_id
+from tide.jobs.specs import ShardTask, queue_for
+from tide.workers.celery_app import FINALIZE_TASK, PLAN_TASK, SHARD_TASK, celery_priority
 
 
 class CeleryDispatcher:

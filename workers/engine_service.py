@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 
-from jobs.state import EngineFigures
+from tide.jobs.state import EngineFigures
 
 logger = logging.getLogger("tide.worker")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from jobs.leases.reaper import Reaper
+from tide.jobs.leases.reaper import Reaper
 
 logger = logging.getLogger("tide.reaper")
 

@@ -10,7 +10,7 @@ import time
 
 from pydantic import BaseModel
 
-from jobs.state import EngineFigures
+from tide.jobs.state import EngineFigures
 
 logger = logging.getLogger("tide.worker")
 

@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from jobs.evals.runner import Executor, run_suite
-from jobs.evals.schedule import RedisLock, SlotClaims, SlotPicker, recent_slots, scheduled_run_id
-from jobs.evals.suites import Suite
-from jobs.webhooks.courier import Courier
-from jobs.webhooks.outbox import Outbox
+from tide.jobs.evals.runner import Executor, run_suite
+from tide.jobs.evals.schedule import RedisLock, SlotClaims, SlotPicker, recent_slots, scheduled_run_id
+from tide.jobs.evals.suites import Suite
+from tide.jobs.webhooks.courier import Courier
+from tide.jobs.webhooks.outbox import Outbox
 
 logger = logging.getLogger("tide.beat")
 

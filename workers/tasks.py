@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from celery import Celery
 
-from jobs.dispatch import ShardRetry
-from jobs.lifecycle import Finalizer, finalize_job, plan_created
-from jobs.shard_runner import ShardContext, run_shard
-from jobs.specs import ShardTask
-from workers.celery_app import FINALIZE_TASK, PLAN_TASK, SHARD_TASK
+from tide.jobs.dispatch import ShardRetry
+from tide.jobs.lifecycle import Finalizer, finalize_job, plan_created
+from tide.jobs.shard_runner import ShardContext, run_shard
+from tide.jobs.specs import ShardTask
+from tide.workers.celery_app import FINALIZE_TASK, PLAN_TASK, SHARD_TASK
 
 RETRY_DELAY_S = 5
 

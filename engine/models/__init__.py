@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from engine.models.llama import LlamaForCausalLM, ModelArgs
+from tide.engine.models.llama import LlamaForCausalLM, ModelArgs
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": LlamaForCausalLM,  # Llama 2/3, SmolLM2

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-import kernels
-from kernels.metadata import AttentionMetadata
+from tide import kernels
+from tide.kernels.metadata import AttentionMetadata
 
 
 @dataclass

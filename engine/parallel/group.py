@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from engine.config import EngineConfig
-from engine.models.llama import ForwardContext, ModelArgs
-from engine.parallel.sharding import TensorShard, check_divisible
-from engine.parallel.step import pack_step
+from tide.engine.config import EngineConfig
+from tide.engine.models.llama import ForwardContext, ModelArgs
+from tide.engine.parallel.sharding import TensorShard, check_divisible
+from tide.engine.parallel.step import pack_step
 
 logger = logging.getLogger("tide.engine")
 
@@ -77,7 +77,7 @@ class TensorParallelGroup:
                             COLLECTIVE_TIMEOUT_S) for rank in range(world)]
         ctx = mp.get_context("spawn")
         processes, conns = [], []
-        from engine.parallel.worker import worker_main
+        from tide.engine.parallel.worker import worker_main
 
         for spec in specs[1:]:
             parent_end, child_end = ctx.Pipe()

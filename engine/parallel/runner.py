@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.model_runner import ModelRunner
-from engine.parallel.group import TensorParallelGroup
-from engine.sequence import Sequence
+from tide.engine.model_runner import ModelRunner
+from tide.engine.parallel.group import TensorParallelGroup
+from tide.engine.sequence import Sequence
 
 
 class TensorParallelRunner(ModelRunner):

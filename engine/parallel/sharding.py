@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine.models.llama import LlamaForCausalLM, ModelArgs
+from tide.engine.models.llama import LlamaForCausalLM, ModelArgs
 
 # HF checkpoint module names, by how their weight is split across ranks.
 _COLUMN_PARALLEL = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}  # output features (rows of W)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from engine.models.llama import ForwardContext
-from kernels.metadata import AttentionMetadata
+from tide.engine.models.llama import ForwardContext
+from tide.kernels.metadata import AttentionMetadata
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import logging
 import torch
 import torch.distributed as dist
 
-from engine.parallel.group import WorkerSpec, init_group
-from engine.parallel.sharding import TensorShard
-from engine.parallel.step import receive_step
+from tide.engine.parallel.group import WorkerSpec, init_group
+from tide.engine.parallel.sharding import TensorShard
+from tide.engine.parallel.step import receive_step
 
 logger = logging.getLogger("tide.engine")
 
@@ -29,9 +29,9 @@ def worker_main(spec: WorkerSpec, conn) -> None:
 
 
 def _load(spec: WorkerSpec, conn):
-    from engine.loader import load_config
-    from engine.model_runner import ModelRunner
-    from engine.startup import load_model
+    from tide.engine.loader import load_config
+    from tide.engine.model_runner import ModelRunner
+    from tide.engine.startup import load_model
 
     device = torch.device(spec.device_type, spec.rank) if spec.device_type == "cuda" else torch.device("cpu")
     if device.type == "cuda":

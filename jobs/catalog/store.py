@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from jobs.catalog.records import BatchRecord, FileRecord
+from tide.jobs.catalog.records import BatchRecord, FileRecord
 
 Kind = Literal["files", "batches", "jobs"]
 KEEP_SECONDS = 30 * 86400  # as long as jobs are kept

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from jobs.storage import Location
+from tide.jobs.storage import Location
 
 
 @dataclass(frozen=True)

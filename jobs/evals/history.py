@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from jobs.storage import Location, resolve
+from tide.jobs.storage import Location, resolve
 
 # Runs of one process end together (the scheduler runs several at once) and each rewrites index.json.
 _INDEX_LOCK = threading.Lock()

@@ -11,17 +11,17 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, Protocol
 
-from jobs.evals.dataset import Item, read_items
-from jobs.evals.history import History, ResultRow, RunRecord, diff
-from jobs.evals.scorers import ScorerError, apply, get_scorer
-from jobs.evals.suites import Suite
-from jobs.results import iter_output_rows
-from jobs.specs import JobSpec
-from jobs.state import Job, JobStatus
-from jobs.storage import StorageError
-from jobs.webhooks.courier import enqueue
-from jobs.webhooks.events import EVAL_COMPLETED, EVAL_REGRESSED
-from jobs.webhooks.outbox import Outbox
+from tide.jobs.evals.dataset import Item, read_items
+from tide.jobs.evals.history import History, ResultRow, RunRecord, diff
+from tide.jobs.evals.scorers import ScorerError, apply, get_scorer
+from tide.jobs.evals.suites import Suite
+from tide.jobs.results import iter_output_rows
+from tide.jobs.specs import JobSpec
+from tide.jobs.state import Job, JobStatus
+from tide.jobs.storage import StorageError
+from tide.jobs.webhooks.courier import enqueue
+from tide.jobs.webhooks.events import EVAL_COMPLETED, EVAL_REGRESSED
+from tide.jobs.webhooks.outbox import Outbox
 
 logger = logging.getLogger("tide.evals")
 
@@ -107,7 +107,7 @@ def run_suite(name: str, suite: Suite, executor: Executor, outbox: Outbox | None
 
 
 def _dataset(suite: Suite):
-    from jobs.storage import resolve
+    from tide.jobs.storage import resolve
 
     location = resolve(suite.dataset)
     if not location.exists():
@@ -162,7 +162,7 @@ class EmbeddedExecutor:
         self.service = service
 
     def execute(self, spec: JobSpec) -> Job:
-        from jobs.embedded import run_embedded
+        from tide.jobs.embedded import run_embedded
 
         return run_embedded(spec, self.service, show_progress=False)
 
@@ -177,8 +177,8 @@ class QueuedExecutor:
         self.store, self.dispatcher, self.timeout_s, self.poll_s = store, dispatcher, timeout_s, poll_s
 
     def execute(self, spec: JobSpec) -> Job:
-        from jobs.lifecycle import submit_job
-        from jobs.progress import wait_for_job
+        from tide.jobs.lifecycle import submit_job
+        from tide.jobs.progress import wait_for_job
 
         job = submit_job(spec, self.store, self.dispatcher)
         if job.status.terminal:
@@ -188,7 +188,7 @@ class QueuedExecutor:
     def chat_template(self, model: str) -> str | None:
         """The template of `model` as this machine resolves it; None when only the workers know the name."""
         try:
-            from engine.loader import load_tokenizer, resolve_model
+            from tide.engine.loader import load_tokenizer, resolve_model
 
             return getattr(load_tokenizer(resolve_model(model)), "chat_template", None)
         except Exception:  # a served name that only the workers map to a directory

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from jobs.evals.suites import Suite
+from tide.jobs.evals.suites import Suite
 
 LOCK_KEY = "tide:beat:lock"
 KEEP_SECONDS = 30 * 86400

@@ -24,7 +24,7 @@ import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.sampling_params import SamplingParams
+from tide.engine.sampling_params import SamplingParams
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.specs import ShardTask
+from tide.jobs.specs import ShardTask
 
 LEASES_KEY = "tide:leases"
 DEADLINES_KEY = "tide:deadlines"

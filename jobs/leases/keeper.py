@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from jobs.leases.book import Lease, LeaseBook
+from tide.jobs.leases.book import Lease, LeaseBook
 
 logger = logging.getLogger("tide.leases")
 

@@ -10,12 +10,12 @@ import socket
 import time
 from collections.abc import Callable
 
-from jobs.dispatch import Dispatcher
-from jobs.leases.book import Lease, LeaseBook
-from jobs.lifecycle import Finalizer, finalize_job
-from jobs.shard_runner import ShardContext, run_shard
-from jobs.state import JobStatus, ShardState, ShardStatus
-from jobs.store import JobNotFound, JobStore
+from tide.jobs.dispatch import Dispatcher
+from tide.jobs.leases.book import Lease, LeaseBook
+from tide.jobs.lifecycle import Finalizer, finalize_job
+from tide.jobs.shard_runner import ShardContext, run_shard
+from tide.jobs.state import JobStatus, ShardState, ShardStatus
+from tide.jobs.store import JobNotFound, JobStore
 
 logger = logging.getLogger("tide.reaper")
 

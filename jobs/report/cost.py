@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from jobs.state import ShardState
+from tide.jobs.state import ShardState
 
 PRICE_VARIABLE = "TIDE_PRICE_PER_WORKER_HOUR"
 

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from jobs.report.series import ShardSeries
+from tide.jobs.report.series import ShardSeries
 
 HISTOGRAM_BINS = 30
 TIME_BINS = 120

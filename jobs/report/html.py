@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 import json
 
-from jobs.storage import Location
+from tide.jobs.storage import Location
 
 REPORT_NAME = "report.html"
 WIDTH, HEIGHT, PAD = 640, 230, 44

@@ -10,8 +10,8 @@ import json
 
 from pydantic import BaseModel
 
-from jobs.state import ShardProgress
-from jobs.storage import Location
+from tide.jobs.state import ShardProgress
+from tide.jobs.storage import Location
 
 MAX_SAMPLES = 240
 SERIES_PREFIX = "series-"

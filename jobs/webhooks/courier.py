@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
-from jobs.webhooks.delivery import AttemptResult, Outcome, WebhookRefused, check_url, post
-from jobs.webhooks.events import Delivery, DeliveryState, LogEntry, new_delivery
-from jobs.webhooks.outbox import Outbox
-from jobs.webhooks.signing import sign_headers, split_secrets
+from tide.jobs.webhooks.delivery import AttemptResult, Outcome, WebhookRefused, check_url, post
+from tide.jobs.webhooks.events import Delivery, DeliveryState, LogEntry, new_delivery
+from tide.jobs.webhooks.outbox import Outbox
+from tide.jobs.webhooks.signing import sign_headers, split_secrets
 
 logger = logging.getLogger("tide.webhooks")
 

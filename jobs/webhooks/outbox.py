@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from jobs.webhooks.events import Delivery, DeliveryState, LogEntry
+from tide.jobs.webhooks.events import Delivery, DeliveryState, LogEntry
 
 KEEP_SECONDS = 30 * 86400
 DUE_KEY = "tide:webhooks:due"

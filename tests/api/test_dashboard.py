@@ -8,9 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.state import EngineFigures
+from tide.jobs.state import EngineFigures
 from tests.api.conftest import KEY
-from workers.registry import KEY_PREFIX, WorkerInfo
+from tide.workers.registry import KEY_PREFIX, WorkerInfo
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

@@ -7,9 +7,9 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM
 
-from engine import LLM, SamplingParams
-from engine.block_manager import BlockManager
-from engine.sequence import Sequence
+from tide.engine import LLM, SamplingParams
+from tide.engine.block_manager import BlockManager
+from tide.engine.sequence import Sequence
 from tests.engine.test_generation import kv_bytes_for
 
 MAX_NEW = 12

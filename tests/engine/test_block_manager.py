@@ -1,7 +1,7 @@
 """Block manager without a model: allocation, refcounts, prefix hits, eviction order, no leaks."""
-from engine.block_manager import BlockManager
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
+from tide.engine.block_manager import BlockManager
+from tide.engine.sampling_params import SamplingParams
+from tide.engine.sequence import Sequence
 
 
 def make_seq(tokens, **kw) -> Sequence:

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
-from engine.models.cpu_linear import PackedLinear
+from tide.engine import LLM, SamplingParams
+from tide.engine.models.cpu_linear import PackedLinear
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from tide.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 
 MULTILINGUAL = "Café crème, naïve — “quotes” 😀🎉👩‍👩‍👧 日本語のテキスト, 한국어, Ελληνικά, last 🚀"
 

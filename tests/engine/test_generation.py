@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine import LLM, SamplingParams
-from kernels import native, torch_ops
+from tide.engine import LLM, SamplingParams
+from tide.kernels import native, torch_ops
 from tests.engine.hf_reference import compare_greedy, hf_greedy
 
 MAX_NEW = 20

@@ -7,8 +7,8 @@ import jsonschema
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
-from engine.token_bitmask import allow_only_, apply_token_bitmask_, bitmask_words
+from tide.engine import LLM, SamplingParams
+from tide.engine.token_bitmask import allow_only_, apply_token_bitmask_, bitmask_words
 
 
 def strict(properties: dict, required: list[str] | None = None) -> dict:

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from engine import loader
-from engine.loader import MODEL_ALIASES, iter_weights, load_config, load_tokenizer, resolve_model
+from tide.engine import loader
+from tide.engine.loader import MODEL_ALIASES, iter_weights, load_config, load_tokenizer, resolve_model
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine import LLM, SamplingParams
-from engine.loader import load_tokenizer
+from tide.engine import LLM, SamplingParams
+from tide.engine.loader import load_tokenizer
 from tests.conftest import TINY_CONFIGS
 from tests.engine.test_generation import make_prompts
 

@@ -9,11 +9,11 @@ from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, get_tensor_name_m
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from engine import LLM, EngineConfig
-from engine.bench_quant import agreement
-from engine.gguf_int8 import int8_rows, write_int8_weights
-from engine.loader import _cache_key, _source_stamp
-from engine.models.quant_linear import INT8_MM_MAX_TOKENS, Int8Linear, quantize_rows
+from tide.engine import LLM, EngineConfig
+from tide.engine.bench_quant import agreement
+from tide.engine.gguf_int8 import int8_rows, write_int8_weights
+from tide.engine.loader import _cache_key, _source_stamp
+from tide.engine.models.quant_linear import INT8_MM_MAX_TOKENS, Int8Linear, quantize_rows
 from tests.engine.test_smollm2 import CHATS
 
 

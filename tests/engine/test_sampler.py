@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from engine.sampler import (
+from tide.engine.sampler import (
     Sampler,
     apply_penalties_,
     mask_stop_tokens_before_min_tokens_,
@@ -14,7 +14,7 @@ from engine.sampler import (
     top_k_mask,
     top_p_mask,
 )
-from engine.sampling_params import SamplingParams
+from tide.engine.sampling_params import SamplingParams
 
 EOS = 0
 

@@ -1,10 +1,10 @@
 """Scheduler without a model: budgets, caps, chunked prefill, preemption order, no starvation, no leaks."""
 import random
 
-from engine.block_manager import BlockManager
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence
+from tide.engine.block_manager import BlockManager
+from tide.engine.sampling_params import SamplingParams
+from tide.engine.scheduler import Scheduler
+from tide.engine.sequence import Sequence
 
 
 def make_seq(n_prompt, max_tokens=4, priority=0, order=0, rid=None, start=0) -> Sequence:

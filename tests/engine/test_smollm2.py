@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine import LLM, SamplingParams
+from tide.engine import LLM, SamplingParams
 from tests.engine.hf_reference import compare_greedy, hf_greedy
 
 MAX_NEW = 24

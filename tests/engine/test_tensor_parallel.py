@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from engine import LLM, SamplingParams
-from engine.parallel import group as tp_group
+from tide.engine import LLM, SamplingParams
+from tide.engine.parallel import group as tp_group
 from tests.engine.test_generation import make_prompts
 
 MAX_NEW = 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import threading
 
-from jobs.evals.history import History, ResultRow, RunRecord
+from tide.jobs.evals.history import History, ResultRow, RunRecord
 
 
 def record(run_id: str, finished_at: str) -> RunRecord:

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 import fakeredis
 import pytest
 
-import workers.scheduler as scheduler_module
-from jobs.evals.schedule import latest_slot, recent_slots
-from jobs.evals.suites import Suite
-from workers.scheduler import Scheduler
+import tide.workers.scheduler as scheduler_module
+from tide.jobs.evals.schedule import latest_slot, recent_slots
+from tide.jobs.evals.suites import Suite
+from tide.workers.scheduler import Scheduler
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
 
@@ -80,7 +80,7 @@ def test_slots_are_computed_in_the_suite_zone_and_kept_in_utc():
 
 
 def test_a_leader_whose_tick_was_late_fires_every_slot_it_passed_but_a_restart_only_the_latest():
-    from jobs.evals.schedule import SlotPicker
+    from tide.jobs.evals.schedule import SlotPicker
 
     picker = SlotPicker({"tick": suite("* * * * * */5")}, grace_s=60)
     picker.restart(T0 + 1)

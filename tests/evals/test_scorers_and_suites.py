@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.evals.dataset import read_items
-from jobs.evals.scorers import ScorerError, apply, get_scorer
-from jobs.evals.suites import SuiteError, load_suites, parse_suites
-from jobs.storage import resolve
+from tide.jobs.evals.dataset import read_items
+from tide.jobs.evals.scorers import ScorerError, apply, get_scorer
+from tide.jobs.evals.suites import SuiteError, load_suites, parse_suites
+from tide.jobs.storage import resolve
 
 
 @pytest.mark.parametrize("name, output, expected, passed", [

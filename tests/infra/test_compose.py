@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from urllib.parse import urlsplit
 
 import pytest
@@ -131,11 +132,14 @@ def test_build_args_name_the_dockerfile_stages():
     assert {SERVICES[name]["build"]["args"]["TORCH"] for name in TIDE_SERVICES} == stages == {"cpu", "cuda"}
 
 
-def test_dockerfile_copies_every_package_and_runs_tide():
+def test_dockerfile_copies_every_package_and_installs_from_the_lock():
     dockerfile = (REPO / "infra/Dockerfile").read_text()
-    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
-    assert {"engine", "kernels", "jobs", "workers", "tide"} <= copied
+    copied = {word for line in dockerfile.splitlines() if line.startswith("COPY ") for word in line.split()[1:-1]}
+    folders = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    assert folders | {"pyproject.toml", "requirements.lock"} <= copied
     assert 'ENTRYPOINT ["tide"]' in dockerfile
-    assert "ARG TORCH_VERSION=2.13.0" in dockerfile and "download.pytorch.org/whl/cpu" in dockerfile
+    (locked_torch,) = re.findall(r"^torch==([\d.]+)", (REPO / "requirements.lock").read_text(), re.M)
+    assert f"ARG TORCH_VERSION={locked_torch}" in dockerfile and "download.pytorch.org/whl/cpu" in dockerfile
     pip_lines = [shlex.split(line.replace("\\", "")) for line in dockerfile.splitlines() if "pip install" in line]
     assert any('torch==${TORCH_VERSION}' in words for words in pip_lines)
+    assert any("-c" in words and "." in words and "-e" not in words for words in pip_lines)

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from kombu.transport.redis import Channel
 
-from jobs.specs import queue_for
+from tide.jobs.specs import queue_for
 from tests.infra.known import REPO, parse_tide_args, unknown_variables
-from workers.celery_app import make_app
+from tide.workers.celery_app import make_app
 
 K8S = REPO / "infra/k8s"
 KUBERNETES_VERSION = "1.35.0"  # schemas bundled with kubernetes-validate; validated offline

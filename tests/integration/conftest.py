@@ -31,7 +31,7 @@ def services(tmp_path_factory, tiny_model_dir):
     env = service_env(redis_url, s3_url, TIDE_WEBHOOK_SECRET=WEBHOOK_SECRET)
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith(("AWS_", "TIDE_"))})
-    from jobs.storage import s3_client
+    from tide.jobs.storage import s3_client
 
     s3_client.cache_clear()  # this process talks to the moto server from now on
     s3_client().create_bucket(Bucket=BUCKET)

@@ -4,12 +4,11 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 
 import pyarrow.parquet as pq
 
-from jobs.storage import s3_client
-from tide.processes import REPO
+from tide.jobs.storage import s3_client
+from tide.processes import tide_command
 
 
 def put_jsonl(bucket: str, key: str, rows: list) -> str:
@@ -19,8 +18,7 @@ def put_jsonl(bucket: str, key: str, rows: list) -> str:
 
 
 def tide(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tide", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(tide_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def submit(env: dict, *args: str) -> str:

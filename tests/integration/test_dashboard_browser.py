@@ -8,13 +8,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tide.processes import REPO, free_port
+from tests.infra.known import REPO
+from tests.integration.helpers import tide as run_tide
+from tide.processes import free_port
 
 KEY, SERVED = "tide-dev-key", "tiny-llama"
 CHROMIUM = next((path for path in map(shutil.which, ("chromium", "chromium-browser")) if path), None)
@@ -26,16 +27,14 @@ pytestmark = [pytest.mark.integration,
 
 
 def tide(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tide", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=400)
+    return run_tide(env, *args, timeout=400)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
     state = tmp_path_factory.mktemp("dash-stack")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TIDE_"))}
-    env.update(TIDE_API_KEYS=KEY, TIDE_SHARD_ROWS="6", TIDE_LOG_FORMAT="json",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(TIDE_API_KEYS=KEY, TIDE_SHARD_ROWS="6", TIDE_LOG_FORMAT="json")
     port = free_port()
     up = tide(env, "stack", "up", "--state-dir", str(state), "--model", str(tiny_model_dir("llama")),
               "--served-name", SERVED, "--api-port", str(port), "--redis-port", str(free_port()),

@@ -14,16 +14,16 @@ from contextlib import contextmanager
 
 import pytest
 
-from jobs.lifecycle import job_status
-from jobs.leases.book import LeaseBook
-from jobs.state import ShardStatus
-from jobs.store import RedisJobStore
+from tide.jobs.lifecycle import job_status
+from tide.jobs.leases.book import LeaseBook
+from tide.jobs.state import ShardStatus
+from tide.jobs.store import RedisJobStore
 from tests.integration.conftest import BUCKET
 from tests.integration.helpers import put_jsonl, read_s3_parts, submit, tide
 from tide.processes import free_port, start_redis, start_worker, stop
 from tide.worker import POISON_EXIT_STATUS
-from workers.celery_app import make_app
-from workers.dispatch import CeleryDispatcher
+from tide.workers.celery_app import make_app
+from tide.workers.dispatch import CeleryDispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -307,7 +307,7 @@ def test_no_secret_in_logs_job_records_or_result_files(services):
             blobs += client.lrange(key, 0, -1)
         elif kind in ("set", "zset"):
             blobs += list(client.smembers(key)) if kind == "set" else client.zrange(key, 0, -1)
-    from jobs.storage import s3_client
+    from tide.jobs.storage import s3_client
 
     s3 = s3_client()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="results/"):

@@ -6,9 +6,9 @@ import tracemalloc
 
 import pytest
 
-from jobs.planner import plan_job
-from jobs.specs import JobSpec
-from jobs.storage import s3_client
+from tide.jobs.planner import plan_job
+from tide.jobs.specs import JobSpec
+from tide.jobs.storage import s3_client
 from tests.integration.conftest import BUCKET
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tide.processes import REPO, free_port
+from tests.integration.helpers import tide as run_tide
+from tide.processes import free_port
 
 SERVED = "tiny-llama"
 KEY, OTHER_KEY = "tide-dev-key", "another-teams-key"
@@ -22,15 +22,13 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 def tide(env: dict, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tide", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_tide(env, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
     state = tmp_path_factory.mktemp("stack")
-    env = {**os.environ, "TIDE_API_KEYS": f"{KEY},{OTHER_KEY}", "TIDE_SHARD_ROWS": "8",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "TIDE_API_KEYS": f"{KEY},{OTHER_KEY}", "TIDE_SHARD_ROWS": "8"}
     env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
     up_args = ["stack", "up", "--state-dir", str(state), "--s3", "--model", str(tiny_model_dir("llama")),
                "--served-name", SERVED, "--api-port", str(free_port()), "--redis-port", str(free_port()),

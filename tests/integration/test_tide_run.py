@@ -3,22 +3,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tide.processes import REPO
+from tests.infra.known import REPO
+from tide.processes import tide_command
 
 pytestmark = pytest.mark.integration
 
 
 def test_tide_run_writes_results_summary_and_prints_a_report(tiny_model_dir, tmp_path):
     examples = REPO / "examples" / "prompts.jsonl"
-    result = subprocess.run([sys.executable, "-m", "tide", "run", str(examples), "--output", str(tmp_path),
-                             "--model", str(tiny_model_dir("llama")), "--dtype", "float32", "--max-tokens", "8",
-                             "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    # From the checkout's root, where its top-level folders (kernels/, ...) sit beside Hugging Face's `kernels`.
+    result = subprocess.run(tide_command("run", str(examples), "--output", str(tmp_path), "--model",
+                                         str(tiny_model_dir("llama")), "--dtype", "float32", "--max-tokens", "8",
+                                         "--no-progress"), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "completed" in result.stdout and "output tok/s" in result.stdout
     (job_dir,) = [p for p in Path(tmp_path).iterdir() if p.is_dir()]

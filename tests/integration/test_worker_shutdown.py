@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from jobs.lifecycle import job_status
-from jobs.state import ShardStatus
-from jobs.store import RedisJobStore
+from tide.jobs.lifecycle import job_status
+from tide.jobs.state import ShardStatus
+from tide.jobs.store import RedisJobStore
 from tests.integration.conftest import BUCKET
 from tests.integration.helpers import put_jsonl, read_s3_parts, submit, tide
 from tide.processes import start_worker, stop

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.embedded import run_embedded
-from jobs.specs import JobSpec
-from jobs.state import Job
+from tide.jobs.embedded import run_embedded
+from tide.jobs.specs import JobSpec
+from tide.jobs.state import Job
 from tests.jobs.fake_engine import FakeEngine
-from workers.engine_service import EngineService
+from tide.workers.engine_service import EngineService
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from engine.llm_engine import EngineStats
-from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from tide.engine.llm_engine import EngineStats
+from tide.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
 
 
 def prompt_words(prompt) -> list[str]:

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from jobs.planner import plan_job
-from jobs.rows import ErrorRow, PromptRow, parse_json_line
-from jobs.shard_runner import read_shard_rows
-from jobs.specs import JobSpec, ShardTask
-from jobs.storage import StorageError
+from tide.jobs.planner import plan_job
+from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line
+from tide.jobs.shard_runner import read_shard_rows
+from tide.jobs.specs import JobSpec, ShardTask
+from tide.jobs.storage import StorageError
 
 SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
            | st.text(max_size=20))

@@ -1,10 +1,9 @@
 """Beam search from job rows: each returned beam is one result row, best first; a conflicting option fails its row."""
-import pytest
 
-from engine import LLM, LLMEngine, SamplingParams
-from jobs.rows import ErrorRow, parse_row
-from jobs.specs import JobSpec
-from jobs.state import JobStatus
+from tide.engine import LLM, LLMEngine, SamplingParams
+from tide.jobs.rows import ErrorRow, parse_row
+from tide.jobs.specs import JobSpec
+from tide.jobs.state import JobStatus
 from tests.jobs.conftest import run_on_engine, write_jsonl
 from tests.jobs.test_pipeline import read_parts
 

@@ -3,9 +3,9 @@ import threading
 
 import pytest
 
-from engine.sampling_params import SamplingParams
+from tide.engine.sampling_params import SamplingParams
 from tests.jobs.fake_engine import FakeEngine
-from workers.engine_service import EngineFailed, EngineService
+from tide.workers.engine_service import EngineFailed, EngineService
 
 
 def test_each_thread_gets_exactly_its_own_outputs(service):

@@ -5,9 +5,9 @@ import json
 import jsonschema
 import pyarrow.parquet as pq
 
-from engine.llm_engine import LLMEngine
-from jobs.specs import JobSpec
-from jobs.state import JobStatus
+from tide.engine.llm_engine import LLMEngine
+from tide.jobs.specs import JobSpec
+from tide.jobs.state import JobStatus
 from tests.jobs.conftest import run_on_engine, write_jsonl
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},

@@ -9,13 +9,13 @@ import fakeredis
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.leases.book import LeaseBook
-from jobs.leases.reaper import Reaper
-from jobs.lifecycle import Finalizer, job_status, submit_job
-from jobs.shard_runner import ShardContext, run_shard
-from jobs.specs import JobSpec
-from jobs.state import JobStatus, ShardStatus
-from jobs.store import RedisJobStore
+from tide.jobs.leases.book import LeaseBook
+from tide.jobs.leases.reaper import Reaper
+from tide.jobs.lifecycle import Finalizer, job_status, submit_job
+from tide.jobs.shard_runner import ShardContext, run_shard
+from tide.jobs.specs import JobSpec
+from tide.jobs.state import JobStatus, ShardStatus
+from tide.jobs.store import RedisJobStore
 from tests.jobs.conftest import write_jsonl
 
 TTL = 10.0
@@ -143,7 +143,7 @@ def test_a_row_that_kills_its_worker_twice_is_set_aside(world):
 
 
 def _leases(book):
-    from jobs.leases.book import LEASES_KEY, Lease
+    from tide.jobs.leases.book import LEASES_KEY, Lease
 
     return [Lease.parse(m) for m in book.redis.zrange(LEASES_KEY, 0, -1)]
 

@@ -1,7 +1,7 @@
 """Parquet result and error rows -> OpenAI batch output and error lines."""
 from __future__ import annotations
 
-from jobs.openai_output import error_lines, output_lines
+from tide.jobs.openai_output import error_lines, output_lines
 
 
 def _row(row_index: int, sample: int, text: str, custom_id: str = "a") -> dict:

@@ -1,6 +1,6 @@
-from engine.sampling_params import SamplingParams
-from jobs.ordering import MIN_SHARED_CHARS, group_by_prefix
-from jobs.rows import PromptRow
+from tide.engine.sampling_params import SamplingParams
+from tide.jobs.ordering import MIN_SHARED_CHARS, group_by_prefix
+from tide.jobs.rows import PromptRow
 
 PARAMS = SamplingParams()
 

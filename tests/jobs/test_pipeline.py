@@ -5,16 +5,16 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.embedded import LocalDispatcher, run_embedded
-from jobs.lifecycle import Finalizer, cancel_job, finalize_job, job_status, submit_job
-from jobs.progress import wait_for_job
-from jobs.shard_runner import ShardContext
-from jobs.specs import JobSpec
-from jobs.state import JobStatus
-from jobs.store import MemoryJobStore
+from tide.jobs.embedded import LocalDispatcher, run_embedded
+from tide.jobs.lifecycle import Finalizer, cancel_job, finalize_job, job_status, submit_job
+from tide.jobs.progress import wait_for_job
+from tide.jobs.shard_runner import ShardContext
+from tide.jobs.specs import JobSpec
+from tide.jobs.state import JobStatus
+from tide.jobs.store import MemoryJobStore
 from tests.jobs.conftest import write_jsonl
 from tests.jobs.fake_engine import FakeEngine, expected_text
-from workers.engine_service import EngineService
+from tide.workers.engine_service import EngineService
 
 
 def read_parts(prefix, kind="part-"):

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from jobs.lifecycle import create_job, plan_created
-from jobs.specs import JobSpec
-from jobs.state import JobStatus
-from jobs.store import MemoryJobStore
+from tide.jobs.lifecycle import create_job, plan_created
+from tide.jobs.specs import JobSpec
+from tide.jobs.state import JobStatus
+from tide.jobs.store import MemoryJobStore
 from tests.jobs.test_leases import Recorder as LeaseRecorder
 
 

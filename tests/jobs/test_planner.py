@@ -1,9 +1,9 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.planner import plan_job
-from jobs.shard_runner import read_shard_rows
-from jobs.specs import ColumnMap, JobSpec, ShardTask
+from tide.jobs.planner import plan_job
+from tide.jobs.shard_runner import read_shard_rows
+from tide.jobs.specs import ColumnMap, JobSpec, ShardTask
 from tests.jobs.conftest import write_jsonl
 
 
@@ -79,7 +79,7 @@ def test_the_digest_table_finds_every_repeat_and_stays_small():
     import random
     import sys
 
-    from jobs.planner import DigestSet
+    from tide.jobs.planner import DigestSet
 
     seen, digests = DigestSet(4), [random.getrandbits(64) for _ in range(50_000)]
     assert not any(seen.add(d) for d in digests) and all(seen.add(d) for d in digests)

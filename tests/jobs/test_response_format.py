@@ -1,7 +1,7 @@
 """OpenAI `response_format` and Tide's `guided` parameter in job rows."""
 import pytest
 
-from jobs.rows import ErrorRow, PromptRow, parse_row
+from tide.jobs.rows import ErrorRow, PromptRow, parse_row
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 

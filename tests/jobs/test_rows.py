@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
+from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
 
 
 def parse(raw, defaults=None):

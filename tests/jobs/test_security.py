@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.storage import StorageError, resolve
+from tide.jobs.storage import StorageError, resolve
 from tide.settings import Settings
-from workers.celery_app import make_app
+from tide.workers.celery_app import make_app
 
 REPO = Path(__file__).resolve().parents[2]
 

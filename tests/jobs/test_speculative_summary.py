@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 
-from engine import EngineConfig, LLMEngine
-from jobs.embedded import run_embedded
-from jobs.specs import JobSpec
-from jobs.summary import format_report
+from tide.engine import EngineConfig, LLMEngine
+from tide.jobs.embedded import run_embedded
+from tide.jobs.specs import JobSpec
+from tide.jobs.summary import format_report
 from tests.jobs.conftest import write_jsonl
-from workers.engine_service import EngineService
+from tide.workers.engine_service import EngineService
 
 
 def test_job_summary_and_worker_figures_carry_the_acceptance_rate(tmp_path, tiny_model_dir):

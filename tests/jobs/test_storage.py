@@ -1,7 +1,7 @@
 import pytest
 
-from jobs.readers import iter_jsonl_lines
-from jobs.storage import LocalLocation, StorageError, resolve
+from tide.jobs.readers import iter_jsonl_lines
+from tide.jobs.storage import LocalLocation, StorageError, resolve
 
 
 def test_resolve_picks_the_backend_from_the_uri(tmp_path):

@@ -6,7 +6,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from jobs.storage import StorageError, retrying
+from tide.jobs.storage import StorageError, retrying
 
 
 def flaky(failures: list[Exception]):

@@ -4,9 +4,9 @@ import threading
 import fakeredis
 import pytest
 
-from jobs.specs import JobSpec
-from jobs.state import Job, JobStatus, ShardProgress, ShardState, ShardStatus
-from jobs.store import JobNotFound, MemoryJobStore, RedisJobStore
+from tide.jobs.specs import JobSpec
+from tide.jobs.state import Job, JobStatus, ShardProgress, ShardState, ShardStatus
+from tide.jobs.store import JobNotFound, MemoryJobStore, RedisJobStore
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels.metadata import AttentionMetadata
+from tide.kernels.metadata import AttentionMetadata
 
 
 def _use_triton_interpreter() -> None:
@@ -19,7 +19,8 @@ def _use_triton_interpreter() -> None:
     # The compiled extension (triton._C) stays: it cannot be initialised twice in one process.
     stale = [
         name for name in sys.modules
-        if (name.split(".")[0] == "triton" and not name.startswith("triton._C")) or name.startswith("kernels.triton")
+        if (name.split(".")[0] == "triton" and not name.startswith("triton._C"))
+        or name.startswith("tide.kernels.triton")
     ]
     for name in stale:
         del sys.modules[name]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels import torch_attention, torch_ops, triton_attention
+from tide.kernels import torch_attention, torch_ops, triton_attention
 
 # name: (decode context lengths, prefill (context, chunk) pairs, Hq, Hkv, head_dim, block_size)
 CASES = {
@@ -14,7 +14,7 @@ CASES = {
     "decode_only_gqa8_d128_block32": ([97, 32, 33, 1], [], 8, 1, 128, 32),
 }
 # bf16 runs the twin's products in bf16 (as HF's eager attention does); the interpreter gets bf16 wrong, so Triton
-# is checked in bf16 only by `python -m kernels.bench` on a GPU.
+# is checked in bf16 only by `python -m tide.kernels.bench` on a GPU.
 TOLERANCE = {torch.float32: 3e-5, torch.float16: 4e-3, torch.bfloat16: 4e-2}
 
 

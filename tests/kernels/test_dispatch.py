@@ -4,15 +4,15 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-import kernels
-from kernels import native
+from tide import kernels
+from tide.kernels import native
 
 
 def test_cpu_gets_the_native_library_or_the_twins(monkeypatch):
     monkeypatch.delenv("TIDE_KERNELS", raising=False)
     ops = kernels.get_ops(torch.device("cpu"))
     assert ops.backend == ("torch" if native.load() is None else "native")
-    assert ops.paged_attention.__module__ == f"kernels.{ops.backend}_{'attention' if ops.backend == 'torch' else 'ops'}"
+    assert ops.paged_attention.__module__ == f"tide.kernels.{ops.backend}_{'attention' if ops.backend == 'torch' else 'ops'}"
 
 
 def test_cpu_choice_is_logged(monkeypatch, caplog):
@@ -29,7 +29,7 @@ def test_environment_overrides_the_backend(monkeypatch, backend):
     monkeypatch.setenv("TIDE_KERNELS", backend)
     ops = kernels.get_ops(torch.device("cpu"))
     assert ops.backend == backend
-    assert ops.silu_and_mul.__module__ == f"kernels.{backend}_{'elementwise' if backend == 'triton' else 'ops'}"
+    assert ops.silu_and_mul.__module__ == f"tide.kernels.{backend}_{'elementwise' if backend == 'triton' else 'ops'}"
 
 
 def test_unknown_backend_is_refused(monkeypatch):

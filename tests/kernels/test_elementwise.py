@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-import kernels
-from kernels import native_ops, torch_ops, triton_ops
+from tide import kernels
+from tide.kernels import native_ops, torch_ops, triton_ops
 
 DTYPES = [torch.float32, torch.float16]
 BACKENDS = {"triton": triton_ops, "torch": torch_ops}

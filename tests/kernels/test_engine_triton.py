@@ -5,8 +5,8 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-pytest.importorskip("engine.llm_engine")
-from engine import LLM, SamplingParams  # noqa: E402
+pytest.importorskip("tide.engine.llm_engine")
+from tide.engine import LLM, SamplingParams  # noqa: E402
 
 SHAPE = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.5, bos_token_id=1,

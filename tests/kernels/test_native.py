@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kernels import native, native_ops, torch_attention, torch_ops
-from kernels.metadata import AttentionMetadata
+from tide.kernels import native, native_ops, torch_attention, torch_ops
+from tide.kernels.metadata import AttentionMetadata
 from tests.kernels.test_attention import reference
 
 LIBRARY = native.load()
@@ -123,8 +123,8 @@ def test_unserved_arguments_go_to_the_twin(paged_batch):
 
 def test_build_failure_falls_back(monkeypatch, tmp_path):
     """No compiler: load() returns None with a reason, and the CPU backend becomes the twins."""
-    import kernels
-    from kernels import dispatch
+    from tide import kernels
+    from tide.kernels import dispatch
 
     monkeypatch.setenv("TIDE_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "/nonexistent/c++")

@@ -7,15 +7,16 @@ import re
 
 import pytest
 
-from jobs.embedded import run_embedded
-from jobs.report.cost import job_cost, worker_seconds
-from jobs.report.html import render_report
-from jobs.report.series import SeriesRecorder
-from jobs.specs import JobSpec
-from jobs.state import ShardProgress, ShardState, ShardStatus
+from tide.jobs.embedded import run_embedded
+from tide.jobs.report.cost import job_cost, worker_seconds
+from tide.jobs.report.html import render_report
+from tide.jobs.report.series import SeriesRecorder
+from tide.jobs.specs import JobSpec
+from tide.jobs.summary import format_report
+from tide.jobs.state import ShardProgress, ShardState, ShardStatus
 from tests.jobs.conftest import write_jsonl
 from tests.jobs.fake_engine import FakeEngine
-from workers.engine_service import EngineService
+from tide.workers.engine_service import EngineService
 
 
 def test_recorder_stays_bounded_and_keeps_first_and_last():
@@ -69,6 +70,20 @@ def test_job_writes_summary_with_cost_and_a_self_contained_report(tmp_path, slow
     for text in ("Throughput", "Batch occupancy", "KV cache", "Preemptions", "Time to first token", "p99",
                  "worker-seconds", "embedded"):
         assert text in page
+
+
+def test_printed_report_prices_worker_time_only_when_a_price_is_set(tmp_path, slow_service, monkeypatch):
+    rows = [{"id": f"r{i}", "prompt": f"hello there {i}"} for i in range(4)]
+    spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"), shard_rows=2)
+    monkeypatch.delenv("TIDE_PRICE_PER_WORKER_HOUR", raising=False)
+    job = run_embedded(spec, slow_service, shards_in_flight=2, show_progress=False)
+    summary = json.loads((tmp_path / "out" / job.id / "summary.json").read_text())
+    unpriced = next(line for line in format_report(summary).splitlines() if line.strip().startswith("cost"))
+    assert "set TIDE_PRICE_PER_WORKER_HOUR" in unpriced and "= 0.0000" not in unpriced and "x 0/h" not in unpriced
+    summary["cost"] = job_cost([], completion_tokens=1_000_000, price_per_worker_hour=2.0)
+    summary["cost"].update(worker_seconds=1800.0, cost=1.0, cost_per_1m_output_tokens=1.0)
+    priced = next(line for line in format_report(summary).splitlines() if line.strip().startswith("cost"))
+    assert "1800.0 worker-s x 2/h = 1.0000 (1.0000 per 1M output tokens)" in priced
 
 
 def test_tide_report_rewrites_the_page_of_a_results_directory(tmp_path, slow_service, capsys):

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from jobs.log_context import bind
+from tide.jobs.log_context import bind
 from tide.logs import ContextFilter, JsonFormatter, LogContext, configure_logging
 
 

@@ -1,7 +1,7 @@
 """`tide worker` and `tide run` speculative flags: defaults from Settings, which equal the engine's own defaults."""
 from __future__ import annotations
 
-from engine.config import EngineConfig
+from tide.engine.config import EngineConfig
 from tide.cli import build_parser
 from tide.settings import Settings
 from tide.speculative_options import speculative_config

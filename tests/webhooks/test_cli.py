@@ -5,9 +5,9 @@ import time
 
 import fakeredis
 
-from jobs.store import RedisJobStore
-from jobs.webhooks.courier import Courier, WebhookConfig, enqueue
-from jobs.webhooks.outbox import RedisOutbox
+from tide.jobs.store import RedisJobStore
+from tide.jobs.webhooks.courier import Courier, WebhookConfig, enqueue
+from tide.jobs.webhooks.outbox import RedisOutbox
 from tide.cli import main
 
 

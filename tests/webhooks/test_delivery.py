@@ -9,13 +9,13 @@ import fakeredis
 import pytest
 from standardwebhooks import Webhook
 
-from jobs.embedded import run_embedded
-from jobs.specs import JobSpec
-from jobs.webhooks.courier import Courier, WebhookConfig, enqueue, parse_schedule, replay
-from jobs.webhooks.delivery import WebhookRefused, check_url, parse_retry_after
-from jobs.webhooks.events import DeliveryState
-from jobs.webhooks.outbox import MemoryOutbox, RedisOutbox
-from jobs.webhooks.signing import sign_headers
+from tide.jobs.embedded import run_embedded
+from tide.jobs.specs import JobSpec
+from tide.jobs.webhooks.courier import Courier, WebhookConfig, enqueue, parse_schedule, replay
+from tide.jobs.webhooks.delivery import WebhookRefused, check_url, parse_retry_after
+from tide.jobs.webhooks.events import DeliveryState
+from tide.jobs.webhooks.outbox import MemoryOutbox, RedisOutbox
+from tide.jobs.webhooks.signing import sign_headers
 from tests.jobs.conftest import write_jsonl
 from tests.webhooks.conftest import SECRET
 

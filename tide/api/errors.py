@@ -8,8 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from jobs.storage import StorageError
-from jobs.store import JobNotFound, StoreUnavailable
+from tide.jobs.storage import StorageError
+from tide.jobs.store import JobNotFound, StoreUnavailable
 
 logger = logging.getLogger("tide.api")
 

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
-from jobs.catalog.records import FileRecord
-from jobs.storage import READ_BUFFER
+from tide.jobs.catalog.records import FileRecord
+from tide.jobs.storage import READ_BUFFER
 from tide.api.errors import APIError, not_found
 from tide.api.pages import list_page
 from tide.api.services import Services, owner, services
@@ -36,7 +36,7 @@ def owned_file(svc: Services, who: str, file_id: str) -> FileRecord:
 
 
 def delete_file(svc: Services, record: FileRecord) -> None:
-    from jobs.storage import resolve
+    from tide.jobs.storage import resolve
 
     resolve(record.uri).delete()
     svc.catalog.delete_file(record)
@@ -93,7 +93,7 @@ def retrieve_file(file_id: str, who: str = Depends(owner), svc: Services = Depen
 
 @router.get("/{file_id}/content")
 def file_content(file_id: str, who: str = Depends(owner), svc: Services = Depends(services)) -> StreamingResponse:
-    from jobs.storage import resolve
+    from tide.jobs.storage import resolve
 
     record = owned_file(svc, who, file_id)
     reader = resolve(record.uri).open_read()

@@ -8,10 +8,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from jobs.metrics import COUNTERS, TPOT_BUCKETS, TTFT_BUCKETS
-from jobs.state import JobStatus
+from tide.jobs.metrics import COUNTERS, TPOT_BUCKETS, TTFT_BUCKETS
+from tide.jobs.state import JobStatus
 from tide.api.services import Services, services
-from workers.registry import live_workers
+from tide.workers.registry import live_workers
 
 router = APIRouter(tags=["operations"])
 QUEUE_PREFIX = b"tide."

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from jobs.catalog.store import Catalog
-from jobs.storage import Location, resolve
-from jobs.store import RedisJobStore
+from tide.jobs.catalog.store import Catalog
+from tide.jobs.storage import Location, resolve
+from tide.jobs.store import RedisJobStore
 from tide.api.errors import APIError
 from tide.settings import Settings, hash_key
 
