@@ -1,6 +1,6 @@
 """Tide's inference engine: paged KV cache, continuous batching, offline `LLM.generate`.
 
-Names are imported lazily, so `from engine.sampling_params import SamplingParams` (used by the job and API side)
+Names are imported lazily, so `from tide.engine.sampling_params import SamplingParams` (used by the job and API side)
 does not pull in torch and the model code.
 """
 from importlib import import_module

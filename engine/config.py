@@ -30,7 +30,7 @@ class EngineConfig:
     # Stream decoder layers in from host memory, at most this many resident at once (None: all resident;
     # engine/offload.py).
     offload_max_resident_layers: int | None = None
-    # speculative decoding of greedy rows (engine/speculative.py): off | ngram (prompt lookup) | draft (draft_model)
+    # speculative decoding of greedy rows (engine/decoding/speculative.py): off | ngram (prompt lookup) | draft (draft_model)
     speculative: str = "off"
     num_speculative_tokens: int = 4
     draft_model: str | None = None

@@ -9,15 +9,15 @@ from itertools import count
 
 import torch
 
-from tide.engine.beam_search import BeamSearch
+from tide.engine.decoding.beam_search import BeamSearch
 from tide.engine.config import EngineConfig
-from tide.engine.guided import GuidedDecoding, GuidedError
-from tide.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from tide.engine.decoding.guided import GuidedDecoding, GuidedError
+from tide.engine.outputs import RequestOutput
 from tide.engine.request import Prompt, RequestState
 from tide.engine.sampling_params import SamplingParams
 from tide.engine.scheduler import Scheduler
 from tide.engine.sequence import Sequence
-from tide.engine.speculative import build_speculator
+from tide.engine.decoding.speculative import build_speculator
 from tide.engine.startup import EngineParts, build_engine_parts
 
 logger = logging.getLogger("tide.engine")
@@ -110,30 +110,18 @@ class LLMEngine:
         """Run one scheduler step; return the requests that finished during it."""
         self._take_intake()
         out = self.scheduler.schedule()
-        if self.speculator is not None:
-            self.speculator.fit(out)
+        self.speculator.fit(out)
         if not out.is_empty:
             started = time.monotonic()
             self._mark_scheduled(out.scheduled, started)
             logits, sampling = self.runner.run(out.scheduled)
-            for seq, num_new in out.scheduled:
-                seq.num_computed_tokens += num_new
-                self.block_manager.register_full_blocks(seq)
+            self._mark_computed(out.scheduled)
             if sampling:
-                num_rows = len(sampling)
-                logits, sampling, ended = self.beam_search.step(logits, sampling)
-                self.stats.generation_tokens += num_rows - len(sampling)  # beams took their tokens
-                for request_id in ended:
-                    self._finish_request(self._requests[request_id])
+                logits, sampling = self._take_beams(logits, sampling)
             if sampling:
-                bitmask = self.guided.bitmask(sampling)
-                if self.speculator is None:
-                    sampled = self.sampler(logits, sampling, self.eos_token_ids, bitmask)
-                else:
-                    sampling, sampled = self._verify(logits, sampling, bitmask)
+                sampling, sampled = self._verify(logits, sampling, self.guided.bitmask(sampling))
                 self.stats.generation_tokens += self._postprocess(sampling, sampled)
-            if self.speculator is not None:
-                self.speculator.propose(self.scheduler.running)
+            self.speculator.propose(self.scheduler.running)
             self._account(out, time.monotonic() - started)
         return self._collect_done()
 
@@ -163,7 +151,7 @@ class LLMEngine:
                 self.guided.compile(state.params.guided)
             except GuidedError as exc:
                 state.error, state.error_code = str(exc), exc.code
-        if state.error is None and state.params.use_beam_search:
+        if state.error is None:
             state.error = self.beam_search.check(state, limit, self.config.max_num_seqs)
         if state.error is not None:
             self._done.append(state.to_output(error=True))
@@ -174,20 +162,33 @@ class LLMEngine:
         self.stats.prompt_tokens += n_prompt
         state.seqs = [Sequence(state.request_id, state.prompt_token_ids, state.params, index=i,
                                priority=state.priority, arrival_order=next(self._arrivals), max_total_tokens=limit)
-                      for i in range(1 if state.params.use_beam_search else state.params.n)]
+                      for i in range(state.num_samples)]
         for seq in state.seqs:
             state.attach_detokenizer(seq, self.tokenizer)
             seq.guide = self.guided.guide(state.params)
         # Samples after the first wait until its prompt is in the cache, then share its full blocks.
         self.scheduler.add(state.seqs[0])
-        if state.params.use_beam_search:
-            self.beam_search.start(state)
+        self.beam_search.start(state)
 
     def _mark_scheduled(self, scheduled: list[tuple[Sequence, int]], now: float) -> None:
         for seq, _ in scheduled:
             metrics = self._requests[seq.request_id].metrics
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
+
+    def _mark_computed(self, scheduled: list[tuple[Sequence, int]]) -> None:
+        for seq, num_new in scheduled:
+            seq.num_computed_tokens += num_new
+            self.block_manager.register_full_blocks(seq)
+
+    def _take_beams(self, logits: torch.Tensor, sampling: list[Sequence]) -> tuple[torch.Tensor, list[Sequence]]:
+        """Beam groups choose their tokens from their rows; the rows left are sampled as usual."""
+        num_rows = len(sampling)
+        logits, sampling, ended = self.beam_search.step(logits, sampling)
+        self.stats.generation_tokens += num_rows - len(sampling)  # beams took their tokens
+        for request_id in ended:
+            self._finish_request(self._requests[request_id])
+        return logits, sampling
 
     def _verify(self, logits: torch.Tensor, seqs: list[Sequence], bitmask: torch.Tensor | None):
         verified = self.speculator.verify(logits, seqs, self.sampler, self.eos_token_ids, bitmask)
@@ -232,8 +233,7 @@ class LLMEngine:
     def _finish_request(self, state: RequestState) -> None:
         state.metrics.finished_time = time.monotonic()
         self._requests.pop(state.request_id, None)
-        beams = state.params.use_beam_search
-        self._done.append(self.beam_search.finish(state) if beams else state.to_output(error=False))
+        self._done.append(self.beam_search.finish(state) or state.to_output(error=False))
         with self._lock:
             self._live_ids.discard(state.request_id)
 
@@ -249,7 +249,6 @@ class LLMEngine:
         stats.prefix_cache_hit_rate = self.block_manager.hit_rate
         stats._occupancy_sum += len(out.scheduled) / self.config.max_num_seqs
         stats.mean_batch_occupancy = stats._occupancy_sum / stats.num_steps
-        if self.speculator is not None:
-            stats.spec_proposed_tokens = self.speculator.num_proposed
-            stats.spec_accepted_tokens = self.speculator.num_accepted
-            stats.spec_acceptance_rate = stats.spec_accepted_tokens / max(stats.spec_proposed_tokens, 1)
+        stats.spec_proposed_tokens = self.speculator.num_proposed
+        stats.spec_accepted_tokens = self.speculator.num_accepted
+        stats.spec_acceptance_rate = stats.spec_accepted_tokens / max(stats.spec_proposed_tokens, 1)

@@ -55,6 +55,11 @@ class RequestState:
         metrics = RequestMetrics(arrival_time=time.monotonic(), prompt_tokens=len(ids))
         return cls(request_id, ids, params, priority, metrics)
 
+    @property
+    def num_samples(self) -> int:
+        """Sequences the request starts with: its `n` samples, or one prompt that beam search forks later."""
+        return 1 if self.params.use_beam_search else self.params.n
+
     def attach_detokenizer(self, seq: Sequence, tokenizer) -> None:
         self.detokenizers.append(IncrementalDetokenizer(tokenizer, self.prompt_token_ids,
                                                         self.params.skip_special_tokens))

@@ -4,7 +4,7 @@ Order of processing, per row:
 1. logprobs are taken from log_softmax of the raw logits, so they compare directly with another implementation's logits;
 2. repetition penalty (over prompt + output tokens), then presence and frequency penalties (over output tokens);
 3. EOS and stop token ids are masked while the output is shorter than `min_tokens`, then the tokens a guided
-   request's grammar rules out (a bitmask from engine.guided);
+   request's grammar rules out (a bitmask from tide.engine.decoding.guided);
 4. greedy rows take the argmax; the others go through temperature, top-k, top-p, min-p, then an exponential race.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from tide.engine.outputs import TokenLogprob
 from tide.engine.sampling_params import SamplingParams
-from tide.engine.token_bitmask import apply_token_bitmask_
+from tide.engine.decoding.token_bitmask import apply_token_bitmask_
 
 # top-p looks for its nucleus among this many candidates first, widening by _TOP_P_GROWTH until it is found:
 # a full sort of a 49k vocabulary costs ~3 ms a row on CPU, a top-256 a tenth of that.

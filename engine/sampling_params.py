@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tide.engine.guided_params import GuidedParams
+from tide.engine.decoding.guided_params import GuidedParams
 
 
 class SamplingParams(BaseModel):

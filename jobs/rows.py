@@ -11,7 +11,7 @@ from typing import Any, Union
 
 from pydantic import ValidationError
 
-from tide.engine.guided_params import ANY_JSON_OBJECT
+from tide.engine.decoding.guided_params import ANY_JSON_OBJECT
 from tide.engine.sampling_params import SamplingParams
 
 Prompt = Union[str, list[dict]]

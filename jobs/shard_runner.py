@@ -39,7 +39,7 @@ class ShardContext:
     worker: str
     max_attempts: int = 3
     poll_s: float = 1.0
-    group_prefixes: bool = True  # off only to measure what grouping gains (python -m tide.bench_prefix)
+    group_prefixes: bool = True  # off only to measure what grouping gains (python -P -m tide.benchmarks.prefix)
     clock: Callable[[], float] = time.time
     leases: LeaseBook | None = None  # None for `tide run`: one process, nothing to take over
     keeper: LeaseKeeper | None = None  # renews this process's leases

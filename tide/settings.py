@@ -75,6 +75,22 @@ class Settings(BaseSettings):
         return frozenset(key[len(HASH_PREFIX):].lower() if key.startswith(HASH_PREFIX) else hash_key(key)
                          for key in self.api_keys)
 
+    def webhook_config(self):
+        """The webhook signing, retry and address settings every courier uses (`jobs.webhooks.WebhookConfig`)."""
+        from tide.jobs.webhooks.courier import WebhookConfig
+        from tide.jobs.webhooks.signing import split_secrets
+
+        return WebhookConfig(secrets=split_secrets(self.webhook_secret), schedule=self.webhook_retry_schedule,
+                             allow_private=self.webhook_allow_private, timeout_s=self.webhook_timeout_s)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        from tide.jobs.webhooks.courier import parse_schedule
+
+        parse_schedule(value)  # refused when Settings load, not when the first webhook is due
+        return value
+
     def export_storage_env(self) -> None:
         """Hand the storage settings to jobs/storage.py, which reads them from the environment (jobs/ sits below
         the entry points), including values that came from `.env`."""

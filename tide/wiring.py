@@ -1,17 +1,14 @@
 """What several entry points build the same way: the engine service, and the Redis job store with its dispatcher."""
 from __future__ import annotations
 
-
-class UsageError(Exception):
-    """A mistake the user can fix (a bad argument, a model that cannot load); printed as one line."""
+from tide.options import UsageError
 
 
 def engine_service(model: str, dtype: str, **config):
     """An `EngineService` around a freshly loaded engine; options left as None take the engine's defaults."""
     from tide.engine import EngineConfig, LLMEngine
+    from tide.tuned_defaults import tuned_options
     from tide.workers.engine_service import EngineService
-
-    from tide.tuned import tuned_options
 
     options = {k: v for k, v in config.items() if v is not None}
     options = {**tuned_options(model, config), **options}  # what `tide tune` chose, unless given

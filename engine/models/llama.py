@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from tide import kernels
 from tide.kernels.metadata import AttentionMetadata
 
 

@@ -9,48 +9,21 @@ from __future__ import annotations
 import logging
 import socket
 import weakref
-from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from tide.engine.config import EngineConfig
 from tide.engine.models.llama import ForwardContext, ModelArgs
+from tide.engine.parallel.membership import COLLECTIVE_TIMEOUT_S, WorkerSpec, init_group
 from tide.engine.parallel.sharding import TensorShard, check_divisible
 from tide.engine.parallel.step import pack_step
+from tide.engine.parallel.worker import worker_main
 
 logger = logging.getLogger("tide.engine")
 
-# A collective that some rank never joins fails after this long instead of hanging the engine (a rank that died
-# usually fails it at once: its sockets close).
-COLLECTIVE_TIMEOUT_S = 120.0
 # How long rank 0 waits for the other ranks to load their shards.
 READY_TIMEOUT_S = 600.0
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a spawned rank needs to join the group and load its shard (picklable)."""
-
-    rank: int
-    world_size: int
-    port: int
-    model_dir: str
-    device_type: str
-    dtype: torch.dtype
-    block_size: int
-    num_threads: int
-    timeout_s: float
-
-
-def init_group(spec: WorkerSpec) -> None:
-    """Join the default torch.distributed group of this tensor-parallel engine."""
-    backend = "nccl" if spec.device_type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{spec.port}", rank=spec.rank,
-                            world_size=spec.world_size, timeout=timedelta(seconds=spec.timeout_s))
-
 
 class TensorParallelGroup:
     """Ranks 1..N-1 as spawned processes, with rank 0 (this process) joined to their group."""
@@ -77,8 +50,6 @@ class TensorParallelGroup:
                             COLLECTIVE_TIMEOUT_S) for rank in range(world)]
         ctx = mp.get_context("spawn")
         processes, conns = [], []
-        from tide.engine.parallel.worker import worker_main
-
         for spec in specs[1:]:
             parent_end, child_end = ctx.Pipe()
             process = ctx.Process(target=worker_main, args=(spec, child_end), name=f"tide-tp-rank{spec.rank}",

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
-
 from tide.engine.models.llama import LlamaForCausalLM, ModelArgs
+from torch import nn
 
 # HF checkpoint module names, by how their weight is split across ranks.
 _COLUMN_PARALLEL = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}  # output features (rows of W)

@@ -6,8 +6,7 @@ import logging
 
 import torch
 import torch.distributed as dist
-
-from tide.engine.parallel.group import WorkerSpec, init_group
+from tide.engine.parallel.membership import WorkerSpec, init_group
 from tide.engine.parallel.sharding import TensorShard
 from tide.engine.parallel.step import receive_step
 
@@ -30,8 +29,8 @@ def worker_main(spec: WorkerSpec, conn) -> None:
 
 def _load(spec: WorkerSpec, conn):
     from tide.engine.loader import load_config
+    from tide.engine.model_loading import load_model
     from tide.engine.model_runner import ModelRunner
-    from tide.engine.startup import load_model
 
     device = torch.device(spec.device_type, spec.rank) if spec.device_type == "cuda" else torch.device("cpu")
     if device.type == "cuda":

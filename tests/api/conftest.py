@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tide.processes import start_redis, stop
+from tide.workers.processes import start_redis, stop
 from tide.settings import Settings
 
 KEY = "test-key"

@@ -1,7 +1,7 @@
 """Smoke test of `tide bench` on a tiny random model: both workloads run on both sides and the ratios print."""
 from __future__ import annotations
 
-from tide.engine.bench import main
+from tide.benchmarks.engine import main
 
 
 def test_bench_prints_ratios_for_both_workloads(tiny_model_dir, capsys) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tide.engine import LLM, SamplingParams
-from tide.engine.token_bitmask import allow_only_, apply_token_bitmask_, bitmask_words
+from tide.engine.decoding.token_bitmask import allow_only_, apply_token_bitmask_, bitmask_words
 
 
 def strict(properties: dict, required: list[str] | None = None) -> dict:

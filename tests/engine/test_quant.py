@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from tide.engine import LLM, EngineConfig
-from tide.engine.bench_quant import agreement
+from tide.benchmarks.quant import agreement
 from tide.engine.gguf_int8 import int8_rows, write_int8_weights
 from tide.engine.loader import _cache_key, _source_stamp
 from tide.engine.models.quant_linear import INT8_MM_MAX_TOKENS, Int8Linear, quantize_rows

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 from tide.engine import LLM, EngineConfig, SamplingParams
 from tide.engine.block_manager import BlockManager
 from tide.engine.loader import load_tokenizer
-from tide.engine.ngram_proposer import ngram_proposal
+from tide.engine.decoding.ngram_proposer import ngram_proposal
 from tide.engine.sequence import Sequence
 from tests.conftest import TINY_CONFIGS
 from tests.engine.test_generation import kv_bytes_for
@@ -283,7 +283,7 @@ def test_config_errors_name_the_field():
 
 @pytest.mark.slow
 def test_smollm2_chats_are_unchanged_by_prompt_lookup_and_by_a_tiny_draft(smollm2_dir, tiny_model_dir):
-    from tide.engine.bench_spec import grounded_prompts
+    from tide.benchmarks.speculative import grounded_prompts
     from tests.engine.test_smollm2 import CHATS
 
     def run(**config):

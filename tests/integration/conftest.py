@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tide.processes import service_env, start_moto, start_redis, start_worker, stop
+from tide.workers.processes import service_env, start_moto, start_redis, start_worker, stop
 
 BUCKET = "tide-it"
 WEBHOOK_SECRET = "integration-secret"

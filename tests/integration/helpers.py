@@ -8,7 +8,7 @@ import subprocess
 import pyarrow.parquet as pq
 
 from tide.jobs.storage import s3_client
-from tide.processes import tide_command
+from tide.workers.processes import tide_command
 
 
 def put_jsonl(bucket: str, key: str, rows: list) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.infra.known import REPO
 from tests.integration.helpers import tide as run_tide
-from tide.processes import free_port
+from tide.workers.processes import free_port
 
 KEY, SERVED = "tide-dev-key", "tiny-llama"
 CHROMIUM = next((path for path in map(shutil.which, ("chromium", "chromium-browser")) if path), None)

@@ -12,7 +12,7 @@ from standardwebhooks import Webhook
 
 from tests.integration.conftest import SERVED, WEBHOOK_SECRET
 from tests.webhooks.receiver import Receiver, free_port
-from tide.processes import start_beat, stop
+from tide.workers.processes import start_beat, stop
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from tide.jobs.state import ShardStatus
 from tide.jobs.store import RedisJobStore
 from tests.integration.conftest import BUCKET
 from tests.integration.helpers import put_jsonl, read_s3_parts, submit, tide
-from tide.processes import free_port, start_redis, start_worker, stop
-from tide.worker import POISON_EXIT_STATUS
+from tide.workers.processes import free_port, start_redis, start_worker, stop
+from tide.commands.worker import POISON_EXIT_STATUS
 from tide.workers.celery_app import make_app
 from tide.workers.dispatch import CeleryDispatcher
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.integration.helpers import tide as run_tide
-from tide.processes import free_port
+from tide.workers.processes import free_port
 
 SERVED = "tiny-llama"
 KEY, OTHER_KEY = "tide-dev-key", "another-teams-key"

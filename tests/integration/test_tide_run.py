@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.infra.known import REPO
-from tide.processes import tide_command
+from tide.workers.processes import tide_command
 
 pytestmark = pytest.mark.integration
 

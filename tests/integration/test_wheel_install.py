@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -27,9 +28,15 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeou
 def installed(tmp_path_factory) -> Path:
     """A fresh venv holding the wheel and the lock's versions of its dependencies; returns its bin directory."""
     work = tmp_path_factory.mktemp("wheel")
-    # setuptools from this environment (the lock pins it), so the build needs no index.
+    # Built from a copy of the checkout without git's ignored files (setuptools builds inside its source tree),
+    # with this environment's setuptools (the lock pins it): no index needed, and the checkout stays as it was.
+    source = work / "source"
+    files = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO).split("\0")
+    for name in (n for n in files if n and (REPO / n).is_file()):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"),
-         str(REPO)], cwd=work)
+         str(source)], cwd=work)
     (wheel,) = (work / "dist").glob("tide-*.whl")
     venv.create(work / "venv", with_pip=True)
     pip = [str(work / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]

@@ -11,7 +11,7 @@ from tide.jobs.state import ShardStatus
 from tide.jobs.store import RedisJobStore
 from tests.integration.conftest import BUCKET
 from tests.integration.helpers import put_jsonl, read_s3_parts, submit, tide
-from tide.processes import start_worker, stop
+from tide.workers.processes import start_worker, stop
 
 pytestmark = pytest.mark.integration
 

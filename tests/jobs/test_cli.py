@@ -47,8 +47,8 @@ def test_bad_arguments_exit_through_argparse(capsys):
 
 def test_bench_hands_its_arguments_to_the_engine_benchmark(monkeypatch):
     seen = []
-    fake = types.ModuleType("tide.engine.bench")
+    fake = types.ModuleType("tide.benchmarks.engine")
     fake.main = lambda argv=None: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "tide.engine.bench", fake)
+    monkeypatch.setitem(sys.modules, "tide.benchmarks.engine", fake)
     assert main(["bench", "--workload", "chat", "--num-prompts", "8"]) == 0
     assert seen == [["--workload", "chat", "--num-prompts", "8"]]

@@ -14,7 +14,7 @@ CASES = {
     "decode_only_gqa8_d128_block32": ([97, 32, 33, 1], [], 8, 1, 128, 32),
 }
 # bf16 runs the twin's products in bf16 (as HF's eager attention does); the interpreter gets bf16 wrong, so Triton
-# is checked in bf16 only by `python -m tide.kernels.bench` on a GPU.
+# is checked in bf16 only by `python -P -m tide.benchmarks.kernels` on a GPU.
 TOLERANCE = {torch.float32: 3e-5, torch.float16: 4e-3, torch.bfloat16: 4e-2}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from tide.engine.config import EngineConfig
 from tide.cli import build_parser
 from tide.settings import Settings
-from tide.speculative_options import speculative_config
+from tide.options import speculative_config
 
 
 def test_flag_defaults_are_the_engine_defaults():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tide.cli import main
-from tide.tuned import tuned_options, tuned_path
+from tide.tuned_defaults import tuned_options, tuned_path
 
 
 def test_tune_prints_the_frontier_and_saves_what_workers_pick_up(tiny_model_dir, tmp_path, monkeypatch, capsys):

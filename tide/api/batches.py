@@ -10,16 +10,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tide.api.errors import APIError, not_found
+from tide.api.files import owned_file
+from tide.api.pages import list_page
+from tide.api.services import Services, owner, services
 from tide.jobs.catalog.records import BatchRecord, FileRecord
 from tide.jobs.lifecycle import cancel_job, create_job, job_status
 from tide.jobs.openai_output import ERRORS_NAME, OUTPUT_NAME
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job
 from tide.jobs.storage import StorageError, resolve
-from tide.api.errors import APIError, not_found
-from tide.api.files import owned_file
-from tide.api.pages import list_page
-from tide.api.services import Services, owner, services
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 FIRST_LINE_BYTES = 2**20

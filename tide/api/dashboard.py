@@ -12,16 +12,16 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from tide.jobs.evals.history import History
-from tide.jobs.evals.suites import load_suites
-from tide.jobs.report.html import render_report
-from tide.jobs.storage import resolve
-from tide.jobs.store import JobNotFound
 from tide.api.dashboard_page import PAGE
 from tide.api.errors import not_found
 from tide.api.jobs_routes import job_object
 from tide.api.ops import _queue_depths
 from tide.api.services import Services, owner, services
+from tide.jobs.evals.history import History
+from tide.jobs.evals.suites import load_suites
+from tide.jobs.report.html import render_report
+from tide.jobs.storage import resolve
+from tide.jobs.store import JobNotFound
 from tide.workers.registry import WorkerInfo, live_workers
 
 router = APIRouter(tags=["dashboard"])

@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
-from tide.jobs.catalog.records import FileRecord
-from tide.jobs.storage import READ_BUFFER
 from tide.api.errors import APIError, not_found
 from tide.api.pages import list_page
 from tide.api.services import Services, owner, services
+from tide.jobs.catalog.records import FileRecord
+from tide.jobs.storage import READ_BUFFER
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 30 * 86400

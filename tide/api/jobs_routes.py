@@ -10,13 +10,13 @@ from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
+from tide.api.errors import APIError, not_found
+from tide.api.files import owned_file
+from tide.api.services import Services, owner, services
 from tide.jobs.lifecycle import cancel_job, create_job, job_status, new_job_id
 from tide.jobs.results import iter_output_rows
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job
-from tide.api.errors import APIError, not_found
-from tide.api.files import owned_file
-from tide.api.services import Services, owner, services
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -6,11 +6,15 @@ from collections import Counter
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
+from tide.api.services import Services, services
 from tide.jobs.metrics import COUNTERS, TPOT_BUCKETS, TTFT_BUCKETS
 from tide.jobs.state import JobStatus
-from tide.api.services import Services, services
 from tide.workers.registry import live_workers
 
 router = APIRouter(tags=["operations"])

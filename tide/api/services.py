@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from tide.api.errors import APIError
 from tide.jobs.catalog.store import Catalog
 from tide.jobs.storage import Location, resolve
 from tide.jobs.store import RedisJobStore
-from tide.api.errors import APIError
 from tide.settings import Settings, hash_key
 
 OWNER_CHARS = 16  # an owner is named by the first hex digits of its key's hash, never by the key

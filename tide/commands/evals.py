@@ -5,13 +5,11 @@ import argparse
 import json
 import sys
 
+from tide.options import UsageError, add_redis_option
 from tide.settings import Settings, get_settings
-from tide.wiring import UsageError
 
 
 def add_parser(sub, settings: Settings) -> None:
-    from tide.cli import add_redis_option
-
     p = sub.add_parser("eval", help="run eval suites and read their history")
     verbs = p.add_subparsers(dest="eval_command", required=True, metavar="VERB")
     run = verbs.add_parser("run", help="run one suite now: on the workers when Redis is configured, else here")
@@ -70,15 +68,13 @@ def _queued(args: argparse.Namespace) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tide.jobs.evals.runner import check_suite
     from tide.jobs.evals.suites import get_suite
     from tide.jobs.webhooks.courier import Courier
-    from tide.webhooks_command import webhook_config
-
-    from tide.jobs.evals.runner import check_suite
 
     suite = get_suite(_suites(args), args.suite)
     check_suite(suite)
-    webhooks = webhook_config(get_settings())
+    webhooks = get_settings().webhook_config()
     if _queued(args):
         record = _run_queued(args, suite, webhooks)
     else:

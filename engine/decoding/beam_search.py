@@ -153,9 +153,11 @@ class BeamSearch:
         self.groups: dict[str, BeamGroup] = {}
 
     def check(self, state: RequestState, max_total_tokens: int, max_num_seqs: int) -> str | None:
-        """Why this engine cannot run the request's beam search (None if it can): every beam of a group must be
-        able to hold its KV at once, and to run in one step."""
+        """Why this engine cannot run the request's beam search (None if it can, or if it asks for none): every
+        beam of a group must be able to hold its KV at once, and to run in one step."""
         params, bm = state.params, self.block_manager
+        if not params.use_beam_search:
+            return None
         if not self.runner.copies_blocks:
             return "use_beam_search is not supported with tensor_parallel_size > 1 yet"
         width = params.beam_width
@@ -171,8 +173,9 @@ class BeamSearch:
         return None
 
     def start(self, state: RequestState) -> None:
-        """Track a request whose single sequence (the prompt) has just been queued."""
-        self.groups[state.request_id] = BeamGroup(state, state.seqs[0], self.eos_token_ids)
+        """Track a beam-search request whose single sequence (the prompt) has just been queued."""
+        if state.params.use_beam_search:
+            self.groups[state.request_id] = BeamGroup(state, state.seqs[0], self.eos_token_ids)
 
     def step(self, logits: torch.Tensor, rows: list[Sequence]) -> tuple[torch.Tensor, list[Sequence], list[str]]:
         """Take the beam rows out of a step's logits and advance every group whose beams have all reported.
@@ -235,9 +238,12 @@ class BeamSearch:
         group.state.seqs = list(seqs)
         return copies
 
-    def finish(self, state: RequestState) -> RequestOutput:
-        """The request's output (its `n` best finished beams, best first) once it ended or was aborted."""
-        group = self.groups.pop(state.request_id)
+    def finish(self, state: RequestState) -> RequestOutput | None:
+        """A beam-search request's output (its `n` best finished beams, best first) once it ended or was aborted;
+        None for a request that is not searching beams."""
+        group = self.groups.pop(state.request_id, None)
+        if group is None:
+            return None
         for beam in group.beams:
             if not beam.is_finished:
                 self.scheduler.finish(beam)

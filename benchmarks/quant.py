@@ -1,9 +1,10 @@
-"""`python -m tide.engine.bench_quant`: int8 weight-only against fp32 and bf16 on one model, side by side in one run.
+"""`python -P -m tide.benchmarks.quant`: int8 weight-only against fp32 and bf16 on one model, side by side in one run.
 
-Figures: weight bytes and RSS after load (each configuration loaded in a fresh subprocess, so RSS is its own),
-decode throughput on a fixed workload (engines loaded together, timed back to back, best of `--repeats`), the
-decoder projections' time per pass at decode-sized row counts, and quality: greedy token agreement and logprob drift against the float reference at the same dtype, teacher-forced
-(every position is scored on the reference's own prefix, so one early divergence does not spoil the rest).
+Figures: weight bytes and RSS after load (each configuration loaded in a fresh subprocess, so RSS is its own), decode
+throughput on a fixed workload (engines loaded together, timed back to back, best of `--repeats`), the decoder
+projections' time per pass at decode-sized row counts, and quality: greedy token agreement and logprob drift against the
+float reference at the same dtype, teacher-forced (every position is scored on the reference's own prefix, so one early
+divergence does not spoil the rest).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-
 from tide.engine.llm import LLM
 from tide.engine.sampling_params import SamplingParams
 
@@ -124,9 +124,9 @@ def _memory_probe(model: str, dtype: str, quantization: str) -> dict:
 def memory_figures(model: str) -> dict[str, dict]:
     figures = {}
     for name, (dtype, quantization) in CONFIGS.items():
-        code = (f"import json; from engine.bench_quant import _memory_probe; "
+        code = (f"import json; from tide.benchmarks.quant import _memory_probe; "
                 f"print(json.dumps(_memory_probe({model!r}, {dtype!r}, {quantization!r})))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True).stdout
         figures[name] = json.loads(out.strip().splitlines()[-1])
     return figures
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tide.options import add_redis_option
 from tide.settings import Settings
 
 logger = logging.getLogger("tide.api")
 
 
 def add_parser(sub, settings: Settings) -> None:
-    from tide.cli import add_redis_option
-
     p = sub.add_parser("api", help="serve the OpenAI-compatible Files/Batches API and native jobs over HTTP")
     p.add_argument("--host", default=settings.api_host)
     p.add_argument("--port", type=int, default=settings.api_port)

@@ -1,4 +1,4 @@
-"""CPU comparison of decode-attention strategies for the PyTorch twin (`python -m tide.kernels.bench --cpu`).
+"""CPU comparison of decode-attention strategies for the PyTorch twin (`python -P -m tide.benchmarks.kernels --cpu`).
 
 Candidates: the twin's chunked online softmax at several chunk sizes (KiB of K gathered per chunk), a plain
 per-sequence gather + SDPA reference, and a one-shot gather of every block + one masked SDPA. Shapes default to
@@ -13,7 +13,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
 from tide.kernels.torch_attention import decode_attention, gather_context
 
 DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]

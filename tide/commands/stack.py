@@ -14,9 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from tide.processes import start_api, start_beat, start_redis, start_s3, start_worker
+from tide.options import UsageError
 from tide.settings import DEV_API_KEY, Settings
-from tide.wiring import UsageError
+from tide.workers.processes import (
+    start_api,
+    start_beat,
+    start_redis,
+    start_s3,
+    start_worker,
+)
 
 STOP_ORDER = ("beat", "worker", "api", "s3", "redis")  # consumers first, so nothing in flight loses its store
 BUCKET = "tide"

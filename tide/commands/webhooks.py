@@ -5,25 +5,11 @@ import argparse
 import time
 from datetime import datetime, timezone
 
+from tide.options import UsageError, add_redis_option
 from tide.settings import Settings, get_settings
-from tide.wiring import UsageError
-
-
-def webhook_config(settings: Settings):
-    """The webhook signing and retry settings every courier uses."""
-    from tide.jobs.webhooks.courier import WebhookConfig
-    from tide.jobs.webhooks.signing import split_secrets
-
-    try:
-        return WebhookConfig(secrets=split_secrets(settings.webhook_secret), schedule=settings.webhook_retry_schedule,
-                             allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout_s)
-    except ValueError as exc:
-        raise UsageError(f"TIDE_WEBHOOK_RETRY_SCHEDULE: {exc}") from None
 
 
 def add_parser(sub, settings: Settings) -> None:
-    from tide.cli import add_redis_option
-
     p = sub.add_parser("webhooks", help="show a job's webhook delivery log, or `replay JOB` to send it again",
                        usage="tide webhooks [replay] JOB")
     p.add_argument("words", nargs="+", metavar="JOB", help="a job or eval run id, after `replay` to resend")
@@ -59,7 +45,7 @@ def _replay(owner: str, outbox) -> int:
     again = replay(outbox, owner, time.time())
     if not again:
         raise UsageError(f"no webhook events for {owner!r} to replay")
-    Courier(outbox, webhook_config(get_settings())).pump()  # the first attempt now; retries come from `tide beat`
+    Courier(outbox, get_settings().webhook_config()).pump()  # the first attempt now; retries come from `tide beat`
     for d in again:
         print(f"{d.id} {d.type}: {outbox.get(d.id).state.value}")
     return 0

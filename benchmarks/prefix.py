@@ -1,6 +1,6 @@
 """What prefix grouping gains: the same shard with and without reordering, on prompts that share long preambles.
 
-    python -m tide.bench_prefix [--preambles 6] [--questions 12] [--preamble-tokens 500]
+    python -P -m tide.benchmarks.prefix [--preambles 6] [--questions 12] [--preamble-tokens 500]
 
 Rows arrive interleaved (preamble 1, 2, ..., 1, 2, ...), as they would from a file mixing several few-shot
 templates. Each run gets a fresh engine with the same (deliberately modest) KV budget, so the prefix cache has to
@@ -32,7 +32,6 @@ def make_preambles(tokenizer, count: int, tokens: int, rng: random.Random) -> li
 def kv_bytes_per_token(model_dir: Path, dtype: str) -> int:
     """2 (K and V) x layers x KV heads x head dim x element size, as the engine reserves it."""
     import torch
-
     from tide.engine.loader import load_config
     from tide.engine.startup import pick_device, pick_dtype
 
@@ -71,7 +70,7 @@ def _results(prefix: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tide.bench_prefix", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.prefix", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--preambles", type=int, default=6)

@@ -1,7 +1,7 @@
 """Where the weights live, measured back to back: one process vs a tensor-parallel group, resident vs offloaded.
 
-    python -m tide.engine.bench_placement --compare tp       # 1 rank, then 2 ranks (tensor parallel)
-    python -m tide.engine.bench_placement --compare offload  # all layers resident, then streamed under a cap
+    python -P -m tide.benchmarks.placement --compare tp       # 1 rank, then 2 ranks (tensor parallel)
+    python -P -m tide.benchmarks.placement --compare offload  # all layers resident, then streamed under a cap
 
 Both sides run the same seeded fixed workload with greedy decoding, in one process, one after the other; each
 engine runs a short warm-up first. The tensor-parallel side needs heads that divide by the rank count: SmolLM2's
@@ -18,8 +18,8 @@ import sys
 import tempfile
 
 import torch
-
-from tide.engine.bench import RunResult, Workload, build_workload, run_tide
+from tide.benchmarks.engine import RunResult, run_tide
+from tide.benchmarks.workloads import Workload, build_workload
 from tide.engine.llm import LLM
 from tide.engine.loader import load_config, load_tokenizer, resolve_model
 from tide.engine.models.cpu_linear import PackedLinear
@@ -28,7 +28,7 @@ SPLITTABLE_SMOLLM2 = "random-smollm2-8-heads"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tide.engine.bench_placement", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.placement", description=__doc__.split("\n\n")[0])
     p.add_argument("--compare", choices=["tp", "offload"], required=True)
     p.add_argument("--model", default=None, help=f"default: {SPLITTABLE_SMOLLM2} for tp, smollm2-135m for offload")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or (splittable_smollm2(tmp) if args.compare == "tp" else "smollm2-135m")
-        workload = build_workload("fixed", load_tokenizer(resolve_model(model)), args)
+        workload = build_workload("fixed", load_tokenizer(resolve_model(model)), args.num_prompts, args.input_len,
+                                  args.output_len, args.seed)
         name = args.model or (SPLITTABLE_SMOLLM2 if args.compare == "tp" else model)
         print(f"bench_placement: {args.compare}, model {name}, dtype {args.dtype}, {threads} threads;"
               f" workload {workload.describe()}")

@@ -1,9 +1,9 @@
 """Load figures for docs/RELIABILITY.md: a 1M-row JSONL planned in bounded memory, and a 20k-row job on two
 `tide worker` processes with exact counts while their RSS is sampled through the run.
 
-    python -m tide.bench_load --model DIR [--rows 20000] [--plan-rows 1000000] [--workers 2] [--max-tokens 4]
+    python -P -m tide.benchmarks.load --model DIR [--rows 20000] [--plan-rows 1000000] [--workers 2] [--max-tokens 4]
 
-Starts its own redis-server, moto S3 server and workers (see tide/processes.py); prints one line per figure.
+Starts its own redis-server, moto S3 server and workers (see workers/processes.py); prints one line per figure.
 """
 from __future__ import annotations
 
@@ -56,9 +56,15 @@ def job_figures(args: argparse.Namespace, workdir: Path) -> None:
     from tide.jobs.specs import JobSpec
     from tide.jobs.storage import s3_client
     from tide.jobs.store import RedisJobStore
-    from tide.processes import service_env, start_moto, start_redis, start_worker, stop
     from tide.workers.celery_app import make_app
     from tide.workers.dispatch import CeleryDispatcher
+    from tide.workers.processes import (
+        service_env,
+        start_moto,
+        start_redis,
+        start_worker,
+        stop,
+    )
 
     redis_proc, redis_url = start_redis(workdir)
     moto_proc, s3_url = start_moto()
@@ -106,7 +112,7 @@ def job_figures(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tide.bench_load", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.load", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model alias or HF directory the workers serve")
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--plan-rows", type=int, default=1_000_000)

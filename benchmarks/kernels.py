@@ -1,8 +1,8 @@
-"""`python -m tide.kernels.bench`: times each Triton kernel on CUDA against its PyTorch twin and against the
+"""`python -P -m tide.benchmarks.kernels`: times each Triton kernel on CUDA against its PyTorch twin and against the
 bytes/FLOPs floor of the GPU, and checks the Triton results in bf16.
 
 Without CUDA it says so and exits 0; `--cpu` instead compares the CPU decode-attention strategies of the twin
-(kernels.bench_cpu), which is how the twin's design was chosen.
+(`benchmarks/kernels_cpu.py`), which is how the twin's design was chosen.
 """
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-
+from tide.benchmarks.kernels_cpu import add_cpu_args, run_cpu_bench
 from tide.kernels import build_cos_sin_cache, torch_ops
-from tide.kernels.bench_cpu import add_cpu_args, run_cpu_bench
 from tide.kernels.metadata import AttentionMetadata
 
 
@@ -102,7 +101,6 @@ def elementwise_cases(args, triton_ops, dtype) -> list[Case]:
 
 def run_cuda_bench(args: argparse.Namespace) -> bool:
     import triton.testing
-
     from tide.kernels import triton_ops
 
     dtype = torch.bfloat16

@@ -1,7 +1,7 @@
 """Beam search benchmark: KV blocks held with forks sharing their parent's full blocks vs copying all of them, and
 the time of beam search vs greedy decoding, back to back on one engine.
 
-    python -m tide.engine.bench_beam [--model smollm2-135m] [--prompt-len 512] [--max-tokens 32] [--widths 4,8]
+    python -P -m tide.benchmarks.beam [--model smollm2-135m] [--prompt-len 512] [--max-tokens 32] [--widths 4,8]
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from tide.benchmarks.workloads import random_token_prompts
 from tide.engine.llm import LLM
 from tide.engine.sampling_params import SamplingParams
 
@@ -35,15 +36,8 @@ def measure(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> Run:
     return Run(peak, time.perf_counter() - started, tokens)
 
 
-def random_prompts(llm: LLM, count: int, length: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    special = set(llm.tokenizer.all_special_ids)
-    vocab = [t for t in range(len(llm.tokenizer)) if t not in special]
-    return [[rng.choice(vocab) for _ in range(length)] for _ in range(count)]
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tide.engine.bench_beam", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.beam", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--prompt-len", type=int, default=512)
@@ -54,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # No prefix cache: a run must not start with the previous run's prompt blocks already computed.
     llm = LLM(model=args.model, dtype=args.dtype, enable_prefix_caching=False)
-    prompts = random_prompts(llm, args.prompts, args.prompt_len, args.seed)
+    prompts = random_token_prompts(llm.tokenizer, args.prompts, args.prompt_len, random.Random(args.seed))
     print(f"{args.model}, {args.prompts} prompt(s) of {args.prompt_len} tokens, {args.max_tokens} new tokens (EOS "
           f"ignored), block size {llm.engine.config.block_size}")
     greedy_params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)

@@ -1,45 +1,25 @@
 """Speculative decoding against plain decoding on an input-grounded workload, back to back in one process.
 
-`python -m tide.engine.bench_spec` asks SmolLM2 to extract, quote or list items from notes in its prompt, where prompt
-lookup finds what the model will write next. For each batch size, an engine with speculation and one without run
-the same greedy requests in turn (best of `--repeats` each); the run prints output tokens/s of both, the speed-up,
-the acceptance rate, and how many outputs are identical (all of them, unless fp rounding flips a near tie).
+`python -P -m tide.benchmarks.speculative` asks SmolLM2 to extract, quote or list items from notes in its prompt, where
+prompt lookup finds what the model will write next. For each batch size, an engine with speculation and one without run
+the same greedy requests in turn (best of `--repeats` each); the run prints output tokens/s of both, the speed-up, the
+acceptance rate, and how many outputs are identical (all of them, unless fp rounding flips a near tie).
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import os
-import random
 import sys
 import time
 
-from tide.engine.bench import _FILLER, _TOPICS, _templated
+from tide.benchmarks.workloads import grounded_prompts
 from tide.engine.llm import LLM
 from tide.engine.sampling_params import SamplingParams
 
-_TASKS = [
-    "Copy the notes below as a bulleted list, one sentence per bullet, keeping their wording.",
-    "Quote, word for word, the sentences of the notes below that mention people or time.",
-    "Extract the problems and risks from the notes below, quoting each one exactly.",
-    "Summarize the notes below about {topic}, reusing their own words where you can.",
-    "Rewrite the notes below about {topic} as a numbered list of their sentences.",
-]
-
-
-def grounded_prompts(tokenizer, num_prompts: int, seed: int) -> list[list[int]]:
-    """Chat prompts whose answer is mostly copied from the notes they carry (5 to 8 sentences each)."""
-    rng = random.Random(seed)
-    prompts = []
-    for _ in range(num_prompts):
-        notes = rng.sample(_FILLER, rng.randint(5, 8))
-        task = rng.choice(_TASKS).format(topic=rng.choice(_TOPICS))
-        prompts.append(_templated(tokenizer, task + "\n\nNotes:\n" + "\n".join(notes)))
-    return prompts
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tide.engine.bench_spec", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.speculative", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     p.add_argument("--speculative", default="ngram", choices=["ngram", "draft"])

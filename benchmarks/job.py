@@ -1,6 +1,6 @@
 """End-to-end benchmark: a job through Redis, a `tide worker` and S3 vs the raw engine on the same prompts.
 
-    python -m tide.bench_job [--rows 500] [--max-tokens 16] [--model smollm2-135m]
+    python -P -m tide.benchmarks.job [--rows 500] [--max-tokens 16] [--model smollm2-135m]
 
 Starts its own redis-server and moto S3 server (unless --redis-url/--s3-url are given) and one worker. Alternates
 raw runs (`LLM.generate` in this process) with jobs (timed from submit to completed by the job's own timestamps:
@@ -70,11 +70,16 @@ class QueuedJobs:
         self.args, self.workdir, self.processes = args, workdir, []
 
     def __enter__(self) -> "QueuedJobs":
-        from tide.processes import service_env, start_moto, start_redis, start_worker
         from tide.jobs.storage import s3_client
         from tide.jobs.store import RedisJobStore
         from tide.workers.celery_app import make_app
         from tide.workers.dispatch import CeleryDispatcher
+        from tide.workers.processes import (
+            service_env,
+            start_moto,
+            start_redis,
+            start_worker,
+        )
 
         args = self.args
         redis_url, s3_url = args.redis_url, args.s3_url
@@ -96,7 +101,7 @@ class QueuedJobs:
         return self
 
     def __exit__(self, *exc) -> None:
-        from tide.processes import stop
+        from tide.workers.processes import stop
 
         for process in reversed(self.processes):
             stop(process, timeout_s=60)
@@ -123,7 +128,7 @@ class QueuedJobs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tide.bench_job", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.job", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--model", default="smollm2-135m")

@@ -5,7 +5,7 @@ It sweeps `max_num_seqs` (how many sequences decode together) at the default tok
 workload as an offline batch (twice as many requests as sequences, so the batch stays full). It prints every point's
 output tokens/s, TPOT and TTFT with the throughput/TPOT frontier marked, picks the highest concurrency whose TPOT
 p90 stays under `--slo-tpot-ms` (the highest throughput without an SLO), and writes the choice where workers pick
-it up (`tide/tuned.py`).
+it up (`tide/tuned_defaults.py`).
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from tide.options import UsageError
 from tide.settings import Settings
-from tide.tuned import tuned_path
-from tide.wiring import UsageError
+from tide.tuned_defaults import tuned_path
 
 DEFAULT_SEQS = "1,4,16,64"
 DEFAULT_BUDGETS = "256,512,2048"
@@ -85,8 +85,8 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _measure(args: argparse.Namespace, max_num_seqs: int, budget: int | None, bar) -> Point:
+    from tide.benchmarks.workloads import chat_prompt
     from tide.engine import EngineConfig, LLMEngine, SamplingParams
-    from tide.engine.bench import chat_prompt
 
     options = {k: v for k, v in {"max_num_batched_tokens": budget, "num_threads": args.threads,
                                  "kv_cache_bytes": args.kv_cache_bytes}.items() if v is not None}

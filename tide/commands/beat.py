@@ -7,15 +7,13 @@ import logging
 import signal
 import threading
 
+from tide.options import UsageError, add_redis_option
 from tide.settings import Settings, get_settings
-from tide.wiring import UsageError
 
 READY_LINE = "tide beat: ready"
 
 
 def add_parser(sub, settings: Settings) -> None:
-    from tide.cli import add_redis_option
-
     p = sub.add_parser("beat", help="run eval suites on their schedules and deliver webhooks (run one or more; "
                        "one leads)")
     p.add_argument("--config", default=settings.evals_config,
@@ -38,7 +36,6 @@ def cmd_beat(args: argparse.Namespace) -> int:
     from tide.jobs.lifecycle import Finalizer
     from tide.jobs.webhooks.courier import Courier
     from tide.jobs.webhooks.outbox import RedisOutbox
-    from tide.webhooks_command import webhook_config
     from tide.wiring import connect
     from tide.workers.reaper import ReaperThread
     from tide.workers.scheduler import Scheduler
@@ -56,7 +53,7 @@ def cmd_beat(args: argparse.Namespace) -> int:
     outbox = RedisOutbox(store.redis)
     scheduler = Scheduler({n: s for n, s in suites.items() if s.schedule}, store.redis,
                           QueuedExecutor(store, dispatcher, args.timeout), outbox,
-                          Courier(outbox, webhook_config(settings)), grace_s=args.grace, tick_s=args.tick,
+                          Courier(outbox, settings.webhook_config()), grace_s=args.grace, tick_s=args.tick,
                           lock_ttl_s=args.lock_ttl)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,67 +11,16 @@ import argparse
 import dataclasses
 import gc
 import os
-import random
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
-
+from tide.benchmarks.workloads import Workload, build_workload
 from tide.engine.llm import LLM
 from tide.engine.loader import resolve_model
 from tide.engine.sampling_params import SamplingParams
-
-CHAT_MIN_TOKENS, CHAT_MAX_TOKENS, CHAT_NEW_TOKENS = 20, 400, 128
-
-_INSTRUCTIONS = [
-    "Summarize the notes below in three short bullet points about {topic}.",
-    "Explain {topic} to a new team member, using the notes below where they help.",
-    "Write a short, friendly email to a colleague about {topic}, based on these notes.",
-    "List the main risks of {topic} mentioned in the notes and suggest one fix for each.",
-    "Answer in one paragraph: what should a beginner know about {topic}? Use the notes below.",
-    "Turn the following notes on {topic} into a numbered checklist.",
-    "Rewrite these notes on {topic} as a clear, plain-language paragraph.",
-    "Give two arguments for and two against {topic}, drawing on the notes below.",
-]
-_TOPICS = ["moving a service to the cloud", "a weekly team meeting", "learning to cook", "training for a 10k run",
-           "planting a vegetable garden", "reducing energy use at home", "onboarding new engineers",
-           "planning a trip to the mountains", "writing unit tests", "saving money each month"]
-_FILLER = [
-    "The first draft was finished on Monday and shared with everyone for comments.",
-    "Several people asked whether the schedule could slip by a week without trouble.",
-    "Costs were slightly higher than expected because prices went up in spring.",
-    "Most of the feedback was positive, although the second part felt rushed.",
-    "We agreed to keep the scope small and revisit the larger ideas next quarter.",
-    "One open question is who will own the follow-up work once the project ends.",
-    "The tools we picked are easy to learn but have a few rough edges.",
-    "A short survey showed that people prefer clear written steps to long meetings.",
-    "Weather and travel made it hard to meet in person during the winter months.",
-    "The budget allows for one extra person for about three months.",
-    "Earlier attempts failed mainly because nobody measured progress along the way.",
-    "Some steps can run in parallel, which should save a few days overall.",
-    "Documentation is thin, so new people spend their first week asking questions.",
-    "The pilot group reported fewer problems after the second round of changes.",
-    "There is a risk that the main supplier will be late with the next delivery.",
-    "Everyone agreed that simple, repeatable habits matter more than big plans.",
-]
-
-
-@dataclass
-class Workload:
-    """A fixed list of prompts (token ids) and how much to generate for each."""
-
-    name: str
-    prompts: list[list[int]]
-    max_tokens: int
-    ignore_eos: bool
-
-    def describe(self) -> str:
-        lens = [len(p) for p in self.prompts]
-        stop = "exactly, ignoring EOS" if self.ignore_eos else "at most, stopping at EOS"
-        return (f"{self.name}: {len(lens)} prompts of {min(lens)}-{max(lens)} tokens (mean {sum(lens) / len(lens):.0f}), "
-                f"{self.max_tokens} new tokens {stop}, greedy")
 
 
 @dataclass
@@ -156,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Python of the peer's own environment (default $TIDE_PEER_PYTHON or python)")
     p.add_argument("--no-prefix-caching", action="store_true", help="turn Tide's prefix cache off (implied by --peer)")
     p.add_argument("--speculative", choices=["off", "ngram", "draft"], default="off",
-                   help="speculative decoding in Tide (greedy rows; python -m tide.engine.bench_spec compares it)")
+                   help="speculative decoding in Tide (greedy rows; benchmarks/speculative.py compares it)")
     p.add_argument("--draft-model", default=None, help="draft model for --speculative draft")
     p.add_argument("--twin-baseline", action="store_true",
                    help="also run Tide with the PyTorch twins for every kernel, right before, and print the ratio")
@@ -182,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if peak is None:
             print(f"paged attention: {attention_path(llm)}")
             peak = measure_linear_peak(llm.engine.runner.model, sorted({args.max_num_seqs, 256}))
-        workload = build_workload(name, llm.tokenizer, args)
+        workload = build_workload(name, llm.tokenizer, args.num_prompts, args.input_len, args.output_len, args.seed)
         print(f"\nworkload {workload.describe()}")
         twins = run_twin_baseline(args, workload, threads) if args.twin_baseline else None
         probe = Probe()
@@ -236,40 +185,6 @@ def _make_llm(args: argparse.Namespace, threads: int) -> LLM:
                draft_model=args.draft_model)
 
 
-# ---- workloads ------------------------------------------------------------------------------------------------------
-
-def build_workload(name: str, tokenizer, args: argparse.Namespace) -> Workload:
-    rng = random.Random(args.seed)
-    if name == "fixed":
-        special = set(tokenizer.all_special_ids)
-        vocab = [t for t in range(len(tokenizer)) if t not in special]
-        prompts = [[rng.choice(vocab) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
-        return Workload("fixed", prompts, args.output_len, ignore_eos=True)
-    prompts = [chat_prompt(tokenizer, rng) for _ in range(args.num_prompts)]
-    return Workload("chat", prompts, CHAT_NEW_TOKENS, ignore_eos=False)
-
-
-def chat_prompt(tokenizer, rng: random.Random) -> list[int]:
-    """One instruction through the chat template, padded with filler notes up to a random target length."""
-    target = rng.randint(CHAT_MIN_TOKENS, CHAT_MAX_TOKENS)
-    instruction = rng.choice(_INSTRUCTIONS).format(topic=rng.choice(_TOPICS))
-    notes: list[str] = []
-    ids = _templated(tokenizer, instruction)
-    while len(ids) < target:
-        notes.append(rng.choice(_FILLER))
-        longer = _templated(tokenizer, instruction + "\n\nNotes: " + " ".join(notes))
-        if len(longer) > CHAT_MAX_TOKENS:
-            break
-        ids = longer
-    return ids
-
-
-def _templated(tokenizer, text: str) -> list[int]:
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
-
-
 # ---- the two sides --------------------------------------------------------------------------------------------------
 
 def run_tide(llm: LLM, workload: Workload) -> RunResult:
@@ -286,7 +201,7 @@ def run_tide(llm: LLM, workload: Workload) -> RunResult:
 
 def run_peer(args: argparse.Namespace, workload: Workload, tide: RunResult, threads: int) -> None:
     """The workload on the peer (vLLM's CPU build) in its own environment; prints its figures and the ratios."""
-    from tide.engine.peer_vllm import run_vllm
+    from tide.benchmarks.peer_vllm import run_vllm
 
     try:
         peer = run_vllm(args.peer_python, str(resolve_model(args.model)), args.dtype, workload.prompts,

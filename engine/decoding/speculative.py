@@ -148,16 +148,34 @@ def _eligible(seq: Sequence) -> bool:
             and not seq.params.use_beam_search)
 
 
-def build_speculator(config: EngineConfig, parts, max_model_len: int, reserve_blocks: int) -> Speculator | None:
-    """The engine's speculator, or None when `config.speculative` is "off"."""
+class NoSpeculation:
+    """The speculator of an engine that does not speculate: every row samples its one token, nothing is drafted."""
+
+    num_proposed = 0
+    num_accepted = 0
+
+    def propose(self, running: list[Sequence]) -> None:
+        pass
+
+    def fit(self, out: SchedulerOutput) -> None:
+        pass
+
+    def verify(self, logits: torch.Tensor, seqs: list[Sequence], sampler: Sampler, eos_token_ids: set[int],
+               bitmask: torch.Tensor | None = None) -> Verified:
+        return Verified(seqs, sampler(logits, seqs, eos_token_ids, bitmask), [])
+
+
+def build_speculator(config: EngineConfig, parts, max_model_len: int,
+                     reserve_blocks: int) -> Speculator | NoSpeculation:
+    """The engine's speculator for `config.speculative` ("off" gives `NoSpeculation`)."""
     if config.speculative == "off":
-        return None
+        return NoSpeculation()
     if config.speculative == "ngram":
-        from tide.engine.ngram_proposer import NgramProposer
+        from tide.engine.decoding.ngram_proposer import NgramProposer
 
         proposer: Proposer = NgramProposer(config.spec_ngram_min, config.spec_ngram_max)
     else:
-        from tide.engine.draft_proposer import DraftProposer
+        from tide.engine.decoding.draft_proposer import DraftProposer
 
         proposer = DraftProposer.load(config, parts, max_model_len)
     return Speculator(proposer, parts.block_manager, config.num_speculative_tokens, config.spec_max_running,

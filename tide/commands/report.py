@@ -9,13 +9,11 @@ import json
 import os
 import webbrowser
 
+from tide.options import UsageError, add_redis_option
 from tide.settings import Settings
-from tide.wiring import UsageError
 
 
 def add_parser(sub, settings: Settings) -> None:
-    from tide.cli import add_redis_option
-
     p = sub.add_parser("report", help="write a job's report.html (plots, latency, workers, cost) and print its path")
     p.add_argument("job", help="job id, or a local results directory or summary.json")
     p.add_argument("--open", action="store_true", help="open the report in a browser (local reports)")

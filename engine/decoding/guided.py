@@ -16,11 +16,11 @@ import llguidance
 import llguidance.hf
 import torch
 
-from tide.engine.guided_params import GuidedParams
+from tide.engine.decoding.guided_params import GuidedParams
 from tide.engine.request import RequestState
 from tide.engine.sampling_params import SamplingParams
 from tide.engine.sequence import Sequence
-from tide.engine.token_bitmask import allow_only_, bitmask_words
+from tide.engine.decoding.token_bitmask import allow_only_, bitmask_words
 
 logger = logging.getLogger("tide.engine")
 

@@ -1,4 +1,4 @@
-"""`python -m tide.engine.bench_guided`: guided JSON with and without fast-forward, back to back on one engine.
+"""`python -P -m tide.benchmarks.guided`: guided JSON with and without fast-forward, back to back on one engine.
 
 The schema has many fixed keys, so most of each output is forced by the grammar. Both runs use greedy decoding on the
 same prompts; the script checks that their outputs are identical and that every output validates, then reports the
@@ -11,7 +11,6 @@ import json
 import time
 
 import jsonschema
-
 from tide.engine.llm import LLM
 from tide.engine.sampling_params import SamplingParams
 
@@ -49,7 +48,7 @@ def run(llm: LLM, batch: list[list[dict]], fast_forward: bool, max_tokens: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tide.engine.bench_guided", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.guided", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="alias, HF directory or GGUF file (default smollm2-135m)")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=256)

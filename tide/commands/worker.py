@@ -5,8 +5,8 @@ import argparse
 import os
 import socket
 
+from tide.options import add_engine_options, add_redis_option, speculative_config
 from tide.settings import Settings
-from tide.speculative_options import add_speculative_options, speculative_config
 from tide.wiring import connect, engine_service
 
 EXIT_ON_ID_HOOK = "TIDE_TEST_EXIT_ON_ID"  # test hook, not a setting: exit the process when this row's turn comes
@@ -14,16 +14,11 @@ POISON_EXIT_STATUS = 70
 
 
 def add_parser(sub, settings: Settings) -> None:
-    from tide.cli import add_redis_option
-
     p = sub.add_parser("worker", help="serve a model: load it once and run shards from its queue")
     p.add_argument("--model", default=settings.model, help="model alias, HF directory or GGUF file")
     p.add_argument("--served-name", default=None, help="model name jobs use to reach this worker (default --model)")
     p.add_argument("--concurrency", type=int, default=settings.concurrency,
                    help="shards held at once, all feeding the one engine")
-    p.add_argument("--dtype", default=settings.dtype, choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--quantization", default=settings.quantization, choices=["none", "int8"],
-                   help="int8: decoder projections as int8 weights with per-output-channel scales")
     p.add_argument("--max-num-seqs", type=int, default=settings.max_num_seqs)
     p.add_argument("--kv-cache-bytes", type=int, default=settings.kv_cache_bytes)
     p.add_argument("--threads", type=int, default=settings.threads,
@@ -36,7 +31,7 @@ def add_parser(sub, settings: Settings) -> None:
     p.add_argument("--max-attempts", type=int, default=settings.max_attempts,
                    help="runs of one shard before its rows fail")
     p.add_argument("--loglevel", default=settings.log_level)
-    add_speculative_options(p, settings)
+    add_engine_options(p, settings)
     add_redis_option(p, settings)
     p.set_defaults(handler=lambda args: run_worker(args, settings))
 

@@ -1,0 +1,82 @@
+"""What the commands share: the one user-error type, and flags several commands take, defaulting from Settings.
+
+A leaf: it imports only Settings and the job spec, so every command module may import it and none imports the CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from tide.jobs.specs import ColumnMap, JobSpec
+from tide.settings import Settings
+
+
+class UsageError(Exception):
+    """A mistake the user can fix (a bad argument, a model that cannot load); printed as one line."""
+
+
+def add_redis_option(p: argparse.ArgumentParser, settings: Settings) -> None:
+    p.add_argument("--redis-url", default=settings.redis_url,
+                   help=f"job store and broker (default $TIDE_REDIS_URL or {settings.redis_url})")
+
+
+def add_engine_options(p: argparse.ArgumentParser, settings: Settings) -> None:
+    """Model precision and speculative decoding, as `tide worker` and `tide run` take them."""
+    p.add_argument("--dtype", default=settings.dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--quantization", default=settings.quantization, choices=["none", "int8"],
+                   help="int8: decoder projections as int8 weights with per-output-channel scales")
+    g = p.add_argument_group("speculative decoding (greedy rows)")
+    g.add_argument("--speculative", choices=["off", "ngram", "draft"], default=settings.speculative,
+                   help="ngram: drafts looked up in the prompt and output; draft: proposed by --draft-model")
+    g.add_argument("--num-speculative-tokens", type=int, default=settings.num_speculative_tokens,
+                   help="draft tokens per sequence and step")
+    g.add_argument("--draft-model", default=settings.draft_model,
+                   help="smaller model with the same tokenizer (alias, HF directory or GGUF file)")
+    g.add_argument("--spec-ngram-min", type=int, default=settings.spec_ngram_min)
+    g.add_argument("--spec-ngram-max", type=int, default=settings.spec_ngram_max)
+    g.add_argument("--spec-max-running", type=int, default=settings.spec_max_running,
+                   help="speculate only while at most this many sequences run")
+
+
+def speculative_config(args: argparse.Namespace) -> dict:
+    """The EngineConfig fields the speculative flags set."""
+    return {"speculative": args.speculative, "num_speculative_tokens": args.num_speculative_tokens,
+            "draft_model": args.draft_model, "spec_ngram_min": args.spec_ngram_min,
+            "spec_ngram_max": args.spec_ngram_max, "spec_max_running": args.spec_max_running}
+
+
+def add_job_options(p: argparse.ArgumentParser, settings: Settings, max_tokens: int | None) -> None:
+    """The input and its defaults, as `tide run` and `tide submit` take them."""
+    p.add_argument("input", help="JSONL or Parquet file: local path or s3://bucket/key")
+    p.add_argument("--model", default=settings.model, help="model alias, HF directory or GGUF file")
+    p.add_argument("--format", choices=["auto", "jsonl", "parquet"], default="auto")
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help="default max tokens per row")
+    p.add_argument("--temperature", type=float, default=None, help="default sampling temperature")
+    p.add_argument("--sampling", type=json_object, default={}, help="more sampling defaults as a JSON object")
+    p.add_argument("--shard-rows", type=int, default=settings.shard_rows, help="rows per shard")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--messages-column", default="messages")
+    p.add_argument("--id-column", default="id")
+
+
+def spec_from_args(args: argparse.Namespace, output: str, **extra) -> JobSpec:
+    """The JobSpec `add_job_options`' flags describe."""
+    sampling = dict(args.sampling)
+    if args.max_tokens is not None:
+        sampling["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        sampling["temperature"] = args.temperature
+    columns = ColumnMap(prompt=args.prompt_column, messages=args.messages_column, id=args.id_column)
+    return JobSpec(input=args.input, format=args.format, model=args.model, sampling=sampling, columns=columns,
+                   output=output, shard_rows=args.shard_rows, **extra)
+
+
+def json_object(text: str) -> dict:
+    """An argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"top_p\": 0.9}'")
+    return value
