@@ -1,6 +1,11 @@
-"""Hot-path ops of the engine: Triton kernels on GPU and PyTorch twins with the same signatures on CPU.
+"""Hot-path ops of the engine, one backend per device, all with the same signatures:
 
-    ops = kernels.get_ops(device)
+- `triton`: Triton kernels on CUDA;
+- `native`: a C++ library built on first use for the CPU's features (AVX-512 with or without BF16, or AVX2 + FMA),
+  called through ctypes (`native.py`, `csrc/`); what it cannot serve goes to the twins;
+- `torch`: PyTorch twins, the reference and the fallback anywhere.
+
+    ops = get_ops(device)   # TIDE_KERNELS=triton|native|torch overrides the choice
     ops.write_kv_cache / paged_attention / fused_add_rms_norm / rms_norm / rotary_embedding / silu_and_mul
 
 Triton is imported only when the Triton backend is chosen, so this package imports on machines without it.
