@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+
 from tide.benchmarks.workloads import Workload, build_workload
 from tide.engine.llm import LLM
 from tide.engine.loader import resolve_model

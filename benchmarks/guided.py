@@ -11,6 +11,7 @@ import json
 import time
 
 import jsonschema
+
 from tide.engine.llm import LLM
 from tide.engine.sampling_params import SamplingParams
 

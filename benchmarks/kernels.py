@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
 from tide.benchmarks.kernels_cpu import add_cpu_args, run_cpu_bench
 from tide.kernels import build_cos_sin_cache, torch_ops
 from tide.kernels.metadata import AttentionMetadata
@@ -101,6 +102,7 @@ def elementwise_cases(args, triton_ops, dtype) -> list[Case]:
 
 def run_cuda_bench(args: argparse.Namespace) -> bool:
     import triton.testing
+
     from tide.kernels import triton_ops
 
     dtype = torch.bfloat16

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
 from tide.kernels.torch_attention import decode_attention, gather_context
 
 DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]

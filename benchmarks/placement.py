@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 import torch
+
 from tide.benchmarks.engine import RunResult, run_tide
 from tide.benchmarks.workloads import Workload, build_workload
 from tide.engine.llm import LLM

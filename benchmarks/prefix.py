@@ -32,6 +32,7 @@ def make_preambles(tokenizer, count: int, tokens: int, rng: random.Random) -> li
 def kv_bytes_per_token(model_dir: Path, dtype: str) -> int:
     """2 (K and V) x layers x KV heads x head dim x element size, as the engine reserves it."""
     import torch
+
     from tide.engine.loader import load_config
     from tide.engine.startup import pick_device, pick_dtype
 

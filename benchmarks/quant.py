@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+
 from tide.engine.llm import LLM
 from tide.engine.sampling_params import SamplingParams
 

@@ -9,15 +9,15 @@ from itertools import count
 
 import torch
 
-from tide.engine.decoding.beam_search import BeamSearch
 from tide.engine.config import EngineConfig
+from tide.engine.decoding.beam_search import BeamSearch
 from tide.engine.decoding.guided import GuidedDecoding, GuidedError
+from tide.engine.decoding.speculative import build_speculator
 from tide.engine.outputs import RequestOutput
 from tide.engine.request import Prompt, RequestState
 from tide.engine.sampling_params import SamplingParams
 from tide.engine.scheduler import Scheduler
 from tide.engine.sequence import Sequence
-from tide.engine.decoding.speculative import build_speculator
 from tide.engine.startup import EngineParts, build_engine_parts
 
 logger = logging.getLogger("tide.engine")

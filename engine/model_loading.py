@@ -6,13 +6,13 @@ A leaf of the engine's start-up: `engine/startup.py` calls it for the engine's o
 from __future__ import annotations
 
 import torch
+
+from tide import kernels
 from tide.engine.loader import checkpoint_quantization, iter_weights
 from tide.engine.models import build_model
 from tide.engine.models.cpu_linear import can_pack, pack_linears
 from tide.engine.models.quant_linear import quantize_weights, use_int8_linears
 from tide.engine.parallel.sharding import TensorShard
-
-from tide import kernels
 
 
 def load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, shard: TensorShard | None = None,

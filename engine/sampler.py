@@ -16,9 +16,9 @@ from typing import Protocol
 
 import torch
 
+from tide.engine.decoding.token_bitmask import apply_token_bitmask_
 from tide.engine.outputs import TokenLogprob
 from tide.engine.sampling_params import SamplingParams
-from tide.engine.decoding.token_bitmask import apply_token_bitmask_
 
 # top-p looks for its nucleus among this many candidates first, widening by _TOP_P_GROWTH until it is found:
 # a full sort of a 49k vocabulary costs ~3 ms a row on CPU, a top-256 a tenth of that.

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+
 from tide.engine.block_manager import BlockManager
 from tide.engine.config import EngineConfig
 from tide.engine.loader import load_config, load_tokenizer, resolve_model

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from tide.kernels.torch_attention import paged_attention
 
 
-
 def write_kv_cache(
     key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,

@@ -19,32 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM
 
+from tests.helpers.fake_engine import FakeEngine
+from tests.helpers.models import TINY_CONFIGS
+from tests.helpers.receiver import Receiver
 from tide.engine.loader import load_tokenizer, resolve_model
-
-# Small enough to build and run in well under a second, large enough to exercise GQA (4 query heads sharing 2 KV
-# heads). The vocabulary is SmolLM2's so its tokenizer and chat template work on these models.
-TINY_SHAPE = dict(
-    vocab_size=49152, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    intermediate_size=128, max_position_embeddings=512,
-    # The default 0.02 gives near-uniform logits whose greedy output is one token repeated; 0.2 gives varied text
-    # (checked in tests/engine/test_loader.py).
-    initializer_range=0.2,
-)
-
-TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
-    "llama": lambda: LlamaConfig(**TINY_SHAPE, tie_word_embeddings=False),
-    "qwen2": lambda: Qwen2Config(**TINY_SHAPE, tie_word_embeddings=True),  # q/k/v projections carry a bias
-    # Qwen3 sets head_dim apart from hidden_size / heads (here 32, not 16) and normalizes q and k per head.
-    "qwen3": lambda: Qwen3Config(**TINY_SHAPE, head_dim=32, tie_word_embeddings=False),
-    "mistral": lambda: MistralConfig(**TINY_SHAPE, sliding_window=None, tie_word_embeddings=False),
-    "llama3_rope": lambda: LlamaConfig(
-        **TINY_SHAPE, tie_word_embeddings=True, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 128},
-    ),
-}
+from tide.workers.engine_service import EngineService
+from tide.workers.processes import free_port
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +58,49 @@ def tiny_model_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         return built[kind]
 
     return build
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def service(fake_engine: FakeEngine):
+    """An engine service around the fake engine (job-side tests without a model)."""
+    svc = EngineService(fake_engine, idle_wait_s=0.01)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def receiver():
+    """receiver(answers, started=True, ...) -> a real webhook receiver on a free port, stopped afterwards."""
+    made: list[Receiver] = []
+
+    def make(answers: list[int] | None = None, started: bool = True, **kwargs) -> Receiver:
+        r = Receiver(free_port(), answers, **kwargs)
+        made.append(r.start() if started else r)
+        return r
+
+    yield make
+    for r in made:
+        r.stop()
+
+
+# Fixtures that start real processes (redis-server, moto, workers, the API): their tests are `integration`.
+PROCESS_FIXTURES = {"api_app", "services", "worker", "stack"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what selects: `slow` on every test that needs SmolLM2's files (its weights, or its tokenizer beside a
+    tiny model), `integration` on every test under tests/integration or using a fixture that starts processes."""
+    integration_dir = Path(__file__).parent / "integration"
+    for item in items:
+        if "smollm2_dir" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+        if integration_dir in Path(item.path).parents or PROCESS_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.hookimpl(trylast=True)

@@ -17,10 +17,10 @@ import llguidance.hf
 import torch
 
 from tide.engine.decoding.guided_params import GuidedParams
+from tide.engine.decoding.token_bitmask import allow_only_, bitmask_words
 from tide.engine.request import RequestState
 from tide.engine.sampling_params import SamplingParams
 from tide.engine.sequence import Sequence
-from tide.engine.decoding.token_bitmask import allow_only_, bitmask_words
 
 logger = logging.getLogger("tide.engine")
 

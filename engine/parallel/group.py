@@ -13,6 +13,7 @@ import weakref
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from tide.engine.config import EngineConfig
 from tide.engine.models.llama import ForwardContext, ModelArgs
 from tide.engine.parallel.membership import COLLECTIVE_TIMEOUT_S, WorkerSpec, init_group

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+
 from tide.engine.model_runner import ModelRunner
 from tide.engine.parallel.group import TensorParallelGroup
 from tide.engine.sequence import Sequence

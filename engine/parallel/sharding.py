@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from tide.engine.models.llama import LlamaForCausalLM, ModelArgs
 from torch import nn
+
+from tide.engine.models.llama import LlamaForCausalLM, ModelArgs
 
 # HF checkpoint module names, by how their weight is split across ranks.
 _COLUMN_PARALLEL = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}  # output features (rows of W)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
 from tide.engine.models.llama import ForwardContext
 from tide.kernels.metadata import AttentionMetadata
 

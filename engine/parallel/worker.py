@@ -6,6 +6,7 @@ import logging
 
 import torch
 import torch.distributed as dist
+
 from tide.engine.parallel.membership import WorkerSpec, init_group
 from tide.engine.parallel.sharding import TensorShard
 from tide.engine.parallel.step import receive_step

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tide.workers.processes import start_redis, stop
+from tests.helpers.api import KEY
 from tide.settings import Settings
-
-KEY = "test-key"
+from tide.workers.processes import start_redis, stop
 
 
 @pytest.fixture(scope="session")

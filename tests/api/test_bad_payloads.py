@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.api.conftest import KEY
+from tests.helpers.api import KEY
+from tests.helpers.fuzz import BREAKAGES, mutate
 
 SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
            | st.text(max_size=20))
@@ -24,15 +26,9 @@ def body(fields):
     return st.dictionaries(fields, VALUES | plausible, max_size=6)
 
 
-def mutate(payload: bytes, how: str, at: int) -> bytes:
-    cut = at % max(len(payload), 1)
-    return {"keep": payload, "truncate": payload[:cut], "invalid utf-8": payload[:cut] + b"\xff\xfe" + payload[cut:],
-            "deep nesting": b"[" * (50 + 500 * at) + b"]" * (50 + 500 * at)}[how]
-
-
 def payloads(fields):
-    return st.builds(lambda d, how, at: mutate(json.dumps(d, allow_nan=True).encode(), how, at), body(fields),
-                     st.sampled_from(["keep", "keep", "truncate", "invalid utf-8", "deep nesting"]),
+    return st.builds(lambda d, how, at: mutate(json.dumps(d, allow_nan=True).encode(), how, at, 50, 500), body(fields),
+                     st.sampled_from(BREAKAGES),
                      st.integers(0, 100))
 
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.helpers.api import KEY
 from tide.jobs.state import EngineFigures
-from tests.api.conftest import KEY
 from tide.workers.registry import KEY_PREFIX, WorkerInfo
 
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -6,7 +6,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.api.conftest import KEY
+from tests.helpers.api import KEY
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 

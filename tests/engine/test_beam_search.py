@@ -7,10 +7,10 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM
 
+from tests.helpers.models import kv_bytes_for
 from tide.engine import LLM, SamplingParams
 from tide.engine.block_manager import BlockManager
 from tide.engine.sequence import Sequence
-from tests.engine.test_generation import kv_bytes_for
 
 MAX_NEW = 12
 EOS = 2  # SmolLM2's tokenizer, shared by the tiny models
@@ -212,7 +212,6 @@ def test_beam_search_too_big_for_the_engine_is_a_request_error(setup):
     assert "max_num_seqs" in wide.error and "lower best_of or max_tokens" in long.error
 
 
-@pytest.mark.slow
 def test_smollm2_beams_match_transformers(smollm2_dir):
     """The real model, a chat prompt, 4 beams, its own EOS."""
     llm = LLM(model=str(smollm2_dir), dtype="float32")

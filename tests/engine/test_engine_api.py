@@ -4,7 +4,7 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from tide.engine import LLM, LLMEngine, EngineConfig, SamplingParams
+from tide.engine import LLM, EngineConfig, LLMEngine, SamplingParams
 
 PROMPTS = [[5, 17, 300, 4000, 12], [9, 9, 9], list(range(100, 140)), [42]]
 

@@ -1,13 +1,14 @@
 """The engine's greedy outputs equal transformers' on tiny random models, in every scheduling mode."""
-import random
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.helpers.hf_reference import compare_greedy, hf_greedy
+from tests.helpers.models import kv_bytes_for
+from tests.helpers.prompts import make_prompts
 from tide.engine import LLM, SamplingParams
 from tide.kernels import native, torch_ops
-from tests.engine.hf_reference import compare_greedy, hf_greedy
 
 MAX_NEW = 20
 
@@ -19,21 +20,6 @@ MODES = {
     "no_prefix_cache": dict(enable_prefix_caching=False),
     "preempt": dict(kv_cache_bytes="tiny"),
 }
-
-
-def make_prompts(vocab: int, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    shared = [rng.randrange(3, vocab) for _ in range(40)]
-    prompts = [[rng.randrange(3, vocab) for _ in range(n)] for n in (1, 5, 16, 17, 33, 50)]
-    prompts += [shared + [rng.randrange(3, vocab) for _ in range(k)] for k in (1, 9)]  # share a cached prefix
-    prompts.append(list(shared))
-    return prompts
-
-
-def kv_bytes_for(model_dir, tokens: int) -> int:
-    cfg = AutoModelForCausalLM.from_pretrained(model_dir).config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4 * tokens
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])

@@ -3,10 +3,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.helpers.models import TINY_CONFIGS
+from tests.helpers.prompts import make_prompts
 from tide.engine import LLM, SamplingParams
 from tide.engine.loader import load_tokenizer
-from tests.conftest import TINY_CONFIGS
-from tests.engine.test_generation import make_prompts
 
 NUM_LAYERS = 4
 

@@ -9,12 +9,12 @@ from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, get_tensor_name_m
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from tide.engine import LLM, EngineConfig
+from tests.helpers.prompts import CHATS
 from tide.benchmarks.quant import agreement
+from tide.engine import LLM, EngineConfig
 from tide.engine.gguf_int8 import int8_rows, write_int8_weights
 from tide.engine.loader import _cache_key, _source_stamp
 from tide.engine.models.quant_linear import INT8_MM_MAX_TOKENS, Int8Linear, quantize_rows
-from tests.engine.test_smollm2 import CHATS
 
 
 def test_quantize_rows_is_within_half_a_step_of_the_weight():
@@ -131,7 +131,6 @@ def test_a_q8_0_gguf_loads_as_int8_projections_and_generates(tiny_model_dir, tmp
         LLM(model=str(out), dtype="float32")
 
 
-@pytest.mark.slow
 def test_smollm2_int8_greedy_agrees_with_bf16(smollm2_dir):
     bf16 = LLM(model=str(smollm2_dir), dtype="bfloat16")
     int8 = LLM(model=str(smollm2_dir), dtype="bfloat16", quantization="int8")

@@ -3,25 +3,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.helpers.hf_reference import compare_greedy, hf_greedy
+from tests.helpers.prompts import CHATS
 from tide.engine import LLM, SamplingParams
-from tests.engine.hf_reference import compare_greedy, hf_greedy
 
 MAX_NEW = 24
 
-CHATS = [
-    "Hi!",
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers and explain why each one is prime.",
-    "Explain in two sentences what a paged KV cache is and why an inference engine would use one.",
-    "Translate to French: The weather is lovely today, and we are going to walk along the river after lunch.",
-    "You are a careful assistant. Summarize the following notes for a busy manager: the build broke twice this "
-    "week because of a flaky network test; the team moved the test behind a retry; deployment is now green; the "
-    "next release is planned for Thursday pending a security review of the new login flow.",
-    "Give me a short recipe for pancakes. Include the ingredients with quantities, then the steps, numbered. "
-    "Keep it under one hundred words, and mention one common mistake people make when flipping them, plus how "
-    "to avoid it. Finally suggest two toppings that are not sweet.",
-]
+
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +23,6 @@ def reference(smollm2_dir):
     return smollm2_dir, prompts, [hf_greedy(hf, p, MAX_NEW, eos) for p in prompts]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["default", "chunked", "no_prefix_cache", "preempt"])
 def test_smollm2_chat_batch_matches_transformers(reference, mode):
     model_dir, prompts, refs = reference

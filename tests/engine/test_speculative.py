@@ -5,13 +5,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.helpers.models import TINY_CONFIGS, kv_bytes_for
 from tide.engine import LLM, EngineConfig, SamplingParams
 from tide.engine.block_manager import BlockManager
-from tide.engine.loader import load_tokenizer
 from tide.engine.decoding.ngram_proposer import ngram_proposal
+from tide.engine.loader import load_tokenizer
 from tide.engine.sequence import Sequence
-from tests.conftest import TINY_CONFIGS
-from tests.engine.test_generation import kv_bytes_for
 
 MAX_NEW = 16
 # Tiny random models copy nothing from their prompt; over a 96-token vocabulary their output still repeats tokens of
@@ -281,10 +280,9 @@ def test_config_errors_name_the_field():
 
 # ---- SmolLM2 ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_smollm2_chats_are_unchanged_by_prompt_lookup_and_by_a_tiny_draft(smollm2_dir, tiny_model_dir):
+    from tests.helpers.prompts import CHATS
     from tide.benchmarks.speculative import grounded_prompts
-    from tests.engine.test_smollm2 import CHATS
 
     def run(**config):
         llm = LLM(model=str(smollm2_dir), dtype="float32", num_threads=1, spec_max_running=64, **config)

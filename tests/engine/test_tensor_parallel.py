@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
+from tests.helpers.prompts import make_prompts
 from tide.engine import LLM, SamplingParams
 from tide.engine.parallel import group as tp_group
-from tests.engine.test_generation import make_prompts
 
 MAX_NEW = 12
 PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=1)

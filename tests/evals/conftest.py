@@ -1,2 +1,0 @@
-from tests.jobs.conftest import fake_engine, service  # noqa: F401 (fixtures)
-from tests.webhooks.conftest import receiver  # noqa: F401 (fixture)

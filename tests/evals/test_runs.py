@@ -7,12 +7,12 @@ import time
 import pyarrow.parquet as pq
 from standardwebhooks import Webhook
 
+from tests.helpers.receiver import SECRET
 from tide.jobs.evals.history import History
 from tide.jobs.evals.runner import EmbeddedExecutor, run_suite
 from tide.jobs.evals.suites import Suite
 from tide.jobs.webhooks.courier import Courier, WebhookConfig
 from tide.jobs.webhooks.outbox import MemoryOutbox
-from tests.webhooks.conftest import SECRET
 
 ITEMS = [{"id": "q1", "prompt": "one two", "expected": "two one"},
          {"id": "q2", "prompt": "red green blue", "expected": "blue green red"},

@@ -3,8 +3,8 @@ and runs a dead scheduler left unfinished."""
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import fakeredis
 import pytest

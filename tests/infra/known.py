@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
 import pytest
 
 from tide.cli import build_parser
 from tide.settings import Settings
-
-REPO = Path(__file__).resolve().parents[2]
 
 # Variables that are not Tide settings but may be set for (or documented next to) Tide's containers, and why.
 OTHER_VARIABLES = {

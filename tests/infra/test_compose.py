@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.infra.known import REPO, interpolate_all, parse_tide_args, unknown_variables
+from tests.helpers.paths import REPO
+from tests.infra.known import interpolate_all, parse_tide_args, unknown_variables
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = interpolate_all(COMPOSE["services"])  # as compose runs them with no .env: every default applies

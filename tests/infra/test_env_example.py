@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import yaml
 
-from tests.infra.known import REPO, interpolate_all, unknown_variables
+from tests.helpers.paths import REPO
+from tests.infra.known import interpolate_all, unknown_variables
 
 
 def _entries() -> list[tuple[str, str, list[str]]]:

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from kombu.transport.redis import Channel
 
+from tests.helpers.paths import REPO
+from tests.infra.known import parse_tide_args, unknown_variables
 from tide.jobs.specs import queue_for
-from tests.infra.known import REPO, parse_tide_args, unknown_variables
 from tide.workers.celery_app import make_app
 
 K8S = REPO / "infra/k8s"

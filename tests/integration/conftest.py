@@ -1,4 +1,4 @@
-"""Session-wide real services for the integration tests (see jobs/local_services.py)."""
+"""Session-wide real services for the integration tests (started by tide/workers/processes.py)."""
 from __future__ import annotations
 
 import os
@@ -7,11 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.services import BUCKET, SERVED, WEBHOOK_SECRET
 from tide.workers.processes import service_env, start_moto, start_redis, start_worker, stop
-
-BUCKET = "tide-it"
-WEBHOOK_SECRET = "integration-secret"
-SERVED = "tiny-llama"
 
 
 @dataclass

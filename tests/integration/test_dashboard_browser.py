@@ -7,44 +7,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.infra.known import REPO
-from tests.integration.helpers import tide as run_tide
-from tide.workers.processes import free_port
+from tests.helpers.paths import REPO
+from tests.helpers.stack import running_stack
 
 KEY, SERVED = "tide-dev-key", "tiny-llama"
 CHROMIUM = next((path for path in map(shutil.which, ("chromium", "chromium-browser")) if path), None)
 ARTIFACTS = Path(os.environ.get("TIDE_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: the README's test command installs "
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: the README's test command installs "
                                  "Debian's `chromium` package")]
-
-
-def tide(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return run_tide(env, *args, timeout=400)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    state = tmp_path_factory.mktemp("dash-stack")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TIDE_"))}
     env.update(TIDE_API_KEYS=KEY, TIDE_SHARD_ROWS="6", TIDE_LOG_FORMAT="json")
-    port = free_port()
-    up = tide(env, "stack", "up", "--state-dir", str(state), "--model", str(tiny_model_dir("llama")),
-              "--served-name", SERVED, "--api-port", str(port), "--redis-port", str(free_port()),
-              "--worker-args", "--dtype float32 --max-num-seqs 16")
-    try:
-        assert up.returncode == 0, up.stderr
-        yield f"http://127.0.0.1:{port}", state
-    finally:
-        down = tide(env, "stack", "down", "--state-dir", str(state))
-        assert down.returncode == 0, down.stderr
+    with running_stack(tmp_path_factory.mktemp("dash-stack"), env, tiny_model_dir("llama"), SERVED,
+                       worker_args="--dtype float32 --max-num-seqs 16") as running:
+        yield running.api_url, running.state
 
 
 def test_a_submitted_job_appears_on_the_dashboard_and_reaches_100_percent(stack):

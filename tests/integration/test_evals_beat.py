@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from datetime import datetime
 
-import pytest
 from standardwebhooks import Webhook
 
-from tests.integration.conftest import SERVED, WEBHOOK_SECRET
-from tests.webhooks.receiver import Receiver, free_port
-from tide.workers.processes import start_beat, stop
-
-pytestmark = pytest.mark.integration
+from tests.helpers.receiver import Receiver
+from tests.helpers.services import SERVED, WEBHOOK_SECRET
+from tests.helpers.waiting import until
+from tide.workers.processes import free_port, start_beat, stop
 
 PERIOD_S = 5
 
@@ -33,7 +30,7 @@ def test_two_beats_run_each_slot_once_and_deliver_its_webhook_once(services, wor
     beats = [start_beat(env, tmp_path / f"beat{i}.log", extra=args) for i in range(2)]
     index = tmp_path / "history" / "tick" / "index.json"
     try:
-        _until(lambda: index.exists() and len(json.loads(index.read_text())) >= 2, 90)
+        until(lambda: index.exists() and len(json.loads(index.read_text())) >= 2, 90, poll_s=0.1)
         leader = next(b for i, b in enumerate(beats) if b"leading" in (tmp_path / f"beat{i}.log").read_bytes())
         leader.send_signal(signal.SIGKILL)  # the other takes over once the lock lapses
         leader.wait()
@@ -45,9 +42,9 @@ def test_two_beats_run_each_slot_once_and_deliver_its_webhook_once(services, wor
             settled[:] = _slots(index)
             return len(settled) >= 5 and _gaps(settled) == {PERIOD_S}
 
-        _until(gapless, 120)
+        until(gapless, 120, poll_s=0.1)
         hook.start()
-        _until(lambda: len(hook.accepted()) >= 4, 30)
+        until(lambda: len(hook.accepted()) >= 4, 30, poll_s=0.1)
     finally:
         for beat in beats:
             stop(beat)
@@ -70,10 +67,3 @@ def _slots(index) -> list[float]:
 
 def _gaps(slots: list[float]) -> set[float]:
     return {b - a for a, b in zip(slots, slots[1:])}
-
-
-def _until(condition, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)

@@ -14,18 +14,15 @@ from contextlib import contextmanager
 
 import pytest
 
-from tide.jobs.lifecycle import job_status
+from tests.helpers.services import BUCKET, put_jsonl, read_s3_parts, submit, tide
+from tide.commands.worker import POISON_EXIT_STATUS
 from tide.jobs.leases.book import LeaseBook
+from tide.jobs.lifecycle import job_status
 from tide.jobs.state import ShardStatus
 from tide.jobs.store import RedisJobStore
-from tests.integration.conftest import BUCKET
-from tests.integration.helpers import put_jsonl, read_s3_parts, submit, tide
-from tide.workers.processes import free_port, start_redis, start_worker, stop
-from tide.commands.worker import POISON_EXIT_STATUS
 from tide.workers.celery_app import make_app
 from tide.workers.dispatch import CeleryDispatcher
-
-pytestmark = pytest.mark.integration
+from tide.workers.processes import free_port, start_redis, start_worker, stop
 
 LEASES = {"TIDE_LEASE_TTL_S": "3", "TIDE_LEASE_RENEW_S": "0.5", "TIDE_REAPER_INTERVAL_S": "0.5"}
 # Every fault worker runs with these; the last test greps their logs, Redis and the result files for them.

@@ -4,14 +4,10 @@ from __future__ import annotations
 import json
 import tracemalloc
 
-import pytest
-
+from tests.helpers.services import BUCKET
 from tide.jobs.planner import plan_job
 from tide.jobs.specs import JobSpec
 from tide.jobs.storage import s3_client
-from tests.integration.conftest import BUCKET
-
-pytestmark = pytest.mark.integration
 
 ROWS = 20_000
 PROMPT_BYTES = 2_000

@@ -10,20 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers.services import BUCKET, SERVED, WEBHOOK_SECRET, put_jsonl, read_s3_json, read_s3_parts, submit, tide
 from tide.engine import LLM, SamplingParams
 from tide.jobs.lifecycle import job_status, submit_job
 from tide.jobs.specs import JobSpec
-from tide.jobs.store import RedisJobStore
 from tide.jobs.storage import s3_client
+from tide.jobs.store import RedisJobStore
 from tide.jobs.webhooks.courier import Courier, WebhookConfig
 from tide.jobs.webhooks.outbox import RedisOutbox
 from tide.jobs.webhooks.signing import signer
-from tests.integration.conftest import BUCKET, SERVED, WEBHOOK_SECRET
-from tests.integration.helpers import put_jsonl, read_s3_json, read_s3_parts, submit, tide
 from tide.workers.celery_app import make_app
 from tide.workers.dispatch import CeleryDispatcher
-
-pytestmark = pytest.mark.integration
 
 MAX_TOKENS = 8
 CHATS = [[{"role": "system", "content": "You are terse."}, {"role": "user", "content": f"Name a {thing}."}]

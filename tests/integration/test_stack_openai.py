@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,7 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.helpers import tide as run_tide
+from tests.helpers.services import tide
+from tests.helpers.stack import running_stack
 from tide.workers.processes import free_port
 
 SERVED = "tiny-llama"
@@ -21,31 +21,13 @@ KEY, OTHER_KEY = "tide-dev-key", "another-teams-key"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
-def tide(env: dict, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return run_tide(env, *args, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    state = tmp_path_factory.mktemp("stack")
     env = {**os.environ, "TIDE_API_KEYS": f"{KEY},{OTHER_KEY}", "TIDE_SHARD_ROWS": "8"}
     env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
-    up_args = ["stack", "up", "--state-dir", str(state), "--s3", "--model", str(tiny_model_dir("llama")),
-               "--served-name", SERVED, "--api-port", str(free_port()), "--redis-port", str(free_port()),
-               "--s3-port", str(free_port()), "--worker-args", "--dtype float32 --max-num-seqs 32"]
-    result = tide(env, *up_args)
-    try:
-        assert result.returncode == 0, result.stderr + (state / "logs/api.log").read_text(errors="replace")
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines()
-                       if line.startswith("export "))
-        yield {"state": state, "env": env, "up_args": up_args, "exports": exports, "pids": _pids(state)}
-    finally:
-        down = tide(env, "stack", "down", "--state-dir", str(state))
-        assert down.returncode == 0, down.stderr
-
-
-def _pids(state: Path) -> dict[str, int]:
-    return {p.stem: int(p.read_text()) for p in (state / "pids").glob("*.pid")}
+    with running_stack(tmp_path_factory.mktemp("stack"), env, tiny_model_dir("llama"), SERVED, "--s3", "--s3-port",
+                       str(free_port())) as running:
+        yield running
 
 
 def _alive(pid: int) -> bool:
@@ -59,7 +41,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def client(stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack["exports"]["TIDE_API_URL"], api_key=KEY, max_retries=0)
+    return openai.OpenAI(base_url=stack.exports["TIDE_API_URL"], api_key=KEY, max_retries=0)
 
 
 def _lines(n: int, max_tokens: int = 8, start: int = 0, **body) -> list[dict]:
@@ -127,7 +109,7 @@ def test_finished_shards_are_readable_while_running_and_cancel_keeps_them(client
     uploaded = _upload(client, tmp_path, _lines(400, max_tokens=200, ignore_eos=True))
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
-    url, headers = stack["exports"]["TIDE_API_URL"], {"Authorization": f"Bearer {KEY}"}
+    url, headers = stack.exports["TIDE_API_URL"], {"Authorization": f"Bearer {KEY}"}
     deadline = time.monotonic() + 120
     while not (partial := httpx.get(f"{url}/jobs/{batch.id}/results", headers=headers).text.splitlines()):
         assert time.monotonic() < deadline, "no shard finished"
@@ -163,7 +145,7 @@ def test_keys_are_required_and_scoped(client, stack, tmp_path):
     uploaded = _upload(client, tmp_path, _lines(1))
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
-    url = stack["exports"]["TIDE_API_URL"]
+    url = stack.exports["TIDE_API_URL"]
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).batches.retrieve(batch.id)
     answer = httpx.get(f"{url}/batches/{batch.id}")
@@ -180,7 +162,7 @@ def test_keys_are_required_and_scoped(client, stack, tmp_path):
 
 def test_native_job_with_idempotency_key_progress_and_results(client, stack, tmp_path):
     uploaded = _upload(client, tmp_path, [{"id": f"p{i}", "prompt": f"Count to {i}"} for i in range(12)])
-    url, headers = stack["exports"]["TIDE_API_URL"], {"Authorization": f"Bearer {KEY}", "Idempotency-Key": "n1"}
+    url, headers = stack.exports["TIDE_API_URL"], {"Authorization": f"Bearer {KEY}", "Idempotency-Key": "n1"}
     spec = {"input": uploaded.id, "model": SERVED, "sampling": {"max_tokens": 4, "temperature": 0}}
     first = httpx.post(f"{url}/jobs", json=spec, headers=headers).json()
     again = httpx.post(f"{url}/jobs", json=spec, headers=headers).json()
@@ -199,7 +181,7 @@ def test_native_job_with_idempotency_key_progress_and_results(client, stack, tmp
 
 
 def test_health_ready_and_metrics_need_no_key(client, stack):
-    base = stack["exports"]["TIDE_API_URL"].removesuffix("/v1")
+    base = stack.exports["TIDE_API_URL"].removesuffix("/v1")
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{base}/readyz").json()["checks"] == {"redis": True, "storage": True}
     text = httpx.get(f"{base}/metrics").text
@@ -210,7 +192,7 @@ def test_health_ready_and_metrics_need_no_key(client, stack):
 
 
 def test_an_oversized_body_is_refused_in_the_openai_shape(stack):
-    url = stack["exports"]["TIDE_API_URL"]
+    url = stack.exports["TIDE_API_URL"]
     answer = httpx.post(f"{url}/batches", content=b"{" + b" " * (2 * 2**20) + b"}",
                         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
@@ -223,7 +205,7 @@ def test_a_50k_line_upload_keeps_api_memory_flat(client, stack, tmp_path):
         for i in range(50_000):
             f.write(line.replace("req-0", f"req-{i}") + "\n")
     size = path.stat().st_size
-    api_pid = stack["pids"]["api"]
+    api_pid = stack.pids["api"]
     before, peak = _rss(api_pid), [0]
     done = threading.Event()
 
@@ -256,14 +238,14 @@ def _rss(pid: int) -> int:
 
 
 def test_up_again_starts_nothing_and_down_leaves_no_process(stack):
-    again = tide(stack["env"], *stack["up_args"])
+    again = tide(stack.env, *stack.up_args, timeout=400)
     assert again.returncode == 0, again.stderr
-    assert _pids(stack["state"]) == stack["pids"]
-    assert all(_alive(pid) for pid in stack["pids"].values())
-    down = tide(stack["env"], "stack", "down", "--state-dir", str(stack["state"]))
+    assert stack.pids_now() == stack.pids
+    assert all(_alive(pid) for pid in stack.pids.values())
+    down = tide(stack.env, "stack", "down", "--state-dir", str(stack.state), timeout=400)
     assert down.returncode == 0, down.stderr
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in stack["pids"].values()) and time.monotonic() < deadline:
+    while any(_alive(pid) for pid in stack.pids.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [name for name, pid in stack["pids"].items() if _alive(pid)]
-    assert not list((stack["state"] / "pids").glob("*.pid"))
+    assert not [name for name, pid in stack.pids.items() if _alive(pid)]
+    assert not list((stack.state / "pids").glob("*.pid"))

@@ -6,12 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
-from tests.infra.known import REPO
+from tests.helpers.paths import REPO
 from tide.workers.processes import tide_command
-
-pytestmark = pytest.mark.integration
 
 
 def test_tide_run_writes_results_summary_and_prints_a_report(tiny_model_dir, tmp_path):

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.known import REPO
-
-pytestmark = pytest.mark.integration
+from tests.helpers.paths import REPO
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:

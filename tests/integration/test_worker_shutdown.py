@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
+from tests.helpers.services import BUCKET, put_jsonl, read_s3_parts, submit, tide
 from tide.jobs.lifecycle import job_status
 from tide.jobs.state import ShardStatus
 from tide.jobs.store import RedisJobStore
-from tests.integration.conftest import BUCKET
-from tests.integration.helpers import put_jsonl, read_s3_parts, submit, tide
 from tide.workers.processes import start_worker, stop
-
-pytestmark = pytest.mark.integration
 
 SERVED = "tiny-llama-shutdown"  # its own queue, so the session's worker does not take these shards
 

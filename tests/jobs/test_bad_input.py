@@ -9,8 +9,10 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from tests.helpers.fuzz import BREAKAGES, mutate
 from tide.jobs.planner import plan_job
 from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line
 from tide.jobs.shard_runner import read_shard_rows
@@ -30,18 +32,8 @@ ROWS = st.dictionaries(FIELDS, VALUES | MESSAGES | st.text(min_size=1, max_size=
 tried = {"jsonl lines": 0, "jsonl files": 0, "parquet files": 0}
 
 
-def mutate(line: bytes, how: str, at: int) -> bytes:
-    if how == "truncate":
-        return line[: at % max(len(line), 1)]
-    if how == "invalid utf-8":
-        return line[: at % max(len(line), 1)] + b"\xff\xfe\xc3" + line[at % max(len(line), 1):]
-    if how == "deep nesting":
-        return b'{"prompt": ' + b"[" * (1000 + 200 * at) + b"]" * (1000 + 200 * at) + b"}"
-    return line
-
-
-LINES = st.builds(lambda row, how, at: mutate(json.dumps(row, allow_nan=True).encode(), how, at), ROWS,
-                  st.sampled_from(["keep", "keep", "truncate", "invalid utf-8", "deep nesting"]), st.integers(0, 500))
+LINES = st.builds(lambda row, how, at: mutate(json.dumps(row, allow_nan=True).encode(), how, at, 1000, 200, "prompt"),
+                  ROWS, st.sampled_from(BREAKAGES), st.integers(0, 500))
 
 
 def check_row(item, row: int) -> None:

@@ -1,11 +1,11 @@
 """Beam search from job rows: each returned beam is one result row, best first; a conflicting option fails its row."""
 
+from tests.helpers.pipeline import run_on_engine
+from tests.helpers.rows import read_parts, write_jsonl
 from tide.engine import LLM, LLMEngine, SamplingParams
 from tide.jobs.rows import ErrorRow, parse_row
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import JobStatus
-from tests.jobs.conftest import run_on_engine, write_jsonl
-from tests.jobs.test_pipeline import read_parts
 
 
 def test_openai_body_takes_beam_search_fields():

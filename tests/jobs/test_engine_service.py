@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
+from tests.helpers.fake_engine import FakeEngine
 from tide.engine.sampling_params import SamplingParams
-from tests.jobs.fake_engine import FakeEngine
 from tide.workers.engine_service import EngineFailed, EngineService
 
 

@@ -5,10 +5,11 @@ import json
 import jsonschema
 import pyarrow.parquet as pq
 
+from tests.helpers.pipeline import run_on_engine
+from tests.helpers.rows import write_jsonl
 from tide.engine.llm_engine import LLMEngine
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import JobStatus
-from tests.jobs.conftest import run_on_engine, write_jsonl
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
                                            "zip": {"type": "integer", "minimum": 1000, "maximum": 9999}},

@@ -9,6 +9,8 @@ import fakeredis
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers.dispatch import Recorder
+from tests.helpers.rows import write_jsonl
 from tide.jobs.leases.book import LeaseBook
 from tide.jobs.leases.reaper import Reaper
 from tide.jobs.lifecycle import Finalizer, job_status, submit_job
@@ -16,7 +18,6 @@ from tide.jobs.shard_runner import ShardContext, run_shard
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import JobStatus, ShardStatus
 from tide.jobs.store import RedisJobStore
-from tests.jobs.conftest import write_jsonl
 
 TTL = 10.0
 
@@ -27,22 +28,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Recorder:
-    """A dispatcher that keeps what it was asked to send."""
-
-    def __init__(self) -> None:
-        self.shards, self.finalized = [], []
-
-    def send_shard(self, task) -> None:
-        self.shards.append(task)
-
-    def send_finalize(self, job_id: str, model: str) -> None:
-        self.finalized.append(job_id)
-
-    def revoke(self, task_ids) -> None:
-        pass
 
 
 @pytest.fixture

@@ -2,9 +2,10 @@
 import json
 import time
 
-import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers.fake_engine import FakeEngine, expected_text
+from tests.helpers.rows import read_parts, write_jsonl
 from tide.jobs.embedded import LocalDispatcher, run_embedded
 from tide.jobs.lifecycle import Finalizer, cancel_job, finalize_job, job_status, submit_job
 from tide.jobs.progress import wait_for_job
@@ -12,14 +13,7 @@ from tide.jobs.shard_runner import ShardContext
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import JobStatus
 from tide.jobs.store import MemoryJobStore
-from tests.jobs.conftest import write_jsonl
-from tests.jobs.fake_engine import FakeEngine, expected_text
 from tide.workers.engine_service import EngineService
-
-
-def read_parts(prefix, kind="part-"):
-    files = sorted(p for p in prefix.iterdir() if p.name.startswith(kind))
-    return [row for f in files for row in pq.read_table(f).to_pylist()]
 
 
 def pipeline(service, **ctx):

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 
+from tests.helpers.dispatch import Recorder as LeaseRecorder
 from tide.jobs.lifecycle import create_job, plan_created
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import JobStatus
 from tide.jobs.store import MemoryJobStore
-from tests.jobs.test_leases import Recorder as LeaseRecorder
 
 
 class Recorder(LeaseRecorder):

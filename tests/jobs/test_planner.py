@@ -1,10 +1,10 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.helpers.rows import write_jsonl
 from tide.jobs.planner import plan_job
 from tide.jobs.shard_runner import read_shard_rows
 from tide.jobs.specs import ColumnMap, JobSpec, ShardTask
-from tests.jobs.conftest import write_jsonl
 
 
 def spec_for(path, **kw) -> JobSpec:

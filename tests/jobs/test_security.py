@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import REPO
 from tide.jobs.storage import StorageError, resolve
 from tide.settings import Settings
 from tide.workers.celery_app import make_app
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_local_paths_outside_the_roots_are_refused(tmp_path, monkeypatch):

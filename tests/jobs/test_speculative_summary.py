@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 
+from tests.helpers.rows import write_jsonl
 from tide.engine import EngineConfig, LLMEngine
 from tide.jobs.embedded import run_embedded
 from tide.jobs.specs import JobSpec
 from tide.jobs.summary import format_report
-from tests.jobs.conftest import write_jsonl
 from tide.workers.engine_service import EngineService
 
 

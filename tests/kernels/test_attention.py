@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from tests.helpers.attention import reference
 from tide.kernels import torch_attention, torch_ops, triton_attention
 
 # name: (decode context lengths, prefill (context, chunk) pairs, Hq, Hkv, head_dim, block_size)
@@ -16,26 +17,6 @@ CASES = {
 # bf16 runs the twin's products in bf16 (as HF's eager attention does); the interpreter gets bf16 wrong, so Triton
 # is checked in bf16 only by `python -P -m tide.benchmarks.kernels` on a GPU.
 TOLERANCE = {torch.float32: 3e-5, torch.float16: 4e-3, torch.bfloat16: 4e-2}
-
-
-def reference(batch) -> torch.Tensor:
-    """float64 attention of every query row, sequence by sequence, straight from the definition."""
-    meta, block_size = batch.meta, batch.k_cache.shape[1]
-    group = batch.q.shape[1] // batch.k_cache.shape[2]
-    out = torch.empty(batch.q.shape, dtype=torch.float64)
-    start = 0
-    for b in range(meta.num_seqs):
-        seq_len, q_len = meta.seq_lens_host[b], meta.query_lens_host[b]
-        slots = (meta.block_tables[b].long()[:, None] * block_size + torch.arange(block_size)).flatten()[:seq_len]
-        k = batch.k_cache.flatten(0, 1)[slots].double().repeat_interleave(group, 1)
-        v = batch.v_cache.flatten(0, 1)[slots].double().repeat_interleave(group, 1)
-        q = batch.q[start : start + q_len].double()
-        scores = torch.einsum("qhd,khd->hqk", q, k) * batch.scale
-        q_pos = torch.arange(seq_len - q_len, seq_len)
-        scores.masked_fill_(torch.arange(seq_len)[None, :] > q_pos[:, None], float("-inf"))
-        out[start : start + q_len] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
-        start += q_len
-    return out
 
 
 def build(paged_batch, case: str, dtype: torch.dtype, poison: float):

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from tests.helpers.attention import reference
 from tide.kernels import native, native_ops, torch_attention, torch_ops
 from tide.kernels.metadata import AttentionMetadata
-from tests.kernels.test_attention import reference
 
 LIBRARY = native.load()
 pytestmark = pytest.mark.skipif(LIBRARY is None, reason=f"native library unavailable: {native.status()}")

@@ -7,15 +7,15 @@ import re
 
 import pytest
 
+from tests.helpers.fake_engine import FakeEngine
+from tests.helpers.rows import write_jsonl
 from tide.jobs.embedded import run_embedded
 from tide.jobs.report.cost import job_cost, worker_seconds
 from tide.jobs.report.html import render_report
 from tide.jobs.report.series import SeriesRecorder
 from tide.jobs.specs import JobSpec
-from tide.jobs.summary import format_report
 from tide.jobs.state import ShardProgress, ShardState, ShardStatus
-from tests.jobs.conftest import write_jsonl
-from tests.jobs.fake_engine import FakeEngine
+from tide.jobs.summary import format_report
 from tide.workers.engine_service import EngineService
 
 

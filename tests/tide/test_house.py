@@ -7,7 +7,7 @@ import ast
 import tomllib
 from pathlib import Path
 
-from tests.infra.known import REPO
+from tests.helpers.paths import REPO
 
 FOLDERS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 # A floor may import its own and lower floors only; `tide` (entry points) composes everything below.

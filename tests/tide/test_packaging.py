@@ -4,15 +4,15 @@ folders by their bare names, and the installed code never mixes with another dis
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.metadata
 import sys
 import tomllib
 from pathlib import Path
 
 import kernels as hf_kernels  # the test process resolves `kernels` as any user's would: Hugging Face's
-
 import tide.kernels
-from tests.infra.known import REPO
+from tests.helpers.paths import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 FOLDERS = PYPROJECT["tool"]["setuptools"]["package-dir"]  # import name -> folder in the checkout
@@ -44,9 +44,8 @@ def test_hugging_face_kernels_and_ours_live_side_by_side():
     assert hasattr(hf_kernels, "get_kernel") and not hasattr(hf_kernels, "get_ops")
     assert Path(hf_kernels.__file__).parent != REPO / "kernels"
     assert callable(tide.kernels.get_ops)
-    import transformers.integrations.hub_kernels  # imports Hugging Face's kernels by name
-
-    assert sys.modules["kernels"] is hf_kernels
+    hub_kernels = importlib.import_module("transformers.integrations.hub_kernels")  # imports `kernels` by name
+    assert hub_kernels is not None and sys.modules["kernels"] is hf_kernels
 
 
 def test_no_module_imports_a_folder_by_its_bare_name():

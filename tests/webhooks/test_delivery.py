@@ -9,6 +9,9 @@ import fakeredis
 import pytest
 from standardwebhooks import Webhook
 
+from tests.helpers.receiver import SECRET
+from tests.helpers.rows import write_jsonl
+from tests.helpers.waiting import until
 from tide.jobs.embedded import run_embedded
 from tide.jobs.specs import JobSpec
 from tide.jobs.webhooks.courier import Courier, WebhookConfig, enqueue, parse_schedule, replay
@@ -16,8 +19,6 @@ from tide.jobs.webhooks.delivery import WebhookRefused, check_url, parse_retry_a
 from tide.jobs.webhooks.events import DeliveryState
 from tide.jobs.webhooks.outbox import MemoryOutbox, RedisOutbox
 from tide.jobs.webhooks.signing import sign_headers
-from tests.jobs.conftest import write_jsonl
-from tests.webhooks.conftest import SECRET
 
 FAST = "0,0.05,0.05,0.05"
 
@@ -56,9 +57,9 @@ def test_receiver_down_at_first_gets_the_event_once_through_the_redis_outbox(rec
     thread = threading.Thread(target=courier.run, args=(stop, 0.02))
     thread.start()
     try:
-        _until(lambda: len(outbox.log("job_2")) >= 1)
+        until(lambda: len(outbox.log("job_2")) >= 1)
         hook.start()
-        _until(lambda: hook.accepted())
+        until(lambda: hook.accepted())
         time.sleep(0.3)  # one more retry interval: nothing else may arrive
     finally:
         stop.set()
@@ -181,10 +182,3 @@ def test_tide_run_delivers_its_webhook_in_process_before_returning(tmp_path, ser
     payload = verify(*hook.received[1][:2])
     assert payload["type"] == "batch.completed"
     assert payload["data"] == {"id": job.id, "status": "completed", "total": 1, "completed": 1, "failed": 0}
-
-
-def _until(condition, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

@@ -4,8 +4,8 @@ import types
 
 import pytest
 
+from tests.helpers.rows import write_jsonl
 from tide.cli import main
-from tests.jobs.conftest import write_jsonl
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 

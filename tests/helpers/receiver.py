@@ -1,15 +1,11 @@
 """A real HTTP receiver on loopback for webhook tests: answers from a script, records every request."""
 from __future__ import annotations
 
-import socket
+import base64
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SECRET = "whsec_" + base64.b64encode(b"tide-test-signing-key-0123456789").decode()  # signs the tests' webhooks
 
 
 class Receiver:

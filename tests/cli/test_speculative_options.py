@@ -1,10 +1,10 @@
 """`tide worker` and `tide run` speculative flags: defaults from Settings, which equal the engine's own defaults."""
 from __future__ import annotations
 
-from tide.engine.config import EngineConfig
 from tide.cli import build_parser
-from tide.settings import Settings
+from tide.engine.config import EngineConfig
 from tide.options import speculative_config
+from tide.settings import Settings
 
 
 def test_flag_defaults_are_the_engine_defaults():

@@ -5,10 +5,10 @@ import time
 
 import fakeredis
 
+from tide.cli import main
 from tide.jobs.store import RedisJobStore
 from tide.jobs.webhooks.courier import Courier, WebhookConfig, enqueue
 from tide.jobs.webhooks.outbox import RedisOutbox
-from tide.cli import main
 
 
 def test_log_and_replay(receiver, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""Small helpers shared by the integration tests: S3 objects, CLI runs, reading parts back."""
+"""What the integration tests share: their bucket and served-model names, S3 objects, CLI runs, parts read back."""
 from __future__ import annotations
 
 import io
@@ -9,6 +9,10 @@ import pyarrow.parquet as pq
 
 from tide.jobs.storage import s3_client
 from tide.workers.processes import tide_command
+
+BUCKET = "tide-it"
+WEBHOOK_SECRET = "integration-secret"
+SERVED = "tiny-llama"
 
 
 def put_jsonl(bucket: str, key: str, rows: list) -> str:

@@ -1,0 +1,3 @@
+"""The API key the API tests use."""
+
+KEY = "test-key"
