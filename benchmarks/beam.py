@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ def measure(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> Run:
     return Run(peak, time.perf_counter() - started, tokens)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.beam", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="float32")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     greedy = measure(llm, prompts, greedy_params)
     print(f"greedy: peak {greedy.peak_blocks} blocks, {greedy.seconds:.2f} s")
     print("| beams | peak KV blocks shared | peak KV blocks copied | copied / shared | beam s | greedy s | "
-          f"beam / greedy time |\n|---|---|---|---|---|---|---|")
+          "beam / greedy time |\n|---|---|---|---|---|---|---|")
     for width in (int(w) for w in args.widths.split(",")):
         params = SamplingParams(use_beam_search=True, best_of=width, max_tokens=args.max_tokens, ignore_eos=True)
         shared = measure(llm, prompts, params)
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {width} | {shared.peak_blocks} | {copied.peak_blocks} | "
               f"{copied.peak_blocks / shared.peak_blocks:.2f} | {shared.seconds:.2f} | {greedy.seconds:.2f} | "
               f"{shared.seconds / greedy.seconds:.2f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

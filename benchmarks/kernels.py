@@ -1,8 +1,8 @@
 """`python -P -m tide.benchmarks.kernels`: times each Triton kernel on CUDA against its PyTorch twin and against the
 bytes/FLOPs floor of the GPU, and checks the Triton results in bf16.
 
-Without CUDA it says so and exits 0; `--cpu` instead compares the CPU decode-attention strategies of the twin
-(`benchmarks/kernels_cpu.py`), which is how the twin's design was chosen.
+Without CUDA it says so and exits 0. The CPU's attention strategies have their own benchmark,
+`python -P -m tide.benchmarks.kernels_cpu`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from tide.benchmarks.kernels_cpu import add_cpu_args, run_cpu_bench
+from tide.benchmarks.kernels_cpu import add_shape_args
 from tide.kernels import build_cos_sin_cache, torch_ops
 from tide.kernels.metadata import AttentionMetadata
 
@@ -132,8 +132,8 @@ def run_cuda_bench(args: argparse.Namespace) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu", action="store_true", help="compare the CPU decode strategies of the twin")
+    parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=4096, help="rows for the per-token ops")
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--intermediate", type=int, default=14336)
@@ -141,13 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-context", type=int, default=2048)
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="memory bandwidth (H100 SXM: 3350)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 tensor FLOPs (H100 SXM: 989)")
-    add_cpu_args(parser)  # shapes shared with --cpu: heads, head_dim, block size
+    add_shape_args(parser)
     args = parser.parse_args(argv)
-    if args.cpu:
-        run_cpu_bench(args)
-        return 0
     if not torch.cuda.is_available():
-        print("no CUDA device: nothing to time for the Triton kernels (run with --cpu for the CPU twin comparison)")
+        print("no CUDA device: nothing to time for the Triton kernels (python -P -m tide.benchmarks.kernels_cpu "
+              "compares the CPU's attention strategies)")
         return 0
     return 0 if run_cuda_bench(args) else 1
 

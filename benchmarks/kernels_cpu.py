@@ -1,4 +1,4 @@
-"""CPU comparison of decode-attention strategies for the PyTorch twin (`python -P -m tide.benchmarks.kernels --cpu`).
+"""`python -P -m tide.benchmarks.kernels_cpu`: the CPU decode-attention strategies timed against each other.
 
 Candidates: the twin's chunked online softmax at several chunk sizes (KiB of K gathered per chunk), a plain
 per-sequence gather + SDPA reference, and a one-shot gather of every block + one masked SDPA. Shapes default to
@@ -7,6 +7,7 @@ SmolLM2-135M decoding a full batch; times are per attention call and per step (x
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from functools import partial
 from typing import Callable
@@ -130,15 +131,28 @@ def run_cpu_bench(args: argparse.Namespace) -> None:
                       f"x{base / sec:4.2f} vs per-seq, max err {errors[name]:.1e})")
 
 
-def add_cpu_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--min-ctx", type=int, default=300)
-    parser.add_argument("--max-ctx", type=int, default=600)
+def add_shape_args(parser: argparse.ArgumentParser) -> None:
+    """The attention shapes both kernel benchmarks take (SmolLM2-135M's by default)."""
     parser.add_argument("--q-heads", type=int, default=9)
     parser.add_argument("--kv-heads", type=int, default=3)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--block-size", type=int, default=16)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.kernels_cpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--min-ctx", type=int, default=300)
+    parser.add_argument("--max-ctx", type=int, default=600)
+    add_shape_args(parser)
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--chunk-kib", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--reps", type=int, default=20)
+    run_cpu_bench(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,7 @@ scheduler). Install notes: README.md, "Tuning on a CPU".
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -59,5 +60,14 @@ def _child_main(spec_path: str) -> None:
           flush=True)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The peer's side, as `run_vllm` starts it: run the workload file and print the result line."""
+    parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.peer_vllm", description="The peer's side of "
+                                     "`tide bench --peer vllm`, run by vLLM's own Python: one workload, one JSON line.")
+    parser.add_argument("spec", help="the workload as JSON, as run_vllm writes it")
+    _child_main(parser.parse_args(argv).spec)
+    return 0
+
+
 if __name__ == "__main__":
-    _child_main(sys.argv[1])
+    sys.exit(main())

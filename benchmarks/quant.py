@@ -113,7 +113,7 @@ def weight_bytes(llm: LLM) -> dict[str, int]:
     return {"layers": layers, "other": held(model) - layers}
 
 
-def _memory_probe(model: str, dtype: str, quantization: str) -> dict:
+def memory_probe(model: str, dtype: str, quantization: str) -> dict:
     """Load one configuration in this process and report its weight bytes and RSS (run in a subprocess)."""
     llm = LLM(model=model, dtype=dtype, quantization=quantization, kv_cache_bytes=2**24, num_threads=1)
     with open("/proc/self/status") as f:
@@ -122,18 +122,19 @@ def _memory_probe(model: str, dtype: str, quantization: str) -> dict:
     return {**weight_bytes(llm), "rss": rss, "peak_rss": peak}
 
 
-def memory_figures(model: str) -> dict[str, dict]:
+def memory_figures(model: str, configs: dict[str, tuple[str, str]] = CONFIGS) -> dict[str, dict]:
+    """`memory_probe` of each configuration, each in a fresh subprocess so that its RSS is its own."""
     figures = {}
-    for name, (dtype, quantization) in CONFIGS.items():
-        code = (f"import json; from tide.benchmarks.quant import _memory_probe; "
-                f"print(json.dumps(_memory_probe({model!r}, {dtype!r}, {quantization!r})))")
+    for name, (dtype, quantization) in configs.items():
+        code = (f"import json; from tide.benchmarks.quant import memory_probe; "
+                f"print(json.dumps(memory_probe({model!r}, {dtype!r}, {quantization!r})))")
         out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True).stdout
         figures[name] = json.loads(out.strip().splitlines()[-1])
     return figures
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.quant", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--prompts", type=int, default=16, help="decode batch size")
     p.add_argument("--prompt-tokens", type=int, default=32)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from tide.kernels.metadata import AttentionMetadata
 
 # Bytes of K gathered per decode chunk (all sequences together): small enough for the gathered K and V to stay in
-# cache, large enough to amortise per-op overhead. Chosen with `python -P -m tide.benchmarks.kernels --cpu` (docs/KERNELS.md).
+# cache, large enough to amortise per-op overhead. Chosen with `python -P -m tide.benchmarks.kernels_cpu`
+# (docs/KERNELS.md).
 DECODE_CHUNK_BYTES = 2 << 20
 
 

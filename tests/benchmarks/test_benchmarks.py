@@ -1,0 +1,54 @@
+"""Every benchmark runs as `python -P -m tide.benchmarks.<name>` and explains itself; the shared workloads repeat
+with their seed and keep their sizes; the quantization benchmark's memory probe runs in a process of its own."""
+from __future__ import annotations
+
+import ast
+import importlib
+import random
+
+import pytest
+
+from tests.helpers.paths import REPO
+from tide.benchmarks.quant import memory_figures
+from tide.benchmarks.workloads import CHAT_MAX_TOKENS, build_workload, grounded_prompts, random_token_prompts
+from tide.engine.loader import load_tokenizer
+
+LIBRARY = {"__init__", "workloads"}  # modules of the package that are not benchmarks themselves
+BENCHMARKS = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if p.stem not in LIBRARY)
+
+
+def runs_as_a_script(source: str) -> bool:
+    """The module ends in `if __name__ == "__main__":`, so `python -m` runs it."""
+    return any(isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"
+               for node in ast.parse(source).body)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_each_benchmark_runs_as_a_module_and_prints_its_usage(name, capsys):
+    assert runs_as_a_script((REPO / "benchmarks" / f"{name}.py").read_text())
+    module = importlib.import_module(f"tide.benchmarks.{name}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: " + ("tide bench" if name == "engine" else f"python -P -m tide.benchmarks.{name}"))
+
+
+def test_workloads_repeat_with_their_seed_and_keep_their_sizes(smollm2_dir):
+    tokenizer = load_tokenizer(smollm2_dir)
+    chat = build_workload("chat", tokenizer, num_prompts=6, input_len=0, output_len=0, seed=0)
+    assert chat.prompts == build_workload("chat", tokenizer, 6, 0, 0, seed=0).prompts
+    assert chat.prompts != build_workload("chat", tokenizer, 6, 0, 0, seed=1).prompts
+    assert not chat.ignore_eos and all(len(p) <= CHAT_MAX_TOKENS for p in chat.prompts)
+    fixed = build_workload("fixed", tokenizer, num_prompts=3, input_len=17, output_len=5, seed=0)
+    assert [len(p) for p in fixed.prompts] == [17] * 3 and (fixed.max_tokens, fixed.ignore_eos) == (5, True)
+    assert not set(tokenizer.all_special_ids) & {t for p in fixed.prompts for t in p}
+    assert fixed.prompts == random_token_prompts(tokenizer, 3, 17, random.Random(0))
+    assert grounded_prompts(tokenizer, 2, seed=0) == grounded_prompts(tokenizer, 2, seed=0)
+
+
+def test_the_quantization_memory_probe_runs_in_a_fresh_process(tiny_model_dir):
+    configs = {"fp32": ("float32", "none"), "int8 (fp32 rest)": ("float32", "int8")}
+    figures = memory_figures(str(tiny_model_dir("llama")), configs)
+    assert figures["int8 (fp32 rest)"]["layers"] < figures["fp32"]["layers"] / 3
+    assert all(0 < f["rss"] <= f["peak_rss"] for f in figures.values())
