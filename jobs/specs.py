@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tide.engine.sampling_params import SamplingParams
+from tide.jobs import keys
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -115,4 +116,4 @@ class ShardTask(BaseModel):
 
 def queue_for(model: str) -> str:
     """The Celery queue of a served model name (`tide.<model>`), made safe for paths used as names."""
-    return "tide." + re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
+    return keys.QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")

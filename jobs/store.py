@@ -10,13 +10,11 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from tide.jobs import keys
 from tide.jobs.state import Job, ShardProgress, ShardState
 
 JobChange = Callable[[Job], "Job | None"]
 ShardChange = Callable[[ShardState], "ShardState | None"]
-KEEP_SECONDS = 30 * 86400  # how long a job's keys stay in Redis
-JOBS_INDEX = "tide:jobs"  # every job id by creation time
-COUNTERS_KEY = "tide:counters"
 
 
 class JobNotFound(KeyError):
@@ -138,8 +136,8 @@ class MemoryJobStore:
 
 
 class RedisJobStore:
-    """Job state in Redis. Keys: tide:job:{id} (JSON), tide:job:{id}:shards / :progress / :attempts (hashes),
-    tide:job:{id}:remaining (counter), tide:idem:{key} (job id)."""
+    """Job state in Redis, under the keys `jobs/keys.py` names (the job, its shards, progress, attempts, the
+    shards remaining, idempotency keys)."""
 
     def __init__(self, client) -> None:
         self.redis = client
@@ -157,35 +155,35 @@ class RedisJobStore:
         return cls(client)
 
     def claim_idempotency(self, key: str, job_id: str) -> str:
-        name = f"tide:idem:{key}"
-        if self.redis.set(name, job_id, nx=True, ex=KEEP_SECONDS):
+        name = keys.idempotency(key)
+        if self.redis.set(name, job_id, nx=True, ex=keys.KEEP_SECONDS):
             return job_id
         return self.redis.get(name).decode()
 
     def put_job(self, job: Job) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.set(_job_key(job.id), job.model_dump_json(), ex=KEEP_SECONDS)
-            pipe.zadd(JOBS_INDEX, {job.id: job.created_at})
+            pipe.set(keys.job(job.id), job.model_dump_json(), ex=keys.KEEP_SECONDS)
+            pipe.zadd(keys.JOBS_INDEX, {job.id: job.created_at})
             pipe.execute()
 
     def recent_jobs(self, limit: int = 10_000) -> list[Job]:
         """The newest jobs (for service-wide figures), newest first."""
-        ids = [i.decode() for i in self.redis.zrevrange(JOBS_INDEX, 0, limit - 1)]
-        raws = self.redis.mget([_job_key(i) for i in ids]) if ids else []
+        ids = [i.decode() for i in self.redis.zrevrange(keys.JOBS_INDEX, 0, limit - 1)]
+        raws = self.redis.mget([keys.job(i) for i in ids]) if ids else []
         return [Job.model_validate_json(raw) for raw in raws if raw is not None]
 
     def add_counters(self, counters: dict[str, float]) -> None:
         if counters:
             with self.redis.pipeline() as pipe:
                 for name, value in counters.items():
-                    pipe.hincrbyfloat(COUNTERS_KEY, name, value)
+                    pipe.hincrbyfloat(keys.COUNTERS, name, value)
                 pipe.execute()
 
     def counters(self) -> dict[str, float]:
-        return {k.decode(): float(v) for k, v in self.redis.hgetall(COUNTERS_KEY).items()}
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(keys.COUNTERS).items()}
 
     def get_job(self, job_id: str) -> Job:
-        raw = self.redis.get(_job_key(job_id))
+        raw = self.redis.get(keys.job(job_id))
         if raw is None:
             raise JobNotFound(job_id)
         return Job.model_validate_json(raw)
@@ -193,7 +191,7 @@ class RedisJobStore:
     def update_job(self, job_id: str, change: JobChange) -> Job:
         import redis
 
-        key = _job_key(job_id)
+        key = keys.job(job_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -207,28 +205,28 @@ class RedisJobStore:
                         pipe.unwatch()
                         return job
                     pipe.multi()
-                    pipe.set(key, new.model_dump_json(), ex=KEEP_SECONDS)
+                    pipe.set(key, new.model_dump_json(), ex=keys.KEEP_SECONDS)
                     pipe.execute()
                     return new
                 except redis.WatchError:  # another writer got there first: re-read and re-apply
                     continue
 
     def put_shards(self, job_id: str, shards: list[ShardState]) -> None:
-        key = _job_key(job_id)
+        shards_key = keys.job_part(job_id, "shards")
         with self.redis.pipeline() as pipe:
-            pipe.delete(f"{key}:shards")
+            pipe.delete(shards_key)
             if shards:
-                pipe.hset(f"{key}:shards", mapping={str(s.index): s.model_dump_json() for s in shards})
-            pipe.set(f"{key}:remaining", sum(not s.status.terminal for s in shards), ex=KEEP_SECONDS)
-            for suffix in (":shards", ":progress", ":attempts"):
-                pipe.expire(key + suffix, KEEP_SECONDS)
+                pipe.hset(shards_key, mapping={str(s.index): s.model_dump_json() for s in shards})
+            pipe.set(keys.job_part(job_id, "remaining"), sum(not s.status.terminal for s in shards),
+                     ex=keys.KEEP_SECONDS)
+            for part in ("shards", "progress", "attempts"):
+                pipe.expire(keys.job_part(job_id, part), keys.KEEP_SECONDS)
             pipe.execute()
 
     def get_shards(self, job_id: str) -> list[ShardState]:
-        key = _job_key(job_id)
         with self.redis.pipeline() as pipe:
-            pipe.hgetall(f"{key}:shards")
-            pipe.hgetall(f"{key}:progress")
+            pipe.hgetall(keys.job_part(job_id, "shards"))
+            pipe.hgetall(keys.job_part(job_id, "progress"))
             shards, progress = pipe.execute()
         return sorted((_with_progress(ShardState.model_validate_json(raw), progress.get(i))
                        for i, raw in shards.items()), key=lambda s: s.index)
@@ -240,16 +238,16 @@ class RedisJobStore:
         return self._change_shard(job_id, index, change, finishing=True)[1]
 
     def set_progress(self, job_id: str, index: int, progress: ShardProgress) -> None:
-        self.redis.hset(f"{_job_key(job_id)}:progress", str(index), progress.model_dump_json())
+        self.redis.hset(keys.job_part(job_id, "progress"), str(index), progress.model_dump_json())
 
     def incr_attempts(self, job_id: str, index: int) -> int:
-        return int(self.redis.hincrby(f"{_job_key(job_id)}:attempts", str(index), 1))
+        return int(self.redis.hincrby(keys.job_part(job_id, "attempts"), str(index), 1))
 
     def _change_shard(self, job_id: str, index: int, change: ShardChange,
                       finishing: bool) -> tuple[ShardState, int | None]:
         import redis
 
-        key = f"{_job_key(job_id)}:shards"
+        key = keys.job_part(job_id, "shards")
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -266,15 +264,11 @@ class RedisJobStore:
                     pipe.hset(key, str(index), new.model_dump_json())
                     if finishing:
                         assert new.status.terminal
-                        pipe.decr(f"{_job_key(job_id)}:remaining")
+                        pipe.decr(keys.job_part(job_id, "remaining"))
                     results = pipe.execute()
                     return new, (int(results[1]) if finishing else None)
                 except redis.WatchError:  # another writer got there first: re-read and re-apply
                     continue
-
-
-def _job_key(job_id: str) -> str:
-    return f"tide:job:{job_id}"
 
 
 def _with_progress(shard: ShardState, progress: bytes | str | None) -> ShardState:

@@ -10,11 +10,11 @@ import time
 
 from pydantic import BaseModel
 
+from tide.jobs import keys
 from tide.jobs.state import EngineFigures
 
 logger = logging.getLogger("tide.worker")
 
-KEY_PREFIX = "tide:worker:"
 HEARTBEAT_S = 5.0
 EXPIRE_S = 30  # a worker missing for this long is gone
 
@@ -48,7 +48,7 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
         try:
-            self._redis.delete(KEY_PREFIX + self._info["name"])
+            self._redis.delete(keys.worker(self._info["name"]))
         except Exception:  # Redis gone at shutdown: the key expires on its own
             pass
 
@@ -56,7 +56,7 @@ class Heartbeat:
         while not self._stop.is_set():
             info = WorkerInfo(**self._info, last_heartbeat=time.time(), engine=self._figures())
             try:
-                self._redis.set(KEY_PREFIX + info.name, info.model_dump_json(), ex=EXPIRE_S)
+                self._redis.set(keys.worker(info.name), info.model_dump_json(), ex=EXPIRE_S)
             except Exception as exc:  # a Redis blip must not kill the worker; the next beat tries again
                 logger.warning("heartbeat not published: %s", exc)
             self._stop.wait(self._interval)
@@ -64,6 +64,6 @@ class Heartbeat:
 
 def live_workers(redis) -> list[WorkerInfo]:
     """Every worker whose heartbeat has not expired, by name."""
-    keys = sorted(redis.scan_iter(match=KEY_PREFIX + "*", count=200))
-    values = redis.mget(keys) if keys else []
+    names = sorted(redis.scan_iter(match=keys.WORKERS_PATTERN, count=200))
+    values = redis.mget(names) if names else []
     return [WorkerInfo.model_validate_json(v) for v in values if v is not None]

@@ -12,10 +12,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from tide.jobs import keys
 from tide.jobs.evals.suites import Suite
-
-LOCK_KEY = "tide:beat:lock"
-KEEP_SECONDS = 30 * 86400
 
 
 def latest_slot(suite: Suite, now: float) -> float | None:
@@ -83,7 +81,7 @@ class SlotPicker:
 class RedisLock:
     """Leadership for one scheduler at a time: a key with a TTL, renewed by its holder only."""
 
-    def __init__(self, client, ttl_s: float = 15.0, key: str = LOCK_KEY) -> None:
+    def __init__(self, client, ttl_s: float = 15.0, key: str = keys.BEAT_LOCK) -> None:
         self.redis, self.ttl_ms, self.key = client, int(ttl_s * 1000), key
         self.token = uuid.uuid4().hex
 
@@ -131,29 +129,29 @@ class SlotClaims:
 
     def claim(self, suite_name: str, slot: float, run_id: str) -> bool:
         """True for exactly one caller per (suite, slot), however many schedulers, restarts or redeliveries."""
-        if not self.redis.set(f"tide:evals:slot:{slot_key(suite_name, slot)}", run_id, nx=True, ex=KEEP_SECONDS):
+        if not self.redis.set(keys.eval_slot(slot_key(suite_name, slot)), run_id, nx=True, ex=keys.KEEP_SECONDS):
             return False
-        self.redis.set(f"tide:evals:running:{run_id}", "1", px=self.lease_ms)
+        self.redis.set(keys.eval_running(run_id), "1", px=self.lease_ms)
         return True
 
     def orphaned(self, suite_name: str, slot: float) -> str | None:
         """The run id of a claimed slot that is neither done nor running, taking over its lease; else None."""
-        run_id = self.redis.get(f"tide:evals:slot:{slot_key(suite_name, slot)}")
+        run_id = self.redis.get(keys.eval_slot(slot_key(suite_name, slot)))
         if run_id is None:
             return None
         run_id = run_id.decode()
-        if self.redis.exists(f"tide:evals:done:{run_id}"):
+        if self.redis.exists(keys.eval_done(run_id)):
             return None
-        if not self.redis.set(f"tide:evals:running:{run_id}", "1", nx=True, px=self.lease_ms):
+        if not self.redis.set(keys.eval_running(run_id), "1", nx=True, px=self.lease_ms):
             return None
         return run_id
 
     def renew(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
-            self.redis.pexpire(f"tide:evals:running:{run_id}", self.lease_ms)
+            self.redis.pexpire(keys.eval_running(run_id), self.lease_ms)
 
     def finish(self, run_id: str) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.set(f"tide:evals:done:{run_id}", "1", ex=KEEP_SECONDS)
-            pipe.delete(f"tide:evals:running:{run_id}")
+            pipe.set(keys.eval_done(run_id), "1", ex=keys.KEEP_SECONDS)
+            pipe.delete(keys.eval_running(run_id))
             pipe.execute()

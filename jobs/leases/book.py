@@ -1,8 +1,7 @@
 """The lease book in Redis: who holds which shard until when, the shard tasks to send again, job deadlines.
 
-Keys: `tide:leases` (sorted set, member `job|index|token`, score = expiry), `tide:deadlines` (sorted set, job id ->
-expires_at, while the job runs), `tide:job:{id}:tasks` (hash, shard index -> ShardTask JSON) and
-`tide:job:{id}:inflight` (hash, `index|token` -> the row a careful re-run is on).
+Keys (named in jobs/keys.py): the leases (member `job|index|token`, score = expiry), the running jobs' deadlines,
+each job's shard tasks and the row each careful re-run is on.
 
 A lease is taken back by exactly one reaper: the one whose ZREM removes it.
 """
@@ -10,11 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tide.jobs import keys
 from tide.jobs.specs import ShardTask
-
-LEASES_KEY = "tide:leases"
-DEADLINES_KEY = "tide:deadlines"
-KEEP_SECONDS = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,7 @@ class LeaseBook:
 
     # Leases.
     def grant(self, lease: Lease, now: float) -> None:
-        self.redis.zadd(LEASES_KEY, {lease.member: now + self.ttl_s})
+        self.redis.zadd(keys.LEASES, {lease.member: now + self.ttl_s})
 
     def renew(self, leases: list[Lease], now: float) -> list[bool]:
         """Push each lease's expiry out; False for a lease no longer in the book (a reaper took it back)."""
@@ -50,62 +46,58 @@ class LeaseBook:
             return []
         with self.redis.pipeline(transaction=False) as pipe:
             for lease in leases:
-                pipe.zadd(LEASES_KEY, {lease.member: now + self.ttl_s}, xx=True)
-                pipe.zscore(LEASES_KEY, lease.member)
+                pipe.zadd(keys.LEASES, {lease.member: now + self.ttl_s}, xx=True)
+                pipe.zscore(keys.LEASES, lease.member)
             answers = pipe.execute()
         return [score is not None for score in answers[1::2]]
 
     def held(self, lease: Lease, now: float) -> bool:
-        score = self.redis.zscore(LEASES_KEY, lease.member)
+        score = self.redis.zscore(keys.LEASES, lease.member)
         return score is not None and score > now
 
     def release(self, lease: Lease) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(LEASES_KEY, lease.member)
-            pipe.hdel(_inflight_key(lease.job_id), f"{lease.index}|{lease.token}")
+            pipe.zrem(keys.LEASES, lease.member)
+            pipe.hdel(keys.inflight(lease.job_id), f"{lease.index}|{lease.token}")
             pipe.execute()
 
     def lapsed(self, now: float, limit: int = 100) -> list[Lease]:
-        return [Lease.parse(m) for m in self.redis.zrangebyscore(LEASES_KEY, "-inf", now, start=0, num=limit)]
+        return [Lease.parse(m) for m in self.redis.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=limit)]
 
     def take(self, lease: Lease) -> bool:
         """Remove a lapsed lease; True for exactly one caller."""
-        return bool(self.redis.zrem(LEASES_KEY, lease.member))
+        return bool(self.redis.zrem(keys.LEASES, lease.member))
 
     # The row a careful re-run has in the engine (to name the row that kills workers).
     def mark_inflight(self, lease: Lease, row: int) -> None:
-        self.redis.hset(_inflight_key(lease.job_id), f"{lease.index}|{lease.token}", row)
+        self.redis.hset(keys.inflight(lease.job_id), f"{lease.index}|{lease.token}", row)
 
     def inflight(self, lease: Lease) -> int | None:
-        raw = self.redis.hget(_inflight_key(lease.job_id), f"{lease.index}|{lease.token}")
+        raw = self.redis.hget(keys.inflight(lease.job_id), f"{lease.index}|{lease.token}")
         return None if raw is None else int(raw)
 
     # Shard tasks, kept so a reaper can send a shard again.
     def put_tasks(self, job_id: str, tasks: list[ShardTask]) -> None:
-        key = f"tide:job:{job_id}:tasks"
+        key = keys.shard_tasks(job_id)
         with self.redis.pipeline() as pipe:
             for start in range(0, len(tasks), 500):
                 pipe.hset(key, mapping={str(t.shard.index): t.model_dump_json() for t in tasks[start:start + 500]})
-            pipe.expire(key, KEEP_SECONDS)
+            pipe.expire(key, keys.KEEP_SECONDS)
             pipe.execute()
 
     def get_task(self, job_id: str, index: int) -> ShardTask | None:
-        raw = self.redis.hget(f"tide:job:{job_id}:tasks", str(index))
+        raw = self.redis.hget(keys.shard_tasks(job_id), str(index))
         return None if raw is None else ShardTask.model_validate_json(raw)
 
     # Deadlines of running jobs, so expiry does not wait for a worker to touch the job.
     def watch_deadline(self, job_id: str, at: float) -> None:
-        self.redis.zadd(DEADLINES_KEY, {job_id: at})
+        self.redis.zadd(keys.DEADLINES, {job_id: at})
 
     def due_deadlines(self, now: float, limit: int = 100) -> list[str]:
-        return [m.decode() for m in self.redis.zrangebyscore(DEADLINES_KEY, "-inf", now, start=0, num=limit)]
+        return [m.decode() for m in self.redis.zrangebyscore(keys.DEADLINES, "-inf", now, start=0, num=limit)]
 
     def drop_deadline(self, job_id: str) -> None:
-        self.redis.zrem(DEADLINES_KEY, job_id)
-
-
-def _inflight_key(job_id: str) -> str:
-    return f"tide:job:{job_id}:inflight"
+        self.redis.zrem(keys.DEADLINES, job_id)
 
 
 def leases_for(store, ttl_s: float = 30.0) -> LeaseBook | None:

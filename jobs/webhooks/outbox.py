@@ -10,10 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+from tide.jobs import keys
 from tide.jobs.webhooks.events import Delivery, DeliveryState, LogEntry
-
-KEEP_SECONDS = 30 * 86400
-DUE_KEY = "tide:webhooks:due"
 
 
 class Outbox(Protocol):
@@ -85,16 +83,16 @@ class MemoryOutbox:
 
 
 class RedisOutbox:
-    """Keys: tide:webhooks:due (zset of pending ids by due time), tide:webhooks:d:{id} (JSON),
-    tide:webhooks:owner:{owner} (zset of ids by creation), :log:{owner} (list), :gone:{owner} (set of URLs)."""
+    """Keys (named in jobs/keys.py): pending ids by due time, each delivery (JSON), and per owner its deliveries
+    by creation, its log (a list) and the URLs that answered 410 Gone (a set)."""
 
     def __init__(self, client) -> None:
         self.redis = client
 
     def add(self, delivery: Delivery) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.zadd(_owner_key(delivery.owner), {delivery.id: delivery.created_at})
-            pipe.expire(_owner_key(delivery.owner), KEEP_SECONDS)
+            pipe.zadd(keys.deliveries_of(delivery.owner), {delivery.id: delivery.created_at})
+            pipe.expire(keys.deliveries_of(delivery.owner), keys.KEEP_SECONDS)
             pipe.execute()
         self.save(delivery)
 
@@ -103,12 +101,12 @@ class RedisOutbox:
 
         with self.redis.pipeline() as pipe:
             try:
-                pipe.watch(DUE_KEY)
-                ids = [i.decode() for i in pipe.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=limit)]
+                pipe.watch(keys.WEBHOOKS_DUE)
+                ids = [i.decode() for i in pipe.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", now, start=0, num=limit)]
                 if not ids:
                     return []
                 pipe.multi()
-                pipe.zadd(DUE_KEY, {i: now + lease_s for i in ids})
+                pipe.zadd(keys.WEBHOOKS_DUE, {i: now + lease_s for i in ids})
                 pipe.execute()
             except redis.WatchError:  # another courier claimed first; the next round sees what is left
                 return []
@@ -117,51 +115,43 @@ class RedisOutbox:
 
     def save(self, delivery: Delivery) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.set(_delivery_key(delivery.id), delivery.model_dump_json(), ex=KEEP_SECONDS)
+            pipe.set(keys.delivery(delivery.id), delivery.model_dump_json(), ex=keys.KEEP_SECONDS)
             if delivery.state == DeliveryState.PENDING:
-                pipe.zadd(DUE_KEY, {delivery.id: delivery.next_at})
+                pipe.zadd(keys.WEBHOOKS_DUE, {delivery.id: delivery.next_at})
             else:
-                pipe.zrem(DUE_KEY, delivery.id)
+                pipe.zrem(keys.WEBHOOKS_DUE, delivery.id)
             pipe.execute()
 
     def get(self, delivery_id: str) -> Delivery | None:
-        raw = self.redis.get(_delivery_key(delivery_id))
+        raw = self.redis.get(keys.delivery(delivery_id))
         return None if raw is None else Delivery.model_validate_json(raw)
 
     def deliveries(self, owner: str) -> list[Delivery]:
-        ids = [i.decode() for i in self.redis.zrange(_owner_key(owner), 0, -1)]
-        raws = self.redis.mget([_delivery_key(i) for i in ids]) if ids else []
+        ids = [i.decode() for i in self.redis.zrange(keys.deliveries_of(owner), 0, -1)]
+        raws = self.redis.mget([keys.delivery(i) for i in ids]) if ids else []
         return [Delivery.model_validate_json(raw) for raw in raws if raw is not None]
 
     def append_log(self, owner: str, entry: LogEntry) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.rpush(f"tide:webhooks:log:{owner}", entry.model_dump_json())
-            pipe.expire(f"tide:webhooks:log:{owner}", KEEP_SECONDS)
+            pipe.rpush(keys.delivery_log(owner), entry.model_dump_json())
+            pipe.expire(keys.delivery_log(owner), keys.KEEP_SECONDS)
             pipe.execute()
 
     def log(self, owner: str) -> list[LogEntry]:
-        return [LogEntry.model_validate_json(raw) for raw in self.redis.lrange(f"tide:webhooks:log:{owner}", 0, -1)]
+        return [LogEntry.model_validate_json(raw) for raw in self.redis.lrange(keys.delivery_log(owner), 0, -1)]
 
     def disable(self, owner: str, url: str) -> None:
         with self.redis.pipeline() as pipe:
-            pipe.sadd(f"tide:webhooks:gone:{owner}", url)
-            pipe.expire(f"tide:webhooks:gone:{owner}", KEEP_SECONDS)
+            pipe.sadd(keys.gone_urls(owner), url)
+            pipe.expire(keys.gone_urls(owner), keys.KEEP_SECONDS)
             pipe.execute()
 
     def is_disabled(self, owner: str, url: str) -> bool:
-        return bool(self.redis.sismember(f"tide:webhooks:gone:{owner}", url))
+        return bool(self.redis.sismember(keys.gone_urls(owner), url))
 
     def next_due(self) -> float | None:
-        first = self.redis.zrange(DUE_KEY, 0, 0, withscores=True)
+        first = self.redis.zrange(keys.WEBHOOKS_DUE, 0, 0, withscores=True)
         return first[0][1] if first else None
-
-
-def _delivery_key(delivery_id: str) -> str:
-    return f"tide:webhooks:d:{delivery_id}"
-
-
-def _owner_key(owner: str) -> str:
-    return f"tide:webhooks:owner:{owner}"
 
 
 def outbox_for(store) -> Outbox | None:

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 
 from tests.helpers.api import KEY
 from tide.jobs.state import EngineFigures
-from tide.workers.registry import KEY_PREFIX, WorkerInfo
+from tide.jobs import keys
+from tide.workers.registry import WorkerInfo
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -45,7 +46,7 @@ def test_dashboard_lists_the_callers_jobs_workers_and_evals(client, api_app, tmp
     info = WorkerInfo(name="w-dash", model="dash-model", host="h", pid=1, concurrency=2, started_at=beat - 60,
                       last_heartbeat=beat, engine=EngineFigures(mean_batch_occupancy=0.5, busy_time_s=10.0,
                                                                 generation_tokens=400))
-    svc.store.redis.set(KEY_PREFIX + info.name, info.model_dump_json(), ex=30)
+    svc.store.redis.set(keys.worker(info.name), info.model_dump_json(), ex=30)
     history = tmp_path / "history" / "smoke"
     history.mkdir(parents=True)
     (history / "index.json").write_text(json.dumps([
@@ -59,7 +60,7 @@ def test_dashboard_lists_the_callers_jobs_workers_and_evals(client, api_app, tmp
         data = client.get("/v1/dashboard", headers=AUTH).json()
     finally:
         svc.settings = saved
-        svc.store.redis.delete(KEY_PREFIX + info.name)
+        svc.store.redis.delete(keys.worker(info.name))
     mine = [j for j in data["jobs"] if j["id"] == job["id"]]
     assert mine and mine[0]["progress"]["total"] in (0, 2) and mine[0]["model"] == "dash-model"
     assert [j["kind"] for j in data["jobs"] if j["id"] == batch["id"]] == ["batch"]

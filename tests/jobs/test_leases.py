@@ -128,9 +128,10 @@ def test_a_row_that_kills_its_worker_twice_is_set_aside(world):
 
 
 def _leases(book):
-    from tide.jobs.leases.book import LEASES_KEY, Lease
+    from tide.jobs import keys
+    from tide.jobs.leases.book import Lease
 
-    return [Lease.parse(m) for m in book.redis.zrange(LEASES_KEY, 0, -1)]
+    return [Lease.parse(m) for m in book.redis.zrange(keys.LEASES, 0, -1)]
 
 
 def test_the_reaper_expires_a_job_no_worker_touches(world):

@@ -13,13 +13,12 @@ from prometheus_client.core import (
 )
 
 from tide.api.services import Services, services
+from tide.jobs import keys
 from tide.jobs.metrics import COUNTERS, TPOT_BUCKETS, TTFT_BUCKETS
 from tide.jobs.state import JobStatus
 from tide.workers.registry import live_workers
 
 router = APIRouter(tags=["operations"])
-QUEUE_PREFIX = b"tide."
-PRIORITY_SEPARATOR = b"\x06\x16"  # kombu's Redis transport keeps one list per priority step: name + sep + step
 
 
 @router.get("/healthz")
@@ -81,9 +80,9 @@ class _Collector:
 
 def _queue_depths(redis) -> dict[str, int]:
     depths: Counter = Counter()
-    for key in redis.scan_iter(match=QUEUE_PREFIX + b"*", count=500):
+    for key in redis.scan_iter(match=keys.QUEUE_LISTS_PATTERN, count=500):
         if redis.type(key) == b"list":
-            depths[key.split(PRIORITY_SEPARATOR)[0].decode()] += redis.llen(key)
+            depths[keys.queue_of_list(key)] += redis.llen(key)
     return dict(depths)
 
 
