@@ -111,7 +111,7 @@ class QueuedJobs:
         from tide.jobs.lifecycle import submit_job
         from tide.jobs.progress import wait_for_job
         from tide.jobs.specs import JobSpec
-        from tide.jobs.storage import resolve, s3_client
+        from tide.jobs.storage import StorageConfig, resolve, s3_client
 
         body = "".join(json.dumps(r) + "\n" for r in rows).encode()
         s3_client().put_object(Bucket=BUCKET, Key=f"{name}.jsonl", Body=body)
@@ -119,12 +119,13 @@ class QueuedJobs:
         spec = JobSpec(input=f"s3://{BUCKET}/{name}.jsonl", output=f"s3://{BUCKET}/out", model="bench",
                        shard_rows=args.shard_rows,
                        sampling={"temperature": 0.0, "max_tokens": args.max_tokens, "ignore_eos": True})
-        job = submit_job(spec, self.store, self.dispatcher)
+        storage = StorageConfig()
+        job = submit_job(spec, self.store, self.dispatcher, storage)
         # Timed by the job's own timestamps (created -> completed), so this process can poll rarely: polling
         # often would take CPU from the worker on a 2-core machine.
         job = wait_for_job(self.store, job.id, poll_s=1.0, show=False, timeout_s=3600)
         wall = job.completed_at - job.created_at
-        return job.usage.completion_tokens / wall, json.loads(resolve(job.summary_uri).read_bytes())
+        return job.usage.completion_tokens / wall, json.loads(resolve(job.summary_uri, storage).read_bytes())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ BUCKET = "tide-load"
 def plan_figures(rows: int, workdir: Path) -> None:
     from tide.jobs.planner import plan_job
     from tide.jobs.specs import JobSpec
+    from tide.jobs.storage import StorageConfig
 
     path = workdir / "million.jsonl"
     with open(path, "w") as f:
@@ -32,7 +33,7 @@ def plan_figures(rows: int, workdir: Path) -> None:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tracemalloc.start()
     started = time.perf_counter()
-    plan = plan_job(JobSpec(input=str(path), output=str(workdir / "out"), shard_rows=256))
+    plan = plan_job(JobSpec(input=str(path), output=str(workdir / "out"), shard_rows=256), StorageConfig())
     elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -54,7 +55,7 @@ def job_figures(args: argparse.Namespace, workdir: Path) -> None:
     from tide.jobs.lifecycle import job_status, submit_job
     from tide.jobs.results import iter_output_rows
     from tide.jobs.specs import JobSpec
-    from tide.jobs.storage import s3_client
+    from tide.jobs.storage import StorageConfig, resolve, s3_client
     from tide.jobs.store import RedisJobStore
     from tide.workers.celery_app import make_app
     from tide.workers.dispatch import CeleryDispatcher
@@ -91,13 +92,13 @@ def job_figures(args: argparse.Namespace, workdir: Path) -> None:
         spec = JobSpec(input=f"s3://{BUCKET}/load.jsonl", output=f"s3://{BUCKET}/results", model="load",
                        shard_rows=500, sampling={"max_tokens": args.max_tokens, "ignore_eos": True})
         started = time.perf_counter()
-        job = submit_job(spec, store, CeleryDispatcher(make_app(redis_url)))
+        job = submit_job(spec, store, CeleryDispatcher(make_app(redis_url)), StorageConfig())
         while not job_status(store, job.id).status.terminal:
             time.sleep(1)
         elapsed = time.perf_counter() - started
         done.set()
         final = job_status(store, job.id)
-        ids = [r["custom_id"] for r in iter_output_rows(final.output_prefix, False)]
+        ids = [r["custom_id"] for r in iter_output_rows(resolve(final.output_prefix, StorageConfig()))]
         print(f"job: {args.rows} rows on {args.workers} workers, {final.status.value} in {elapsed:.0f} s "
               f"({args.rows / elapsed:.0f} rows/s); completed {final.request_counts.completed}, failed "
               f"{final.request_counts.failed}; ids in results {len(ids)}, distinct {len(set(ids))}", flush=True)

@@ -44,30 +44,28 @@ def kv_bytes_per_token(model_dir: Path, dtype: str) -> int:
 
 def run(service_factory, rows_path: Path, out: Path, grouped: bool, max_tokens: int) -> dict:
     from tide.jobs.embedded import run_embedded
+    from tide.jobs.ordering import group_by_prefix
+    from tide.jobs.results import iter_output_rows
     from tide.jobs.specs import JobSpec
-    from tide.jobs.storage import resolve
+    from tide.jobs.storage import StorageConfig, resolve
+    from tide.jobs.webhooks.courier import WebhookConfig
 
-    service = service_factory()
+    service, storage = service_factory(), StorageConfig()
     try:
         spec = JobSpec(input=str(rows_path), output=str(out), shard_rows=100_000,
                        sampling={"temperature": 0.0, "max_tokens": max_tokens, "ignore_eos": True})
         started = time.perf_counter()
-        job = run_embedded(spec, service, shards_in_flight=1, show_progress=False, group_prefixes=grouped)
+        job = run_embedded(spec, service, storage=storage, webhooks=WebhookConfig(), price_per_worker_hour=0.0,
+                           shards_in_flight=1, show_progress=False, order=group_by_prefix if grouped else list)
         wall = time.perf_counter() - started
-        summary = json.loads(resolve(job.summary_uri).read_bytes())
+        summary = json.loads(resolve(job.summary_uri, storage).read_bytes())
         stats = service.engine.stats
+        cached = sum(r["cached_prompt_tokens"] for r in iter_output_rows(resolve(job.output_prefix, storage)))
         return {"wall": wall, "hit_rate": stats.prefix_cache_hit_rate, "preemptions": stats.preemptions,
-                "out_tok_s": summary["usage"]["completion_tokens"] / wall,
-                "cached": sum(r["cached_prompt_tokens"] for r in _results(job.output_prefix)),
+                "out_tok_s": summary["usage"]["completion_tokens"] / wall, "cached": cached,
                 "prompt": summary["usage"]["prompt_tokens"]}
     finally:
         service.close()
-
-
-def _results(prefix: str):
-    from tide.jobs.results import iter_output_rows
-
-    return iter_output_rows(prefix)
 
 
 def main(argv: list[str] | None = None) -> int:

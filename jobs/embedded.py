@@ -3,14 +3,20 @@ place of Redis, S3 and Celery. The shard, planning and finalization code is the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from tide.jobs.dispatch import ShardRetry, shard_task_id
+from tide.jobs.engine_client import EngineClient
 from tide.jobs.lifecycle import Finalizer, finalize_job, plan_created, submit_job
+from tide.jobs.ordering import group_by_prefix
 from tide.jobs.progress import wait_for_job
-from tide.jobs.shard_runner import ShardContext, run_shard
+from tide.jobs.rows import PromptRow
+from tide.jobs.shards.context import ShardContext
+from tide.jobs.shards.runner import run_shard
 from tide.jobs.specs import JobSpec, ShardTask
 from tide.jobs.state import Job
+from tide.jobs.storage import StorageConfig
 from tide.jobs.store import MemoryJobStore
 from tide.jobs.webhooks.courier import Courier, WebhookConfig
 from tide.jobs.webhooks.outbox import MemoryOutbox
@@ -35,7 +41,8 @@ class LocalDispatcher:
         self._pool.submit(self._guarded, finalize_job, job_id, self.finalizer)
 
     def send_plan(self, job_id: str, model: str) -> None:
-        self._pool.submit(self._guarded, plan_created, job_id, self.shard_context.store, self)
+        ctx = self.shard_context
+        self._pool.submit(self._guarded, plan_created, job_id, ctx.store, self, ctx.storage)
 
     def revoke(self, task_ids: list[str]) -> None:
         self._revoked.update(task_ids)
@@ -63,20 +70,22 @@ class LocalDispatcher:
             raise RuntimeError(f"tide run failed: {self.failures[0]}") from self.failures[0]
 
 
-def run_embedded(spec: JobSpec, service, shards_in_flight: int = 2, show_progress: bool = True,
-                 group_prefixes: bool = True, webhooks: WebhookConfig | None = None) -> Job:
-    """Submit `spec` to an in-process pipeline around `service` (an EngineService) and wait for it to end; its
-    webhook (if any) is delivered on the retry schedule before this returns."""
+def run_embedded(spec: JobSpec, service: EngineClient, *, storage: StorageConfig, webhooks: WebhookConfig,
+                 price_per_worker_hour: float, shards_in_flight: int = 2, show_progress: bool = True,
+                 order: Callable[[list[PromptRow]], list[PromptRow]] = group_by_prefix) -> Job:
+    """Submit `spec` to an in-process pipeline around `service` and wait for it to end; its webhook (if any) is
+    delivered on the retry schedule before this returns. `order` is the order a shard's rows enter the engine in."""
     store = MemoryJobStore()
     dispatcher = LocalDispatcher(shards_in_flight)
-    dispatcher.shard_context = ShardContext(store=store, dispatcher=dispatcher, service=service, worker="embedded",
-                                            group_prefixes=group_prefixes)
+    dispatcher.shard_context = ShardContext(store=store, dispatcher=dispatcher, service=service, storage=storage,
+                                            worker="embedded", order=order)
     outbox = MemoryOutbox()
-    dispatcher.finalizer = Finalizer(store=store, outbox=outbox)
+    dispatcher.finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=price_per_worker_hour,
+                                     outbox=outbox)
     try:
-        job = submit_job(spec, store, dispatcher)
+        job = submit_job(spec, store, dispatcher, storage)
         job = wait_for_job(store, job.id, poll_s=0.5, show=show_progress, check=dispatcher.check_failures)
     finally:
         dispatcher.close()
-    Courier(outbox, webhooks or WebhookConfig.from_environ()).drain()
+    Courier(outbox, webhooks).drain()
     return job

@@ -18,7 +18,7 @@ from tide.jobs.planner import Plan, plan_job
 from tide.jobs.report.html import write_report
 from tide.jobs.specs import JobSpec, ShardTask, window_seconds
 from tide.jobs.state import Job, JobStatus, RequestCounts, SampleError, ShardState, ShardStatus, with_counts
-from tide.jobs.storage import StorageError, resolve
+from tide.jobs.storage import StorageConfig, StorageError, resolve
 from tide.jobs.store import JobNotFound, JobStore
 from tide.jobs.summary import build_summary
 from tide.jobs.webhooks.courier import enqueue
@@ -32,13 +32,15 @@ SUMMARY_NAME = "summary.json"
 
 @dataclass
 class Finalizer:
-    """What finalization needs besides the store: the webhook outbox (default: Redis beside a Redis store).
+    """What finalization needs: the store, where outputs live, the price of a worker-hour (0: none) for the job's
+    cost, and the webhook outbox (default: Redis beside a Redis store).
 
     Finalization only queues the event; a courier (`tide beat`, or `tide run` before it exits) signs and sends it.
     """
 
     store: JobStore
-    webhook_secret: str | None = None  # kept for callers; signing happens in the courier
+    storage: StorageConfig
+    price_per_worker_hour: float
     clock: Callable[[], float] = time.time
     outbox: Outbox | None = None
 
@@ -47,20 +49,22 @@ def new_job_id(prefix: str = "job") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
-def submit_job(spec: JobSpec, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float] = time.time) -> Job:
+def submit_job(spec: JobSpec, store: JobStore, dispatcher: Dispatcher, storage: StorageConfig,
+               clock: Callable[[], float] = time.time) -> Job:
     """Create the job, validate and shard its input in one streaming pass, and enqueue one task per shard.
 
     The same idempotency key returns the job it first created. An unreadable input fails the job (status failed,
     with the reason); bad rows only become error rows.
     """
     job_id = new_job_id()
-    job = create_job(spec, store, job_id, clock)
+    job = create_job(spec, store, job_id, storage, clock)
     if job.id != job_id:  # the idempotency key's earlier job
         return job
-    return start_job(job, store, dispatcher, clock)
+    return start_job(job, store, dispatcher, storage, clock)
 
 
-def create_job(spec: JobSpec, store: JobStore, job_id: str, clock: Callable[[], float] = time.time) -> Job:
+def create_job(spec: JobSpec, store: JobStore, job_id: str, storage: StorageConfig,
+               clock: Callable[[], float] = time.time) -> Job:
     """Record a new job `job_id` in `validating`; `start_job` then plans and enqueues it.
 
     With an idempotency key already used, returns the job that key first created instead (another id).
@@ -71,22 +75,23 @@ def create_job(spec: JobSpec, store: JobStore, job_id: str, clock: Callable[[], 
             return _await_job(store, owner)
     now = clock()
     job = Job(id=job_id, spec=spec, created_at=now, expires_at=now + window_seconds(spec.completion_window),
-              output_prefix=resolve(spec.output).child(job_id).uri)
+              output_prefix=resolve(spec.output, storage).child(job_id).uri)
     store.put_job(job)
     return job
 
 
-def start_job(job: Job, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float] = time.time) -> Job:
+def start_job(job: Job, store: JobStore, dispatcher: Dispatcher, storage: StorageConfig,
+              clock: Callable[[], float] = time.time) -> Job:
     """Validate and shard a created job's input in one streaming pass, then enqueue one task per shard."""
     try:
-        plan = plan_job(job.spec)
+        plan = plan_job(job.spec, storage)
     except (StorageError, OSError, ValueError) as exc:
         return store.update_job(job.id, lambda j: j.moved_to(JobStatus.FAILED, clock(), error=str(exc)))
     return _fan_out(job, plan, store, dispatcher, clock)
 
 
-def plan_created(job_id: str, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float] = time.time
-                 ) -> Job:
+def plan_created(job_id: str, store: JobStore, dispatcher: Dispatcher, storage: StorageConfig,
+                 clock: Callable[[], float] = time.time) -> Job:
     """`start_job` for a job created elsewhere (the API), run where the broker redelivers it if its process dies.
 
     A job already planned (or ended) is left as it is, so a second delivery does nothing.
@@ -94,7 +99,7 @@ def plan_created(job_id: str, store: JobStore, dispatcher: Dispatcher, clock: Ca
     job = store.get_job(job_id)
     if job.in_progress_at is not None or job.num_shards or job.status.terminal:
         return job
-    return start_job(job, store, dispatcher, clock)
+    return start_job(job, store, dispatcher, storage, clock)
 
 
 def _fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float]) -> Job:
@@ -177,9 +182,10 @@ def finalize_job(job_id: str, finalizer: Finalizer) -> Job:
         job = store.update_job(job_id, lambda j: j.moved_to(JobStatus.FINALIZING, clock())
                                if j.status == JobStatus.IN_PROGRESS else None)
     job = with_counts(job, shards)
-    prefix = resolve(job.output_prefix)
+    prefix = resolve(job.output_prefix, finalizer.storage)
     summary_location = prefix.child(SUMMARY_NAME)
-    summary = build_summary(job.model_copy(update={"status": final}), shards, prefix, clock())
+    summary = build_summary(job.model_copy(update={"status": final}), shards, prefix, clock(),
+                            finalizer.price_per_worker_hour)
     summary_location.write_bytes(json.dumps(summary, indent=2).encode())
     write_report(prefix, summary)  # report.html beside it
     if job.spec.endpoint is not None:  # an OpenAI batch: its output and error files exist before it is terminal

@@ -76,9 +76,9 @@ def error_lines(rows: Iterable[dict], job_id: str) -> Iterator[dict]:
 
 def write_openai_files(prefix: Location, job_id: str, endpoint: str, model: str, created: int) -> None:
     """Write output.jsonl and errors.jsonl beside the job's parts (each streamed through a local file)."""
-    rows = iter_output_rows(prefix.uri)
+    rows = iter_output_rows(prefix)
     _write_lines(prefix.child(OUTPUT_NAME), output_lines(rows, job_id, endpoint, model, created))
-    _write_lines(prefix.child(ERRORS_NAME), error_lines(iter_output_rows(prefix.uri, errors=True), job_id))
+    _write_lines(prefix.child(ERRORS_NAME), error_lines(iter_output_rows(prefix, errors=True), job_id))
 
 
 def _write_lines(target: Location, lines: Iterable[dict]) -> None:

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tide.jobs.readers import Format, detect_format, iter_jsonl_lines, iter_parquet_rows
-from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
+from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row, row_error
 from tide.jobs.specs import JobSpec, ShardPlan
-from tide.jobs.storage import Location, resolve
+from tide.jobs.storage import Location, StorageConfig, resolve
 
 
 @dataclass
@@ -53,9 +53,9 @@ class _Cutter:
         self.start, self.first_row, self.num_rows, self.duplicates = next_start, next_row, 0, []
 
 
-def plan_job(spec: JobSpec, max_errors_shown: int = 5) -> Plan:
+def plan_job(spec: JobSpec, storage: StorageConfig, max_errors_shown: int = 5) -> Plan:
     """Stream the input once: count rows, validate each, find duplicate ids, and cut shards."""
-    location = resolve(spec.input)
+    location = resolve(spec.input, storage)
     fmt = detect_format(location, spec.format)
     plan = Plan(format=fmt, shards=[])
     cutter = _Cutter(spec.shard_rows)
@@ -110,9 +110,8 @@ class DigestSet:
 
 
 def duplicate_error(row: int, custom_id: str) -> ErrorRow:
-    return ErrorRow(row, custom_id, "duplicate_custom_id",
-                    f"line {row + 1} (id {custom_id}): id {custom_id!r} already appears on an earlier line",
-                    "custom_id")
+    return row_error(row, custom_id, "duplicate_custom_id", f"id {custom_id!r} already appears on an earlier line",
+                     "custom_id")
 
 
 def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[PromptRow | ErrorRow]:

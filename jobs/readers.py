@@ -65,13 +65,6 @@ def parquet_columns(location: Location, columns: ColumnMap) -> list[str]:
     return wanted
 
 
-def parquet_num_rows(location: Location) -> int:
-    import pyarrow.parquet as pq
-
-    with location.open_read() as f:
-        return pq.ParquetFile(f).metadata.num_rows
-
-
 def iter_parquet_rows(location: Location, columns: ColumnMap, start: int = 0,
                       end: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows [start, end) as plain-row dicts (`prompt` / `messages` / `id`), reading only the covering row groups."""

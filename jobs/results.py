@@ -5,12 +5,11 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 
-from tide.jobs.storage import resolve
+from tide.jobs.storage import Location
 
 
-def iter_output_rows(output_prefix: str, errors: bool = False) -> Iterator[dict]:
-    """Result rows (or, with `errors`, error rows) of a job as dicts."""
-    prefix = resolve(output_prefix)
+def iter_output_rows(prefix: Location, errors: bool = False) -> Iterator[dict]:
+    """Result rows (or, with `errors`, error rows) of the job whose output is `prefix`, as dicts."""
     kind = "errors-" if errors else "part-"
     for name in prefix.list_names():
         if not (name.startswith(kind) and name.endswith(".parquet")):

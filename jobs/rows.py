@@ -49,6 +49,12 @@ class ErrorRow:
         return self.row + 1
 
 
+def row_error(row: int, custom_id: str | None, code: str, reason: str, param: str | None = None) -> ErrorRow:
+    """The one way an error row is made: its message names the line (and the id, once known) before the reason."""
+    where = f"line {row + 1}" if custom_id is None else f"line {row + 1} (id {custom_id})"
+    return ErrorRow(row, custom_id, code, f"{where}: {reason}", param)
+
+
 class RowError(ValueError):
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -65,9 +71,9 @@ def parse_json_line(line: bytes, row: int, defaults: dict[str, Any], endpoint: s
     try:
         raw = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return ErrorRow(row, None, "invalid_json", f"line {row + 1}: not valid JSON ({exc})")
+        return row_error(row, None, "invalid_json", f"not valid JSON ({exc})")
     except RecursionError:
-        return ErrorRow(row, None, "invalid_json", f"line {row + 1}: JSON nested too deeply")
+        return row_error(row, None, "invalid_json", "JSON nested too deeply")
     return parse_row(raw, row, defaults, endpoint)
 
 
@@ -77,7 +83,7 @@ def parse_row(raw: Any, row: int, defaults: dict[str, Any], endpoint: str | None
     With `endpoint` (an OpenAI batch), every row must be a batch line whose `url` is that endpoint.
     """
     if not isinstance(raw, dict):
-        return ErrorRow(row, None, "invalid_row", f"line {row + 1}: a row must be a JSON object")
+        return row_error(row, None, "invalid_row", "a row must be a JSON object")
     custom_id = row_id(raw, row)
     try:
         if endpoint is not None or _BATCH_KEYS & (set(raw) - {"custom_id"}):
@@ -86,7 +92,7 @@ def parse_row(raw: Any, row: int, defaults: dict[str, Any], endpoint: str | None
             prompt, overrides = _plain_row(raw)
         params = _params(defaults, overrides)
     except RowError as exc:
-        return ErrorRow(row, custom_id, exc.code, f"line {row + 1} (id {custom_id}): {exc}", exc.param)
+        return row_error(row, custom_id, exc.code, str(exc), exc.param)
     return PromptRow(row, custom_id, prompt, params)
 
 

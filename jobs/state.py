@@ -81,6 +81,15 @@ class EngineFigures(BaseModel):
     spec_accepted_tokens: int = 0
 
 
+class EngineLoad(BaseModel):
+    """What an engine counts at one moment (running totals and KV use), sampled into a shard's time series."""
+
+    engine_steps: int | None = None
+    occupancy_sum: float | None = None  # sum over steps of running/max_num_seqs: its delta / steps' delta = mean
+    preemptions: int | None = None
+    kv_cache_usage: float | None = None  # fraction of KV blocks held by sequences at that moment
+
+
 class ShardState(BaseModel):
     index: int
     num_rows: int

@@ -1,7 +1,9 @@
 """Where files live: a local path or an s3:// object, behind one small interface chosen from the URI.
 
 S3 goes through boto3, so the endpoint, region and credentials come from the usual AWS environment variables and
-config files (AWS_ENDPOINT_URL makes MinIO, moto and other S3-compatible stores work).
+config files (AWS_ENDPOINT_URL makes MinIO, moto and other S3-compatible stores work). What Tide itself decides about
+storage (where local paths may lie, how long S3 retries) arrives as a `StorageConfig` the entry points build from
+their settings.
 """
 from __future__ import annotations
 
@@ -16,13 +18,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 READ_BUFFER = 4 * 2**20  # one ranged GET per 4 MiB of a streamed object
 COPY_CHUNK = 2**20
 UPLOAD_PART = 8 * 2**20  # S3 parts are at least 5 MiB
-RETRY_ENV = "TIDE_STORAGE_RETRY_S"  # Settings.storage_retry_s, read here: jobs/ runs below the entry points
-ROOTS_ENV = "TIDE_LOCAL_ROOTS"  # Settings.local_roots
 
 logger = logging.getLogger("tide.storage")
+
+
+class StorageConfig(BaseModel):
+    """Where local paths may lie and how long S3 requests retry (Settings.storage_config() at the entry points)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    local_roots: tuple[str, ...] = ()  # empty: any local path (the command-line tools)
+    retry_s: float = Field(120.0, ge=0)  # how long transient S3 failures are retried before an attempt fails
 
 
 class StorageError(RuntimeError):
@@ -46,22 +57,21 @@ class Location(Protocol):
     def list_names(self) -> list[str]: ...  # names of the files directly under this prefix
 
 
-def resolve(uri: str) -> Location:
-    """`s3://bucket/key` -> S3Location, anything else -> LocalLocation."""
+def resolve(uri: str, config: StorageConfig) -> Location:
+    """`s3://bucket/key` -> S3Location, anything else -> LocalLocation (confined to `config.local_roots`)."""
     if uri.startswith("s3://"):
         bucket, _, key = uri[5:].partition("/")
         if not bucket:
             raise StorageError(f"{uri!r} names no bucket; use s3://bucket/key")
-        return S3Location(bucket, key.strip("/"))
+        return S3Location(bucket, key.strip("/"), config.retry_s)
     if "://" in uri:
         raise StorageError(f"unsupported storage URI {uri!r}: use a local path or s3://bucket/key")
-    return LocalLocation(confined(Path(uri).expanduser()))
+    return LocalLocation(confined(Path(uri).expanduser(), config.local_roots))
 
 
-def confined(path: Path) -> Path:
-    """`path` itself, if it lies under one of TIDE_LOCAL_ROOTS once `..` and symlinks are resolved (or no roots are
-    set: the command-line tools); raises StorageError otherwise."""
-    roots = [r.strip() for r in os.environ.get(ROOTS_ENV, "").split(",") if r.strip()]
+def confined(path: Path, roots: tuple[str, ...]) -> Path:
+    """`path` itself, if it lies under one of `roots` once `..` and symlinks are resolved (or there are no roots:
+    the command-line tools); raises StorageError otherwise."""
     if not roots:
         return path
     real = os.path.realpath(path)
@@ -145,12 +155,12 @@ def s3_client():
 
 
 class S3Location:
-    def __init__(self, bucket: str, key: str) -> None:
-        self.bucket, self.key = bucket, key
+    def __init__(self, bucket: str, key: str, retry_s: float) -> None:
+        self.bucket, self.key, self.retry_s = bucket, key, retry_s
         self.uri = f"s3://{bucket}/{key}"
 
     def child(self, name: str) -> "S3Location":
-        return S3Location(self.bucket, f"{self.key}/{name}" if self.key else name)
+        return S3Location(self.bucket, f"{self.key}/{name}" if self.key else name, self.retry_s)
 
     def open_read(self) -> BinaryIO:
         return io.BufferedReader(_S3RangeReader(self, self.size()), buffer_size=READ_BUFFER)
@@ -185,9 +195,10 @@ class S3Location:
         tmp_key = f"{self.key}.{uuid.uuid4().hex}.tmp"
         client = s3_client()
         try:
-            retrying(self.uri, "write", lambda: client.upload_file(str(local_path), self.bucket, tmp_key))
+            retrying(self.uri, "write", lambda: client.upload_file(str(local_path), self.bucket, tmp_key),
+                     self.retry_s)
             retrying(self.uri, "write", lambda: client.copy_object(
-                Bucket=self.bucket, Key=self.key, CopySource={"Bucket": self.bucket, "Key": tmp_key}))
+                Bucket=self.bucket, Key=self.key, CopySource={"Bucket": self.bucket, "Key": tmp_key}), self.retry_s)
         finally:
             _quietly(lambda: client.delete_object(Bucket=self.bucket, Key=tmp_key))
 
@@ -215,17 +226,18 @@ class S3Location:
                                                                           Delimiter="/")
                     for o in page.get("Contents", [])]
 
-        return sorted(n for n in retrying(self.uri, "list", listing) if not n.endswith(".tmp"))
+        return sorted(n for n in retrying(self.uri, "list", listing, self.retry_s) if not n.endswith(".tmp"))
 
     def _call(self, verb: str, method: str, then=lambda answer: answer, **kwargs):
-        return retrying(self.uri, verb, lambda: then(getattr(s3_client(), method)(Bucket=self.bucket, **kwargs)))
+        return retrying(self.uri, verb, lambda: then(getattr(s3_client(), method)(Bucket=self.bucket, **kwargs)),
+                        self.retry_s)
 
 
-def retrying(uri: str, verb: str, action):
+def retrying(uri: str, verb: str, action, retry_s: float):
     """Run one S3 request, retrying transient failures (endpoint unreachable, timeouts, 5xx, throttling) with
-    exponential backoff and jitter for up to TIDE_STORAGE_RETRY_S seconds (on top of boto3's own retries), so an
-    outage delays a shard instead of failing it. Other failures, and the last one, raise StorageError."""
-    deadline = time.monotonic() + float(os.environ.get(RETRY_ENV, "120"))
+    exponential backoff and jitter for up to `retry_s` seconds (on top of boto3's own retries), so an outage
+    delays a shard instead of failing it. Other failures, and the last one, raise StorageError."""
+    deadline = time.monotonic() + retry_s
     delay = 0.25
     while True:
         try:

@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pyarrow.parquet as pq
 
-from tide.jobs.report.cost import job_cost, price_from_environ
+from tide.jobs.report.cost import job_cost
 from tide.jobs.report.figures import histogram, job_series
 from tide.jobs.report.series import read_series
 from tide.jobs.state import Job, ShardState
@@ -17,8 +17,8 @@ _TIMING_COLUMNS = ["ttft_s", "tpot_s", "latency_s"]
 
 
 def build_summary(job: Job, shards: list[ShardState], prefix: Location, now: float,
-                  price_per_worker_hour: float | None = None) -> dict:
-    """`price_per_worker_hour` defaults to TIDE_PRICE_PER_WORKER_HOUR (finalizers run where Settings are not)."""
+                  price_per_worker_hour: float) -> dict:
+    """Prices the job's worker-seconds at `price_per_worker_hour` (0: no price, worker-seconds only)."""
     started = job.in_progress_at or job.created_at
     wall = max(now - started, 1e-9)
     counts, usage = job.request_counts, job.usage
@@ -41,8 +41,7 @@ def build_summary(job: Job, shards: list[ShardState], prefix: Location, now: flo
         "num_shards": len(shards),
         "job_prefix_cache_hit_rate": usage.cached_prompt_tokens / usage.prompt_tokens if usage.prompt_tokens else None,
         "speculative": _speculative(shards),
-        "cost": job_cost(shards, usage.completion_tokens,
-                         price_from_environ() if price_per_worker_hour is None else price_per_worker_hour),
+        "cost": job_cost(shards, usage.completion_tokens, price_per_worker_hour),
         "histograms": {name.removesuffix("_s"): histogram(values) for name, values in timings.items()},
         "series": job_series(read_series(prefix), started, now),
     }

@@ -6,7 +6,6 @@ exit with status 2; nothing prints a traceback unless something is actually brok
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from pydantic import ValidationError
@@ -29,8 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         return _fail(f"bad setting: {_validation_message(exc)}")
     args = build_parser(settings).parse_args(argv)
-    # Finalizers (workers, `tide run`) price a job from the environment: hand them the .env value too.
-    os.environ.setdefault("TIDE_PRICE_PER_WORKER_HOUR", str(settings.price_per_worker_hour))
     configure_logging(args.command, settings.log_format, settings.log_level, args.verbose)
     try:
         return args.handler(args)

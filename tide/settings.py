@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from tide.jobs.storage import StorageConfig
 
 DEV_API_KEY = "tide-dev-key"
 HASH_PREFIX = "sha256:"
@@ -91,16 +94,14 @@ class Settings(BaseSettings):
         parse_schedule(value)  # refused when Settings load, not when the first webhook is due
         return value
 
-    def export_storage_env(self) -> None:
-        """Hand the storage settings to jobs/storage.py, which reads them from the environment (jobs/ sits below
-        the entry points), including values that came from `.env`."""
-        import os
+    def storage_config(self) -> StorageConfig:
+        """The storage settings as the job code takes them (`jobs.storage.StorageConfig`, passed down explicitly)."""
+        from tide.jobs.storage import StorageConfig
 
-        os.environ["TIDE_STORAGE_RETRY_S"] = str(self.storage_retry_s)
-        roots = [r for r in (self.local_roots or "").split(",") if r.strip()]
+        roots = [r.strip() for r in (self.local_roots or "").split(",") if r.strip()]
         if roots and "://" not in self.storage:
             roots.append(self.storage)  # the service's own storage is always usable
-        os.environ["TIDE_LOCAL_ROOTS"] = ",".join(roots)
+        return StorageConfig(local_roots=tuple(roots), retry_s=self.storage_retry_s)
 
     # Evals and webhooks (`tide eval`, `tide beat`, `tide webhooks`).
     evals_config: str | None = Field(None, description="suites file `tide beat` and `tide eval` read when "

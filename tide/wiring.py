@@ -19,6 +19,16 @@ def engine_service(model: str, dtype: str, **config):
     return EngineService(engine)
 
 
+def chat_template_of(model: str) -> str | None:
+    """The chat template of `model` as this machine resolves the name; None when only the workers know it."""
+    try:
+        from tide.engine.loader import load_tokenizer, resolve_model
+
+        return getattr(load_tokenizer(resolve_model(model)), "chat_template", None)
+    except Exception:  # a served name that only the workers map to a directory
+        return None
+
+
 def connect(redis_url: str):
     """(RedisJobStore, CeleryDispatcher) for queued jobs; raises StoreUnavailable when Redis cannot be reached."""
     from tide.jobs.store import RedisJobStore

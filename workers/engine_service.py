@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 
-from tide.jobs.state import EngineFigures
+from tide.jobs.state import EngineFigures, EngineLoad
 
 logger = logging.getLogger("tide.worker")
 
@@ -52,10 +52,16 @@ class EngineService:
         stats = self.engine.stats
         return EngineFigures(mean_batch_occupancy=stats.mean_batch_occupancy,
                              prefix_cache_hit_rate=stats.prefix_cache_hit_rate, preemptions=stats.preemptions,
-                             busy_time_s=getattr(stats, "busy_time_s", 0.0),
+                             busy_time_s=stats.busy_time_s,
                              generation_tokens=stats.generation_tokens,
                              spec_proposed_tokens=stats.spec_proposed_tokens,
                              spec_accepted_tokens=stats.spec_accepted_tokens)
+
+    def load(self) -> EngineLoad:
+        stats, blocks = self.engine.stats, self.engine.block_manager
+        return EngineLoad(engine_steps=stats.num_steps, preemptions=stats.preemptions,
+                          occupancy_sum=stats.mean_batch_occupancy * stats.num_steps,
+                          kv_cache_usage=1.0 - blocks.num_free_blocks / blocks.num_blocks)
 
     def close(self) -> None:
         self._stop.set()

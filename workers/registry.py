@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
 from tide.jobs import keys
+from tide.jobs.periodic import Periodic
 from tide.jobs.state import EngineFigures
 
 logger = logging.getLogger("tide.worker")
@@ -33,33 +34,29 @@ class WorkerInfo(BaseModel):
 class Heartbeat:
     """Publishes `WorkerInfo` from a daemon thread until `stop()`; the key is removed on a clean stop."""
 
-    def __init__(self, redis, name: str, model: str, concurrency: int, figures, interval_s: float = HEARTBEAT_S):
-        self._redis, self._figures, self._interval = redis, figures, interval_s
+    def __init__(self, redis, name: str, model: str, concurrency: int, figures: Callable[[], EngineFigures],
+                 interval_s: float = HEARTBEAT_S) -> None:
+        self._redis, self._figures = redis, figures
         self._info = dict(name=name, model=model, host=socket.gethostname(), pid=os.getpid(),
                           concurrency=concurrency, started_at=time.time())
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tide-heartbeat", daemon=True)
+        # A Redis blip must not kill the worker: the next beat tries again.
+        self._beats = Periodic(self._beat, interval_s, "tide-heartbeat", logger, "heartbeat not published",
+                               immediately=True)
 
     def start(self) -> "Heartbeat":
-        self._thread.start()
+        self._beats.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._beats.stop()
         try:
             self._redis.delete(keys.worker(self._info["name"]))
         except Exception:  # Redis gone at shutdown: the key expires on its own
             pass
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            info = WorkerInfo(**self._info, last_heartbeat=time.time(), engine=self._figures())
-            try:
-                self._redis.set(keys.worker(info.name), info.model_dump_json(), ex=EXPIRE_S)
-            except Exception as exc:  # a Redis blip must not kill the worker; the next beat tries again
-                logger.warning("heartbeat not published: %s", exc)
-            self._stop.wait(self._interval)
+    def _beat(self) -> None:
+        info = WorkerInfo(**self._info, last_heartbeat=time.time(), engine=self._figures())
+        self._redis.set(keys.worker(info.name), info.model_dump_json(), ex=EXPIRE_S)
 
 
 def live_workers(redis) -> list[WorkerInfo]:

@@ -5,7 +5,8 @@ from celery import Celery
 
 from tide.jobs.dispatch import ShardRetry
 from tide.jobs.lifecycle import Finalizer, finalize_job, plan_created
-from tide.jobs.shard_runner import ShardContext, run_shard
+from tide.jobs.shards.context import ShardContext
+from tide.jobs.shards.runner import run_shard
 from tide.jobs.specs import ShardTask
 from tide.workers.celery_app import FINALIZE_TASK, PLAN_TASK, SHARD_TASK
 
@@ -26,7 +27,7 @@ def register_tasks(app: Celery, shard_context: ShardContext, finalizer: Finalize
 
     @app.task(name=PLAN_TASK)
     def plan_task(job_id: str) -> str:
-        return plan_created(job_id, shard_context.store, shard_context.dispatcher).status.value
+        return plan_created(job_id, shard_context.store, shard_context.dispatcher, shard_context.storage).status.value
 
     @app.task(name=FINALIZE_TASK)
     def finalize_task(job_id: str) -> str:

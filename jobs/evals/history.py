@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from tide.jobs.storage import Location, resolve
+from tide.jobs.storage import Location, StorageConfig, resolve
 
 # Runs of one process end together (the scheduler runs several at once) and each rewrites index.json.
 _INDEX_LOCK = threading.Lock()
@@ -66,9 +66,9 @@ class ResultRow(BaseModel):
 
 
 class History:
-    def __init__(self, root: str, suite: str) -> None:
+    def __init__(self, root: str, suite: str, storage: StorageConfig) -> None:
         self.suite = suite
-        self.base: Location = resolve(root).child(suite)
+        self.base: Location = resolve(root, storage).child(suite)
 
     def run_dir(self, run_id: str) -> Location:
         return self.base.child("runs").child(run_id)

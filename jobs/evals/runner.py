@@ -9,16 +9,18 @@ import time
 import uuid
 from datetime import datetime, timezone
 from importlib import metadata
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from tide.jobs.evals.dataset import Item, read_items
 from tide.jobs.evals.history import History, ResultRow, RunRecord, diff
 from tide.jobs.evals.scorers import ScorerError, apply, get_scorer
+from tide.jobs.engine_client import EngineClient
 from tide.jobs.evals.suites import Suite
 from tide.jobs.results import iter_output_rows
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job, JobStatus
-from tide.jobs.storage import StorageError
+from tide.jobs.storage import Location, StorageConfig, StorageError, resolve
 from tide.jobs.webhooks.courier import enqueue
 from tide.jobs.webhooks.events import EVAL_COMPLETED, EVAL_REGRESSED
 from tide.jobs.webhooks.outbox import Outbox
@@ -52,22 +54,22 @@ def new_run_id(suite: str, now: float) -> str:
     return f"{suite}-{datetime.fromtimestamp(now, timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
-def check_suite(suite: Suite) -> None:
+def check_suite(suite: Suite, storage: StorageConfig) -> None:
     """Raise ScorerError/StorageError for what the user must fix before a run is worth starting."""
     get_scorer(suite.scorer)
-    _dataset(suite)
+    _dataset(suite, storage)
 
 
-def run_suite(name: str, suite: Suite, executor: Executor, outbox: Outbox | None = None,
+def run_suite(name: str, suite: Suite, executor: Executor, storage: StorageConfig, outbox: Outbox | None = None,
               scheduled_for: float | None = None, run_id: str | None = None, clock=time.time) -> RunRecord:
     """Run `suite` now; raises ScorerError/StorageError for what the user must fix before any run."""
     scorer = get_scorer(suite.scorer)  # an unknown scorer stops the run before the job
     started = clock()
     run_id = run_id or new_run_id(name, started)
-    history = History(suite.history, name)
+    history = History(suite.history, name, storage)
     previous = history.latest()
     run_dir = history.run_dir(run_id)
-    items = read_items(_dataset(suite))
+    items = read_items(_dataset(suite, storage))
     good = [item for item in items if item.error is None]
     job = None
     outputs: dict[str, str] = {}
@@ -79,7 +81,7 @@ def run_suite(name: str, suite: Suite, executor: Executor, outbox: Outbox | None
                        sampling=suite.sampling, output=run_dir.child("job").uri,
                        metadata={"eval_suite": name, "eval_run": run_id}, idempotency_key=f"eval:{run_id}")
         job = executor.execute(spec)
-        outputs, failures = _job_outputs(job)
+        outputs, failures = _job_outputs(job, storage)
     rows = [_score(item, scorer, suite.scorer, outputs, failures, job) for item in items]
     regressions, improvements = diff(history.results(previous.run_id), rows) if previous else ([], [])
     n, passed = len(rows), sum(row.passed for row in rows)
@@ -106,23 +108,22 @@ def run_suite(name: str, suite: Suite, executor: Executor, outbox: Outbox | None
     return record
 
 
-def _dataset(suite: Suite):
-    from tide.jobs.storage import resolve
-
-    location = resolve(suite.dataset)
+def _dataset(suite: Suite, storage: StorageConfig) -> Location:
+    location = resolve(suite.dataset, storage)
     if not location.exists():
         raise StorageError(f"eval dataset {suite.dataset!r} does not exist")
     return location
 
 
-def _job_outputs(job: Job) -> tuple[dict[str, str], dict[str, str]]:
+def _job_outputs(job: Job, storage: StorageConfig) -> tuple[dict[str, str], dict[str, str]]:
     """(text by item id, error message by item id) from the job's committed parts."""
     outputs, failures = {}, {}
     if job.status in (JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRED):
-        for row in iter_output_rows(job.output_prefix):
+        prefix = resolve(job.output_prefix, storage)
+        for row in iter_output_rows(prefix):
             if row.get("sample_index", 0) == 0:
                 outputs[row["custom_id"]] = row["text"]
-        for row in iter_output_rows(job.output_prefix, errors=True):
+        for row in iter_output_rows(prefix, errors=True):
             if row.get("custom_id"):
                 failures[row["custom_id"]] = f"{row['code']}: {row['message']}"
     return outputs, failures
@@ -156,40 +157,42 @@ def _event_data(record: RunRecord) -> dict[str, Any]:
 
 
 class EmbeddedExecutor:
-    """Runs the job in this process around an `EngineService` (no Redis, no S3 needed)."""
+    """Runs the job in this process around one engine (no Redis, no S3 needed)."""
 
-    def __init__(self, service) -> None:
-        self.service = service
+    def __init__(self, service: EngineClient, storage: StorageConfig, price_per_worker_hour: float,
+                 template: str | None) -> None:
+        self.service, self.storage, self.price_per_worker_hour = service, storage, price_per_worker_hour
+        self.template = template  # the chat template of the engine's tokenizer
 
     def execute(self, spec: JobSpec) -> Job:
         from tide.jobs.embedded import run_embedded
+        from tide.jobs.webhooks.courier import WebhookConfig
 
-        return run_embedded(spec, self.service, show_progress=False)
+        # An eval's job carries no webhook of its own (the run's event goes through run_suite's outbox).
+        return run_embedded(spec, self.service, storage=self.storage, webhooks=WebhookConfig(),
+                            price_per_worker_hour=self.price_per_worker_hour, show_progress=False)
 
     def chat_template(self, model: str) -> str | None:
-        return getattr(getattr(self.service.engine, "tokenizer", None), "chat_template", None)
+        return self.template
 
 
 class QueuedExecutor:
-    """Submits the job to the workers through Redis and waits for it to end."""
+    """Submits the job to the workers through Redis and waits for it to end; `templates` says which chat template
+    a model name has as this machine resolves it (None when only the workers know the name)."""
 
-    def __init__(self, store, dispatcher, timeout_s: float | None = None, poll_s: float = 1.0) -> None:
-        self.store, self.dispatcher, self.timeout_s, self.poll_s = store, dispatcher, timeout_s, poll_s
+    def __init__(self, store, dispatcher, storage: StorageConfig, templates: Callable[[str], str | None],
+                 timeout_s: float | None = None, poll_s: float = 1.0) -> None:
+        self.store, self.dispatcher, self.storage, self.templates = store, dispatcher, storage, templates
+        self.timeout_s, self.poll_s = timeout_s, poll_s
 
     def execute(self, spec: JobSpec) -> Job:
         from tide.jobs.lifecycle import submit_job
         from tide.jobs.progress import wait_for_job
 
-        job = submit_job(spec, self.store, self.dispatcher)
+        job = submit_job(spec, self.store, self.dispatcher, self.storage)
         if job.status.terminal:
             return job
         return wait_for_job(self.store, job.id, poll_s=self.poll_s, show=False, timeout_s=self.timeout_s)
 
     def chat_template(self, model: str) -> str | None:
-        """The template of `model` as this machine resolves it; None when only the workers know the name."""
-        try:
-            from tide.engine.loader import load_tokenizer, resolve_model
-
-            return getattr(load_tokenizer(resolve_model(model)), "chat_template", None)
-        except Exception:  # a served name that only the workers map to a directory
-            return None
+        return self.templates(model)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from tide.jobs.leases.book import Lease, LeaseBook
+from tide.jobs.periodic import Periodic
 
 logger = logging.getLogger("tide.leases")
 
@@ -20,16 +21,15 @@ class LeaseKeeper:
         self.book, self.renew_s, self.clock = book, renew_s, clock
         self._held: dict[Lease, threading.Event] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tide-lease-keeper", daemon=True)
+        # Redis away for a moment: the next round tries again; a lease that lapses meanwhile is fenced.
+        self._rounds = Periodic(self.renew_once, renew_s, "tide-lease-keeper", logger, "leases not renewed")
 
     def start(self) -> "LeaseKeeper":
-        self._thread.start()
+        self._rounds.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._rounds.stop()
 
     def hold(self, lease: Lease) -> threading.Event:
         """Keep renewing `lease`; the returned event is set if it is lost."""
@@ -45,11 +45,7 @@ class LeaseKeeper:
     def renew_once(self) -> None:
         with self._lock:
             leases = list(self._held)
-        try:
-            answers = self.book.renew(leases, self.clock())
-        except Exception as exc:  # Redis away for a moment: the next round tries again; a lapse is fenced
-            logger.warning("leases not renewed: %s", exc)
-            return
+        answers = self.book.renew(leases, self.clock())
         for lease, held in zip(leases, answers):
             if not held:
                 logger.warning("lost the lease on shard %s/%d (attempt %d); another attempt runs it",
@@ -58,7 +54,3 @@ class LeaseKeeper:
                     lost = self._held.pop(lease, None)
                 if lost is not None:
                     lost.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.renew_s):
-            self.renew_once()

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from tide.jobs.dispatch import Dispatcher
 from tide.jobs.leases.book import Lease, LeaseBook
 from tide.jobs.lifecycle import Finalizer, finalize_job
-from tide.jobs.shard_runner import ShardContext, run_shard
+from tide.jobs.periodic import Periodic
+from tide.jobs.shards.context import ClaimContext
+from tide.jobs.shards.runner import expire_shard
+from tide.jobs.specs import ShardTask
 from tide.jobs.state import JobStatus, ShardState, ShardStatus
 from tide.jobs.store import JobNotFound, JobStore
 
@@ -27,7 +30,7 @@ class _FinalizeHere:
     def __init__(self, dispatcher: Dispatcher, finalizer: Finalizer) -> None:
         self.dispatcher, self.finalizer = dispatcher, finalizer
 
-    def send_shard(self, task) -> None:
+    def send_shard(self, task: ShardTask) -> None:
         self.dispatcher.send_shard(task)
 
     def send_finalize(self, job_id: str, model: str) -> None:
@@ -44,8 +47,14 @@ class Reaper:
     def __init__(self, store: JobStore, dispatcher: Dispatcher, book: LeaseBook, finalizer: Finalizer,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.dispatcher, self.book, self.clock = store, dispatcher, book, clock
-        self.context = ShardContext(store=store, dispatcher=_FinalizeHere(dispatcher, finalizer), service=None,
-                                    worker=f"reaper-{os.getpid()}@{socket.gethostname()}", clock=clock, leases=book)
+        self.context = ClaimContext(store=store, dispatcher=_FinalizeHere(dispatcher, finalizer),
+                                    storage=finalizer.storage, worker=f"reaper-{os.getpid()}@{socket.gethostname()}",
+                                    clock=clock, leases=book)
+
+    def start(self, interval_s: float) -> Periodic:
+        """Sweep every `interval_s` on a thread of its own (every `tide worker` and `tide beat` runs one); stop it
+        with the returned thread's `stop()`."""
+        return Periodic(self.sweep, interval_s, "tide-reaper", logger, "reaper sweep failed").start()
 
     def sweep(self) -> list[Lease]:
         """One pass; returns the leases whose shards it sent again."""
@@ -102,4 +111,4 @@ class Reaper:
                 continue  # a live worker holds it and expires it at its next poll
             task = self.book.get_task(job_id, shard.index)
             if task is not None:
-                run_shard(task, self.context)  # claims it and, past the deadline, writes its expired rows
+                expire_shard(task, self.context)

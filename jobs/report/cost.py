@@ -5,20 +5,9 @@ A worker's seconds on a job are the union of its shards' [started, finished] spa
 """
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 
 from tide.jobs.state import ShardState
-
-PRICE_VARIABLE = "TIDE_PRICE_PER_WORKER_HOUR"
-
-
-def price_from_environ() -> float:
-    """`TIDE_PRICE_PER_WORKER_HOUR` (see tide/settings.py), for finalizers that were handed no Settings."""
-    try:
-        return max(float(os.environ.get(PRICE_VARIABLE) or 0.0), 0.0)
-    except ValueError:
-        return 0.0
 
 
 def worker_seconds(shards: list[ShardState]) -> dict[str, float]:

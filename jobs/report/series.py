@@ -7,27 +7,24 @@ never tokens. At the end of the shard the samples are written as `series-NNNNN.j
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from tide.jobs.state import ShardProgress
+from tide.jobs.state import EngineLoad, ShardProgress
 from tide.jobs.storage import Location
 
 MAX_SAMPLES = 240
 SERIES_PREFIX = "series-"
 
 
-class Sample(BaseModel):
+class Sample(EngineLoad):
     """One moment of a shard (unix seconds) and of the engine it feeds (that engine's running totals)."""
 
     t: float
     completed: int
     prompt_tokens: int
     completion_tokens: int
-    engine_steps: int | None = None
-    occupancy_sum: float | None = None  # sum over steps of running/max_num_seqs: its delta / steps' delta = mean
-    preemptions: int | None = None
-    kv_cache_usage: float | None = None  # fraction of KV blocks held by sequences at that moment
 
 
 class ShardSeries(BaseModel):
@@ -42,37 +39,18 @@ class SeriesRecorder:
         self.samples: list[Sample] = []
         self._max, self._stride, self._ticks = max_samples, 1, 0
 
-    def sample(self, now: float, progress: ShardProgress, service, force: bool = False) -> None:
-        """Record one sample every `stride` calls (always when `force`: the first and the last)."""
+    def sample(self, now: float, progress: ShardProgress, load: Callable[[], EngineLoad],
+               force: bool = False) -> None:
+        """Record one sample every `stride` calls (always when `force`: the first and the last); `load` reads the
+        engine's side of it."""
         self._ticks += 1
         if not force and self._ticks % self._stride:
             return
         self.samples.append(Sample(t=now, completed=progress.completed, prompt_tokens=progress.prompt_tokens,
-                                   completion_tokens=progress.completion_tokens, **engine_probe(service)))
+                                   completion_tokens=progress.completion_tokens, **load().model_dump()))
         if len(self.samples) > self._max:
             self.samples = self.samples[::2] if len(self.samples) % 2 else self.samples[::2] + self.samples[-1:]
             self._stride *= 2
-
-
-def engine_probe(service) -> dict:
-    """What the engine behind `service` already counts: steps, occupancy, preemptions, KV blocks in use.
-
-    Read through attributes, never imports (jobs/ stays below the engine); a stand-in engine gives what it has.
-    """
-    engine = getattr(service, "engine", None)
-    stats = getattr(engine, "stats", None)
-    figures = {}
-    if stats is not None:
-        steps = getattr(stats, "num_steps", 0)
-        figures.update(engine_steps=steps, preemptions=getattr(stats, "preemptions", 0),
-                       occupancy_sum=getattr(stats, "mean_batch_occupancy", 0.0) * steps)
-    blocks = getattr(engine, "block_manager", None)
-    try:
-        total = blocks.num_blocks
-        figures["kv_cache_usage"] = 1.0 - blocks.num_free_blocks / total if total else None
-    except AttributeError:
-        pass
-    return figures
 
 
 def series_name(index: int) -> str:

@@ -6,7 +6,6 @@ Redis call `Courier.drain`, which keeps going (with the same schedule) until not
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from tide.jobs.webhooks.delivery import AttemptResult, Outcome, WebhookRefused, check_url, post
 from tide.jobs.webhooks.events import Delivery, DeliveryState, LogEntry, new_delivery
 from tide.jobs.webhooks.outbox import Outbox
-from tide.jobs.webhooks.signing import sign_headers, split_secrets
+from tide.jobs.webhooks.signing import sign_headers
 
 logger = logging.getLogger("tide.webhooks")
 
@@ -53,14 +52,6 @@ class WebhookConfig(BaseModel):
     @classmethod
     def _schedule(cls, value: Any) -> tuple[float, ...]:
         return parse_schedule(value)
-
-    @classmethod
-    def from_environ(cls) -> "WebhookConfig":
-        """From TIDE_WEBHOOK_* variables, for callers that were handed no Settings."""
-        env = os.environ
-        return cls(secrets=split_secrets(env.get("TIDE_WEBHOOK_SECRET")),
-                   schedule=env.get("TIDE_WEBHOOK_RETRY_SCHEDULE") or DEFAULT_SCHEDULE,
-                   allow_private=env.get("TIDE_WEBHOOK_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes", "on"))
 
 
 def enqueue(outbox: Outbox, owner: str, url: str, type: str, data: dict[str, Any], now: float) -> Delivery:

@@ -5,6 +5,7 @@ import json
 import threading
 
 from tide.jobs.evals.history import History, ResultRow, RunRecord
+from tide.jobs.storage import StorageConfig
 
 
 def record(run_id: str, finished_at: str) -> RunRecord:
@@ -18,7 +19,7 @@ ROWS = [ResultRow(id="q", output="a", expected="a", passed=True, score=1.0)]
 
 
 def test_runs_ending_together_all_reach_the_index(tmp_path):
-    history = History(str(tmp_path), "s")
+    history = History(str(tmp_path), "s", StorageConfig())
     threads = [threading.Thread(target=history.write, args=(record(f"r{i}", "2026-11-28T00:00:00Z"), ROWS))
                for i in range(8)]
     for thread in threads:
@@ -29,7 +30,7 @@ def test_runs_ending_together_all_reach_the_index(tmp_path):
 
 
 def test_a_run_another_process_dropped_from_the_index_comes_back_with_the_next_run(tmp_path):
-    history = History(str(tmp_path), "s")
+    history = History(str(tmp_path), "s", StorageConfig())
     history.write(record("r0", "2026-11-28T00:00:00Z"), ROWS)
     history.write(record("r1", "2026-11-28T00:00:05Z"), ROWS)
     index = tmp_path / "s" / "index.json"

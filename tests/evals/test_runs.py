@@ -7,6 +7,7 @@ import time
 import pyarrow.parquet as pq
 from standardwebhooks import Webhook
 
+from tests.helpers.pipeline import LOCAL
 from tests.helpers.receiver import SECRET
 from tide.jobs.evals.history import History
 from tide.jobs.evals.runner import EmbeddedExecutor, run_suite
@@ -32,18 +33,18 @@ def test_second_run_reports_the_changed_item_as_a_regression_and_fires_eval_regr
                   scorer="exact", sampling={"temperature": 0, "max_tokens": 8}, min_score=0.7,
                   max_regressions=0, webhook=hook.url)
     outbox = MemoryOutbox()
-    executor = EmbeddedExecutor(service)
-    first = run_suite("smoke", suite, executor, outbox)
+    executor = EmbeddedExecutor(service, LOCAL, price_per_worker_hour=0.0, template=None)
+    first = run_suite("smoke", suite, executor, LOCAL, outbox)
     assert (first.n, first.passed, first.errors, first.status) == (5, 4, 1, "passed")
     assert first.score == 0.8 and first.previous_run_id is None and first.job_status == "completed"
 
     write(dataset, [dict(ITEMS[0], expected="something else")] + ITEMS[1:])
-    second = run_suite("smoke", suite, executor, outbox, scheduled_for=1_700_000_000)
+    second = run_suite("smoke", suite, executor, LOCAL, outbox, scheduled_for=1_700_000_000)
     assert second.previous_run_id == first.run_id and second.previous_score == 0.8
     assert second.regressions == ["q1"] and second.improvements == [] and second.score == 0.75
     assert second.status == "failed_threshold" and second.scheduled_for == "2023-11-14T22:13:20Z"
 
-    history = History(str(tmp_path / "history"), "smoke")
+    history = History(str(tmp_path / "history"), "smoke", LOCAL)
     assert [r["run_id"] for r in history.index()] == [first.run_id, second.run_id]
     on_disk = json.loads((tmp_path / "history" / "smoke" / "runs" / second.run_id / "run.json").read_text())
     for field in ("run_id", "suite", "scheduled_for", "started_at", "finished_at", "model", "engine_version",
@@ -65,7 +66,7 @@ def test_an_engine_error_on_one_item_is_an_error_row(tmp_path, service):
     long = " ".join(["w"] * 100)  # longer than the fake engine's context
     suite = Suite(dataset=write(tmp_path / "d.jsonl", [ITEMS[0], {"id": "long", "prompt": long, "expected": "w"}]),
                   history=str(tmp_path / "h"), scorer="exact")
-    record = run_suite("ctx", suite, EmbeddedExecutor(service))
-    rows = {r.id: r for r in History(str(tmp_path / "h"), "ctx").results(record.run_id)}
+    record = run_suite("ctx", suite, EmbeddedExecutor(service, LOCAL, price_per_worker_hour=0.0, template=None), LOCAL)
+    rows = {r.id: r for r in History(str(tmp_path / "h"), "ctx", LOCAL).results(record.run_id)}
     assert rows["q1"].passed and not rows["long"].passed and rows["long"].error
     assert record.started_at <= record.finished_at and time.time() > 0

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 import fakeredis
 import pytest
 
-import tide.workers.scheduler as scheduler_module
+import tide.workers.eval_cron as cron_module
 from tide.jobs.evals.schedule import latest_slot, recent_slots
 from tide.jobs.evals.suites import Suite
-from tide.workers.scheduler import Scheduler
+from tide.jobs.storage import StorageConfig
+from tide.workers.eval_cron import EvalCron
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
 
@@ -25,17 +26,17 @@ def suite(schedule: str, zone: str = "UTC") -> Suite:
 def runs(monkeypatch):
     done: list[tuple[str, float]] = []
 
-    def fake_run_suite(name, suite, executor, outbox, scheduled_for, run_id, clock):
+    def fake_run_suite(name, suite, executor, storage, outbox, scheduled_for, run_id, clock):
         done.append((run_id, scheduled_for))
         return SimpleNamespace(status="passed", score=1.0, regressions=[])
 
-    monkeypatch.setattr(scheduler_module, "run_suite", fake_run_suite)
+    monkeypatch.setattr(cron_module, "run_suite", fake_run_suite)
     return done
 
 
-def make(client, clock, **kwargs) -> Scheduler:
-    return Scheduler({"tick": suite("* * * * * */5")}, client, executor=None, outbox=None, courier=None,
-                     clock=lambda: clock[0], **kwargs)
+def make(client, clock, **kwargs) -> EvalCron:
+    return EvalCron({"tick": suite("* * * * * */5")}, client, executor=None, storage=StorageConfig(), outbox=None,
+                    courier=None, clock=lambda: clock[0], **kwargs)
 
 
 def now_run(fn, *args):

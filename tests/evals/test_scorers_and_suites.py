@@ -6,7 +6,7 @@ import pytest
 from tide.jobs.evals.dataset import read_items
 from tide.jobs.evals.scorers import ScorerError, apply, get_scorer
 from tide.jobs.evals.suites import SuiteError, load_suites, parse_suites
-from tide.jobs.storage import resolve
+from tide.jobs.storage import StorageConfig, resolve
 
 
 @pytest.mark.parametrize("name, output, expected, passed", [
@@ -71,7 +71,7 @@ def test_malformed_items_become_error_items(tmp_path):
     path.write_text('{"id": "a", "prompt": "hi", "expected": "x"}\n{broken\n[1, 2]\n{"id": "b"}\n'
                     '{"id": "a", "prompt": "again", "expected": "y"}\n'
                     '{"id": 7, "messages": [{"role": "user", "content": "yo"}], "expected": 1}\n')
-    items = read_items(resolve(str(path)))
+    items = read_items(resolve(str(path), StorageConfig()))
     assert [(i.id, i.error is None) for i in items] == [("a", True), ("item-1", False), ("item-2", False),
                                                          ("b", False), ("a", False), ("7", True)]
     assert "not valid JSON" in items[1].error and "repeats" in items[4].error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 from tide.engine.llm_engine import EngineStats
 from tide.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
@@ -28,6 +29,7 @@ class FakeEngine:
     def __init__(self, max_num_seqs: int = 4, max_model_len: int = 64, step_delay_s: float = 0.0) -> None:
         self.max_num_seqs, self.max_model_len, self.step_delay_s = max_num_seqs, max_model_len, step_delay_s
         self.stats = EngineStats()
+        self.block_manager = SimpleNamespace(num_blocks=64, num_free_blocks=64)  # what EngineService.load reads
         self.added: list[str] = []  # request ids in the order they arrived
         self._lock = threading.Lock()
         self._waiting: list[tuple[str, object, object, float]] = []

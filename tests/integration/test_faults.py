@@ -131,12 +131,12 @@ class Pool:
     Kubernetes would); shared by the tests below so each does not pay for worker start-ups."""
 
     served = "tiny-fault"
-    poison_id = "poison-5"
+    poison_prompt = "Item 5: poison"  # no other test's rows have it
 
     def __init__(self, services) -> None:
         self.services, self.outage = services, Outage(services.s3_url)
         self.env = fault_env(services, AWS_ENDPOINT_URL=self.outage.url, TIDE_STORAGE_RETRY_S="120",
-                             TIDE_TEST_EXIT_ON_ID=self.poison_id)
+                             TIDE_TEST_EXIT_ON_PROMPT=self.poison_prompt)
         self.deaths: list[int] = []
         self.procs = [self._start(f"pool-{i}") for i in range(2)]
         self._stop = threading.Event()
@@ -205,12 +205,13 @@ def test_the_same_shard_delivered_twice_commits_one_part(services, pool):
 
 
 def test_a_poison_row_fails_alone_after_killing_workers(services, pool):
-    """A test hook makes the worker process exit when row `poison-5` comes up. After two deaths the row is set
-    aside as an error row; every other row is a result."""
+    """A test hook makes the worker process exit when row `poison-5` (its prompt) comes up. After two deaths the
+    row is set aside as an error row; every other row is a result."""
     store = RedisJobStore.from_url(services.redis_url)
     deaths = len(pool.deaths)
     started = time.monotonic()
-    job_id = pool.submit("poison", rows("poison-", 16), "--shard-rows", "8", "--max-tokens", "8")
+    job_rows = [{**row, "prompt": pool.poison_prompt} if row["id"] == "poison-5" else row for row in rows("poison-", 16)]
+    job_id = pool.submit("poison", job_rows, "--shard-rows", "8", "--max-tokens", "8")
     waited = tide(services.env, "wait", job_id, "--timeout", "180")
     assert waited.returncode == 0, waited.stdout + waited.stderr
     assert pool.deaths[deaths:] == [POISON_EXIT_STATUS] * 2

@@ -7,7 +7,7 @@ import tracemalloc
 from tests.helpers.services import BUCKET
 from tide.jobs.planner import plan_job
 from tide.jobs.specs import JobSpec
-from tide.jobs.storage import s3_client
+from tide.jobs.storage import StorageConfig, s3_client
 
 ROWS = 20_000
 PROMPT_BYTES = 2_000
@@ -23,7 +23,7 @@ def test_sharding_a_20k_row_file_from_s3_stays_within_a_fixed_memory_bound(servi
     spec = JobSpec(input=f"s3://{BUCKET}/inputs/big.jsonl", output=f"s3://{BUCKET}/unused", shard_rows=500)
     tracemalloc.start()
     try:
-        plan = plan_job(spec)
+        plan = plan_job(spec, StorageConfig())
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -14,7 +14,7 @@ from tests.helpers.services import BUCKET, SERVED, WEBHOOK_SECRET, put_jsonl, re
 from tide.engine import LLM, SamplingParams
 from tide.jobs.lifecycle import job_status, submit_job
 from tide.jobs.specs import JobSpec
-from tide.jobs.storage import s3_client
+from tide.jobs.storage import StorageConfig, s3_client
 from tide.jobs.store import RedisJobStore
 from tide.jobs.webhooks.courier import Courier, WebhookConfig
 from tide.jobs.webhooks.outbox import RedisOutbox
@@ -122,7 +122,7 @@ def test_two_jobs_at_once_share_one_worker(services, worker):
                      output=f"s3://{BUCKET}/results", model=SERVED,
                      sampling={"max_tokens": 96, "ignore_eos": True, "temperature": 0})
              for name in ("a", "b")]
-    ids = [submit_job(spec, store, dispatcher).id for spec in specs]  # back to back, in this process
+    ids = [submit_job(spec, store, dispatcher, StorageConfig()).id for spec in specs]  # back to back, in this process
     for job_id in ids:
         assert tide(services.env, "wait", job_id, "--timeout", "180").returncode == 0
     (a,), (b,) = (store.get_shards(job_id) for job_id in ids)

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.fuzz import BREAKAGES, mutate
+from tests.helpers.pipeline import LOCAL
 from tide.jobs.planner import plan_job
 from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line
-from tide.jobs.shard_runner import read_shard_rows
+from tide.jobs.shards.reading import read_shard_rows
 from tide.jobs.specs import JobSpec, ShardTask
 from tide.jobs.storage import StorageError
 
@@ -55,11 +56,11 @@ def test_any_line_is_one_row_or_one_error_naming_its_line(line, row, endpoint):
 
 
 def plan_and_read(spec: JobSpec) -> list:
-    plan = plan_job(spec)
+    plan = plan_job(spec, LOCAL)
     items = []
     for shard in plan.shards:
         task = ShardTask(job_id="j", spec=spec, format=plan.format, shard=shard, output_prefix="unused", deadline=0)
-        rows, errors = read_shard_rows(task)
+        rows, errors = read_shard_rows(task, LOCAL)
         items += rows + errors
     assert plan.total_rows == len(items)
     return items
@@ -116,7 +117,7 @@ def test_a_parquet_file_without_prompt_columns_fails_the_job_naming_its_columns(
     path = tmp_path / "ids.parquet"
     pq.write_table(pa.table({"id": ["a"]}), path)
     with pytest.raises(StorageError, match="has no 'prompt' or 'messages' column"):
-        plan_job(JobSpec(input=str(path), output=str(tmp_path / "out")))
+        plan_job(JobSpec(input=str(path), output=str(tmp_path / "out")), LOCAL)
 
 
 def test_ten_megabyte_strings_and_absurd_values_are_error_rows_or_plain_rows():

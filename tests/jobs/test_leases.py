@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers.dispatch import Recorder
+from tests.helpers.pipeline import LOCAL
 from tests.helpers.rows import write_jsonl
 from tide.jobs.leases.book import LeaseBook
 from tide.jobs.leases.reaper import Reaper
 from tide.jobs.lifecycle import Finalizer, job_status, submit_job
-from tide.jobs.shard_runner import ShardContext, run_shard
+from tide.jobs.shards.context import ShardContext
+from tide.jobs.shards.runner import run_shard
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import JobStatus, ShardStatus
 from tide.jobs.store import RedisJobStore
@@ -30,6 +32,26 @@ class Clock:
         return self.now
 
 
+class Held:
+    """The engine service, with each row's submit first calling `before(prompt)` (where a test freezes a worker)."""
+
+    def __init__(self, service, before) -> None:
+        self.service, self.before = service, before
+
+    def submit(self, request_id, prompt, params, priority, sink) -> None:
+        self.before(prompt)
+        self.service.submit(request_id, prompt, params, priority, sink)
+
+    def abort(self, request_id) -> None:
+        self.service.abort(request_id)
+
+    def figures(self):
+        return self.service.figures()
+
+    def load(self):
+        return self.service.load()
+
+
 @pytest.fixture
 def world(tmp_path, service):
     clock, dispatcher = Clock(), Recorder()
@@ -37,12 +59,12 @@ def world(tmp_path, service):
     book = LeaseBook(store.redis, TTL)
     rows = [{"id": f"r{i}", "prompt": f"word{i} other{i}"} for i in range(6)]
     spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"), shard_rows=3)
-    job = submit_job(spec, store, dispatcher, clock)
-    finalizer = Finalizer(store=store, clock=clock)
+    job = submit_job(spec, store, dispatcher, LOCAL, clock)
+    finalizer = Finalizer(store=store, storage=LOCAL, price_per_worker_hour=0.0, clock=clock)
 
-    def context(**changes) -> ShardContext:
-        return ShardContext(store=store, dispatcher=dispatcher, service=service, worker="w", poll_s=0.02,
-                            clock=clock, leases=book, **changes)
+    def context(before=None) -> ShardContext:
+        return ShardContext(store=store, dispatcher=dispatcher, storage=LOCAL, worker="w", poll_s=0.02, clock=clock,
+                            leases=book, service=service if before is None else Held(service, before))
 
     return clock, dispatcher, store, book, job, finalizer, context, tmp_path / "out" / job.id
 
@@ -51,15 +73,15 @@ def ids(prefix, kind="part-"):
     return sorted(r["custom_id"] for f in sorted(prefix.glob(f"{kind}*.parquet")) for r in pq.read_table(f).to_pylist())
 
 
-def hung_attempt(task, ctx):
+def hung_attempt(task, context):
     """An attempt that stops in the middle of its shard (a dead or frozen worker); release() lets it go on."""
     gate, reached = threading.Event(), threading.Event()
 
-    def wait(row):
+    def wait(prompt):
         reached.set()
         gate.wait()
 
-    ctx.before_submit = wait
+    ctx = context(before=wait)
     answer = []
     # daemon: a test may leave the attempt frozen for good, and a frozen non-daemon thread keeps pytest from exiting
     thread = threading.Thread(target=lambda: answer.append(run_shard(task, ctx)), daemon=True)
@@ -77,7 +99,7 @@ def hung_attempt(task, ctx):
 def test_a_second_delivery_of_a_running_shard_is_refused(world):
     clock, dispatcher, store, book, job, finalizer, context, prefix = world
     task = dispatcher.shards[0]
-    release = hung_attempt(task, context())
+    release = hung_attempt(task, context)
     assert run_shard(task, context()) is None  # the first attempt's lease is live: one shard runs once at a time
     assert release() == ShardStatus.DONE
     assert ids(prefix) == ["r0", "r1", "r2"]
@@ -87,7 +109,7 @@ def test_a_second_delivery_of_a_running_shard_is_refused(world):
 def test_a_lapsed_lease_is_sent_again_and_the_late_attempt_is_fenced(world):
     clock, dispatcher, store, book, job, finalizer, context, prefix = world
     task = dispatcher.shards[0]
-    release = hung_attempt(task, context())
+    release = hung_attempt(task, context)
     reaper = Reaper(store, dispatcher, book, finalizer, clock=clock)
     assert reaper.sweep() == []  # lease still live
     clock.now += TTL + 1
@@ -105,12 +127,11 @@ def test_a_row_that_kills_its_worker_twice_is_set_aside(world):
     clock, dispatcher, store, book, job, finalizer, context, prefix = world
     task = dispatcher.shards[1]
     reaper = Reaper(store, dispatcher, book, finalizer, clock=clock)
-    hung_attempt(task, context())  # crash 1: the whole shard was in the engine
+    hung_attempt(task, context)  # crash 1: the whole shard was in the engine
     clock.now += TTL + 1
     assert len(reaper.sweep()) == 1
-    ctx = context()
     gate = threading.Event()
-    ctx.before_submit = lambda row: gate.wait() if row.custom_id == "r4" else None
+    ctx = context(before=lambda prompt: gate.wait() if prompt == "word4 other4" else None)  # row r4
     thread = threading.Thread(target=run_shard, args=(task, ctx), daemon=True)  # careful re-run: one row at a time
     thread.start()
     deadline = time.monotonic() + 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from tests.helpers.dispatch import Recorder as LeaseRecorder
+from tests.helpers.pipeline import LOCAL
 from tide.jobs.lifecycle import create_job, plan_created
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import JobStatus
@@ -20,9 +21,9 @@ def test_a_created_job_is_planned_once_across_deliveries(tmp_path):
     source.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "hi"}) + "\n" for i in range(5)))
     store, dispatcher = MemoryJobStore(), Recorder()
     spec = JobSpec(input=str(source), output=str(tmp_path / "out"), shard_rows=2)
-    job = create_job(spec, store, "batch_x")
+    job = create_job(spec, store, "batch_x", LOCAL)
     assert job.status == JobStatus.VALIDATING
-    planned = plan_created("batch_x", store, dispatcher)
-    again = plan_created("batch_x", store, dispatcher)  # a redelivered plan task
+    planned = plan_created("batch_x", store, dispatcher, LOCAL)
+    again = plan_created("batch_x", store, dispatcher, LOCAL)  # a redelivered plan task
     assert planned.status == again.status == JobStatus.IN_PROGRESS
     assert [t.shard.index for t in dispatcher.shards] == [0, 1, 2] and planned.request_counts.total == 5

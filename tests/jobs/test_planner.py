@@ -1,9 +1,10 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.helpers.pipeline import LOCAL
 from tests.helpers.rows import write_jsonl
 from tide.jobs.planner import plan_job
-from tide.jobs.shard_runner import read_shard_rows
+from tide.jobs.shards.reading import read_shard_rows
 from tide.jobs.specs import ColumnMap, JobSpec, ShardTask
 
 
@@ -15,7 +16,7 @@ def shard_rows(spec, plan):
     out = []
     for shard in plan.shards:
         task = ShardTask(job_id="j", spec=spec, format=plan.format, shard=shard, output_prefix="/tmp/x", deadline=0)
-        rows, errors = read_shard_rows(task)
+        rows, errors = read_shard_rows(task, LOCAL)
         out.append(([r.row for r in rows], [(e.row, e.code) for e in errors]))
     return out
 
@@ -24,7 +25,7 @@ def test_jsonl_shards_are_byte_ranges_that_read_back_every_row_once(tmp_path):
     rows = [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(10)]
     path = write_jsonl(tmp_path / "in.jsonl", rows[:4] + [""] + rows[4:])  # a blank line keeps line numbers
     spec = spec_for(path, shard_rows=3)
-    plan = plan_job(spec)
+    plan = plan_job(spec, LOCAL)
     assert plan.format == "jsonl" and plan.total_rows == 10 and plan.invalid_rows == 0
     assert [s.num_rows for s in plan.shards] == [3, 3, 3, 1]
     sizes = path.stat().st_size
@@ -39,7 +40,7 @@ def test_bad_rows_and_duplicate_ids_are_counted_and_reported_by_their_shard(tmp_
         {"id": "a", "prompt": "x"}, "not json", {"id": "b"}, {"id": "a", "prompt": "again"},
         {"id": "c", "prompt": "x", "bogus": 1}, {"id": "d", "prompt": "fine"}])
     spec = spec_for(path, shard_rows=2)
-    plan = plan_job(spec)
+    plan = plan_job(spec, LOCAL)
     assert plan.total_rows == 6 and plan.invalid_rows == 4
     assert [e.code for e in plan.first_errors] == ["invalid_json", "missing_prompt", "duplicate_custom_id",
                                                     "unknown_field"]
@@ -54,13 +55,13 @@ def test_parquet_shards_cover_row_groups_and_map_columns(tmp_path):
     table = pa.table({"question": [f"q{i}" for i in range(25)], "qid": list(range(25)), "extra": [1] * 25})
     pq.write_table(table, path, row_group_size=7)
     spec = spec_for(path, shard_rows=10, columns=ColumnMap(prompt="question", id="qid"))
-    plan = plan_job(spec)
+    plan = plan_job(spec, LOCAL)
     assert plan.format == "parquet" and plan.total_rows == 25
     assert [(s.start, s.end) for s in plan.shards] == [(0, 10), (10, 20), (20, 25)]
     read = shard_rows(spec, plan)
     assert [r for rows_, _ in read for r in rows_] == list(range(25))
     task = ShardTask(job_id="j", spec=spec, format="parquet", shard=plan.shards[1], output_prefix="/x", deadline=0)
-    rows, _ = read_shard_rows(task)
+    rows, _ = read_shard_rows(task, LOCAL)
     assert rows[0].custom_id == "10" and rows[0].prompt == "q10"
 
 
@@ -69,9 +70,9 @@ def test_parquet_messages_column_of_structs(tmp_path):
     messages = [[{"role": "system", "content": "be brief"}, {"role": "user", "content": f"hi {i}"}] for i in range(3)]
     pq.write_table(pa.table({"messages": messages}), path)
     spec = spec_for(path)
-    plan = plan_job(spec)
+    plan = plan_job(spec, LOCAL)
     task = ShardTask(job_id="j", spec=spec, format="parquet", shard=plan.shards[0], output_prefix="/x", deadline=0)
-    rows, errors = read_shard_rows(task)
+    rows, errors = read_shard_rows(task, LOCAL)
     assert not errors and rows[2].prompt[1] == {"role": "user", "content": "hi 2"}
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
+from tests.helpers.pipeline import run_local
 from tests.helpers.rows import write_jsonl
 from tide.engine import EngineConfig, LLMEngine
-from tide.jobs.embedded import run_embedded
 from tide.jobs.specs import JobSpec
 from tide.jobs.summary import format_report
 from tide.workers.engine_service import EngineService
@@ -21,7 +21,7 @@ def test_job_summary_and_worker_figures_carry_the_acceptance_rate(tmp_path, tiny
     spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"), model=model,
                    sampling={"temperature": 0.0, "max_tokens": 12, "ignore_eos": True})
     try:
-        job = run_embedded(spec, service, shards_in_flight=1, show_progress=False)
+        job = run_local(spec, service, shards_in_flight=1)
         figures = service.figures()
     finally:
         service.close()

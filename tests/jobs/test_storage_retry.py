@@ -1,4 +1,4 @@
-"""S3 requests retry transient failures with backoff for TIDE_STORAGE_RETRY_S; other failures raise at once."""
+"""S3 requests retry transient failures with backoff for the configured time; other failures raise at once."""
 from __future__ import annotations
 
 import time
@@ -21,23 +21,21 @@ def flaky(failures: list[Exception]):
     return action, calls
 
 
-def test_an_unreachable_endpoint_is_retried_until_it_answers(monkeypatch):
-    monkeypatch.setenv("TIDE_STORAGE_RETRY_S", "30")
+def test_an_unreachable_endpoint_is_retried_until_it_answers():
     down = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
     slow = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
     action, calls = flaky([down, down, slow])
-    assert retrying("s3://b/k", "write", action) == "ok" and len(calls) == 4
+    assert retrying("s3://b/k", "write", action, retry_s=30) == "ok" and len(calls) == 4
 
 
-def test_a_missing_object_fails_at_once_and_an_outage_past_the_budget_fails_naming_the_object(monkeypatch):
+def test_a_missing_object_fails_at_once_and_an_outage_past_the_budget_fails_naming_the_object():
     missing = ClientError({"Error": {"Code": "NoSuchKey", "Message": "gone"},
                            "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject")
     action, calls = flaky([missing])
     with pytest.raises(StorageError, match="cannot read s3://b/k: NoSuchKey"):
-        retrying("s3://b/k", "read", action)
+        retrying("s3://b/k", "read", action, retry_s=30)
     assert len(calls) == 1
-    monkeypatch.setenv("TIDE_STORAGE_RETRY_S", "0.5")
     action, calls = flaky([EndpointConnectionError(endpoint_url="http://127.0.0.1:1")] * 100)
     with pytest.raises(StorageError, match="S3 endpoint unreachable"):
-        retrying("s3://b/k", "read", action)
+        retrying("s3://b/k", "read", action, retry_s=0.5)
     assert 1 < len(calls) < 10 and calls[-1] - calls[0] < 2

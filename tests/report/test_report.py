@@ -8,13 +8,13 @@ import re
 import pytest
 
 from tests.helpers.fake_engine import FakeEngine
+from tests.helpers.pipeline import run_local
 from tests.helpers.rows import write_jsonl
-from tide.jobs.embedded import run_embedded
 from tide.jobs.report.cost import job_cost, worker_seconds
 from tide.jobs.report.html import render_report
 from tide.jobs.report.series import SeriesRecorder
 from tide.jobs.specs import JobSpec
-from tide.jobs.state import ShardProgress, ShardState, ShardStatus
+from tide.jobs.state import EngineLoad, ShardProgress, ShardState, ShardStatus
 from tide.jobs.summary import format_report
 from tide.workers.engine_service import EngineService
 
@@ -23,7 +23,7 @@ def test_recorder_stays_bounded_and_keeps_first_and_last():
     recorder, progress = SeriesRecorder(max_samples=16), ShardProgress()
     for t in range(1000):
         progress.completion_tokens = t
-        recorder.sample(float(t), progress, service=None, force=t in (0, 999))
+        recorder.sample(float(t), progress, EngineLoad, force=t in (0, 999))
     samples = recorder.samples
     assert len(samples) <= 17 and samples[0].t == 0 and samples[-1].t == 999
     assert [s.t for s in samples] == sorted(s.t for s in samples)
@@ -51,10 +51,10 @@ def slow_service():
 
 
 def test_job_writes_summary_with_cost_and_a_self_contained_report(tmp_path, slow_service, monkeypatch):
-    monkeypatch.setenv("TIDE_PRICE_PER_WORKER_HOUR", "3.6")
+    monkeypatch.setenv("TIDE_PRICE_PER_WORKER_HOUR", "99")  # the price is passed, never read from the environment
     rows = [{"id": f"r{i}", "prompt": " ".join(f"w{k}" for k in range(i % 7 + 2))} for i in range(40)]
     spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"), shard_rows=10)
-    job = run_embedded(spec, slow_service, shards_in_flight=2, show_progress=False)
+    job = run_local(spec, slow_service, price_per_worker_hour=3.6, shards_in_flight=2)
     prefix = tmp_path / "out" / job.id
     summary = json.loads((prefix / "summary.json").read_text())
     cost = summary["cost"]
@@ -72,11 +72,10 @@ def test_job_writes_summary_with_cost_and_a_self_contained_report(tmp_path, slow
         assert text in page
 
 
-def test_printed_report_prices_worker_time_only_when_a_price_is_set(tmp_path, slow_service, monkeypatch):
+def test_printed_report_prices_worker_time_only_when_a_price_is_set(tmp_path, slow_service):
     rows = [{"id": f"r{i}", "prompt": f"hello there {i}"} for i in range(4)]
     spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"), shard_rows=2)
-    monkeypatch.delenv("TIDE_PRICE_PER_WORKER_HOUR", raising=False)
-    job = run_embedded(spec, slow_service, shards_in_flight=2, show_progress=False)
+    job = run_local(spec, slow_service, shards_in_flight=2)
     summary = json.loads((tmp_path / "out" / job.id / "summary.json").read_text())
     unpriced = next(line for line in format_report(summary).splitlines() if line.strip().startswith("cost"))
     assert "set TIDE_PRICE_PER_WORKER_HOUR" in unpriced and "= 0.0000" not in unpriced and "x 0/h" not in unpriced
@@ -91,7 +90,7 @@ def test_tide_report_rewrites_the_page_of_a_results_directory(tmp_path, slow_ser
 
     rows = [{"id": f"r{i}", "prompt": f"hello there {i}"} for i in range(6)]
     spec = JobSpec(input=str(write_jsonl(tmp_path / "in.jsonl", rows)), output=str(tmp_path / "out"), shard_rows=3)
-    job = run_embedded(spec, slow_service, shards_in_flight=2, show_progress=False)
+    job = run_local(spec, slow_service, shards_in_flight=2)
     prefix = tmp_path / "out" / job.id
     (prefix / "report.html").unlink()
     assert main(["report", str(prefix)]) == 0

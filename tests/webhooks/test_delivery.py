@@ -9,10 +9,10 @@ import fakeredis
 import pytest
 from standardwebhooks import Webhook
 
+from tests.helpers.pipeline import run_local
 from tests.helpers.receiver import SECRET
 from tests.helpers.rows import write_jsonl
 from tests.helpers.waiting import until
-from tide.jobs.embedded import run_embedded
 from tide.jobs.specs import JobSpec
 from tide.jobs.webhooks.courier import Courier, WebhookConfig, enqueue, parse_schedule, replay
 from tide.jobs.webhooks.delivery import WebhookRefused, check_url, parse_retry_after
@@ -177,7 +177,7 @@ def test_tide_run_delivers_its_webhook_in_process_before_returning(tmp_path, ser
     hook = receiver([500])
     path = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "one two"}])
     spec = JobSpec(input=str(path), output=str(tmp_path / "out"), webhook_url=hook.url)
-    job = run_embedded(spec, service, show_progress=False, webhooks=config())
+    job = run_local(spec, service, webhooks=config())
     assert len(hook.received) == 2
     payload = verify(*hook.received[1][:2])
     assert payload["type"] == "batch.completed"

@@ -58,7 +58,7 @@ def create_batch(body: BatchCreate, who: str = Depends(owner),
         first = exc.errors()[0]
         raise APIError(400, f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
                        ".".join(map(str, first["loc"])), "invalid_value") from exc
-    job = create_job(spec, svc.store, batch_id)
+    job = create_job(spec, svc.store, batch_id, svc.storage_config)
     record = BatchRecord(id=batch_id, owner=who, endpoint=body.endpoint, input_file_id=source.id,
                          completion_window=body.completion_window, metadata=body.metadata,
                          output_expires_after_s=body.output_expires_after.seconds if body.output_expires_after
@@ -71,7 +71,7 @@ def create_batch(body: BatchCreate, who: str = Depends(owner),
 def _model(source: FileRecord, svc: Services) -> str:
     """The model of a batch: the `model` its first line asks for, else the configured one."""
     try:
-        with resolve(source.uri).open_read() as f:
+        with resolve(source.uri, svc.storage_config).open_read() as f:
             line = f.readline(FIRST_LINE_BYTES)
         model = json.loads(line).get("body", {}).get("model")
     except (StorageError, ValueError, AttributeError):
@@ -140,7 +140,7 @@ def _int(value: float | None) -> int | None:
 
 def _register_outputs(svc: Services, record: BatchRecord, job: Job) -> BatchRecord:
     """File records for the output and error files the finalizer wrote (ids derived from the batch id)."""
-    prefix = resolve(job.output_prefix)
+    prefix = resolve(job.output_prefix, svc.storage_config)
     now = int(time.time())
     expires = None if record.output_expires_after_s is None else now + record.output_expires_after_s
     ids = {}

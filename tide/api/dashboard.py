@@ -49,7 +49,7 @@ def report(job_id: str, who: str = Depends(owner), svc: Services = Depends(servi
     job = svc.store.get_job(job_id)
     if job.summary_uri is None:
         raise not_found("report", job_id)
-    return HTMLResponse(render_report(json.loads(resolve(job.summary_uri).read_bytes())))
+    return HTMLResponse(render_report(json.loads(resolve(job.summary_uri, svc.storage_config).read_bytes())))
 
 
 def _jobs(svc: Services, who: str, now: float) -> list[dict]:
@@ -97,7 +97,7 @@ def _evals(svc: Services) -> list[dict]:
     rows = []
     for name, suite in sorted(suites.items()):
         try:
-            runs = History(suite.history, name).index()
+            runs = History(suite.history, name, svc.storage_config).index()
         except Exception as exc:
             rows.append({"suite": name, "model": suite.model, "error": str(exc)})
             continue

@@ -38,7 +38,7 @@ def owned_file(svc: Services, who: str, file_id: str) -> FileRecord:
 def delete_file(svc: Services, record: FileRecord) -> None:
     from tide.jobs.storage import resolve
 
-    resolve(record.uri).delete()
+    resolve(record.uri, svc.storage_config).delete()
     svc.catalog.delete_file(record)
 
 
@@ -96,7 +96,7 @@ def file_content(file_id: str, who: str = Depends(owner), svc: Services = Depend
     from tide.jobs.storage import resolve
 
     record = owned_file(svc, who, file_id)
-    reader = resolve(record.uri).open_read()
+    reader = resolve(record.uri, svc.storage_config).open_read()
 
     def chunks():
         with reader:

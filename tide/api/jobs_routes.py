@@ -15,6 +15,7 @@ from tide.api.files import owned_file
 from tide.api.services import Services, owner, services
 from tide.jobs.lifecycle import cancel_job, create_job, job_status, new_job_id
 from tide.jobs.results import iter_output_rows
+from tide.jobs.storage import resolve
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job
 
@@ -28,7 +29,7 @@ def submit(body: Annotated[dict[str, Any], Body(description="a JobSpec; `input` 
            who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
     spec = _spec(body, who, idempotency_key, svc)
     job_id = new_job_id()
-    job = create_job(spec, svc.store, job_id)
+    job = create_job(spec, svc.store, job_id, svc.storage_config)
     if job.id == job_id:  # a new job, not the idempotency key's earlier one
         svc.catalog.own(who, "jobs", job.id, job.created_at)
         svc.dispatcher.send_plan(job.id, spec.model)
@@ -73,7 +74,8 @@ def results(job_id: str, errors: bool = False, who: str = Depends(owner),
             svc: Services = Depends(services)) -> StreamingResponse:
     """Rows of the shards committed so far (all of them once the job has ended), as JSON lines."""
     job = svc.store.get_job(_owned(svc, who, job_id))
-    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in iter_output_rows(job.output_prefix, errors))
+    prefix = resolve(job.output_prefix, svc.storage_config)
+    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in iter_output_rows(prefix, errors))
     return StreamingResponse(lines, media_type="application/jsonl")
 
 

@@ -7,7 +7,7 @@ from fastapi import Request
 
 from tide.api.errors import APIError
 from tide.jobs.catalog.store import Catalog
-from tide.jobs.storage import Location, resolve
+from tide.jobs.storage import Location, StorageConfig, resolve
 from tide.jobs.store import RedisJobStore
 from tide.settings import Settings, hash_key
 
@@ -20,7 +20,8 @@ class Services:
     store: RedisJobStore
     dispatcher: object  # workers.dispatch.CeleryDispatcher
     catalog: Catalog
-    storage: Location
+    storage_config: StorageConfig  # every path or URI this process resolves goes through it
+    storage: Location  # the service's own files and default results
     key_hashes: frozenset[str]
 
     @classmethod
@@ -28,8 +29,10 @@ class Services:
         from tide.wiring import connect
 
         store, dispatcher = connect(settings.redis_url)
+        config = settings.storage_config()
         return cls(settings=settings, store=store, dispatcher=dispatcher, catalog=Catalog(store.redis),
-                   storage=resolve(settings.storage.rstrip("/")), key_hashes=settings.key_hashes())
+                   storage_config=config, storage=resolve(settings.storage.rstrip("/"), config),
+                   key_hashes=settings.key_hashes())
 
 
 def services(request: Request) -> Services:

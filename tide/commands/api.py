@@ -27,7 +27,6 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from tide.logs import uvicorn_log_config
 
     settings = settings.model_copy(update={"redis_url": args.redis_url, "storage": args.storage})
-    settings.export_storage_env()
     if not settings.api_keys:
         logger.warning("no API keys configured (TIDE_API_KEYS): every request will be refused with 401")
     app = create_app(Services.from_settings(settings))

@@ -36,12 +36,11 @@ def cmd_beat(args: argparse.Namespace) -> int:
     from tide.jobs.lifecycle import Finalizer
     from tide.jobs.webhooks.courier import Courier
     from tide.jobs.webhooks.outbox import RedisOutbox
-    from tide.wiring import connect
-    from tide.workers.reaper import ReaperThread
-    from tide.workers.scheduler import Scheduler
+    from tide.wiring import chat_template_of, connect
+    from tide.workers.eval_cron import EvalCron
 
     settings = get_settings()
-    settings.export_storage_env()
+    storage = settings.storage_config()
     logging.getLogger().setLevel(settings.log_level.upper())
     try:
         suites = load_suites(args.config) if args.config else {}
@@ -51,15 +50,16 @@ def cmd_beat(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     store, dispatcher = connect(args.redis_url)
     outbox = RedisOutbox(store.redis)
-    scheduler = Scheduler({n: s for n, s in suites.items() if s.schedule}, store.redis,
-                          QueuedExecutor(store, dispatcher, args.timeout), outbox,
-                          Courier(outbox, settings.webhook_config()), grace_s=args.grace, tick_s=args.tick,
-                          lock_ttl_s=args.lock_ttl)
+    scheduler = EvalCron({n: s for n, s in suites.items() if s.schedule}, store.redis,
+                         QueuedExecutor(store, dispatcher, storage, chat_template_of, args.timeout), storage, outbox,
+                         Courier(outbox, settings.webhook_config()), grace_s=args.grace, tick_s=args.tick,
+                         lock_ttl_s=args.lock_ttl)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    reaper = ReaperThread(Reaper(store, dispatcher, LeaseBook(store.redis, settings.lease_ttl_s),
-                                 Finalizer(store=store)), settings.reaper_interval_s).start()
+    finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=settings.price_per_worker_hour)
+    reaper = Reaper(store, dispatcher, LeaseBook(store.redis, settings.lease_ttl_s), finalizer).start(
+        settings.reaper_interval_s)
     print(f"{READY_LINE} ({len(scheduler.suites)} scheduled suites)", flush=True)
     try:
         scheduler.run(stop)

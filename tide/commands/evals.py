@@ -72,11 +72,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tide.jobs.evals.suites import get_suite
     from tide.jobs.webhooks.courier import Courier
 
+    settings = get_settings()
+    storage = settings.storage_config()
     suite = get_suite(_suites(args), args.suite)
-    check_suite(suite)
-    webhooks = get_settings().webhook_config()
+    check_suite(suite, storage)
+    webhooks = settings.webhook_config()
     if _queued(args):
-        record = _run_queued(args, suite, webhooks)
+        record = _run_queued(args, suite, webhooks, storage)
     else:
         from tide.jobs.evals.runner import EmbeddedExecutor, run_suite
         from tide.jobs.webhooks.outbox import MemoryOutbox
@@ -84,8 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         service = engine_service(suite.model, args.dtype)
         outbox = MemoryOutbox()
+        executor = EmbeddedExecutor(service, storage, settings.price_per_worker_hour,
+                                    service.engine.tokenizer.chat_template)
         try:
-            record = run_suite(args.suite, suite, EmbeddedExecutor(service), outbox)
+            record = run_suite(args.suite, suite, executor, storage, outbox)
         finally:
             service.close()
         Courier(outbox, webhooks).drain()
@@ -95,15 +99,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if record.status == "passed" else 1
 
 
-def _run_queued(args: argparse.Namespace, suite, webhooks):
+def _run_queued(args: argparse.Namespace, suite, webhooks, storage):
     from tide.jobs.evals.runner import QueuedExecutor, run_suite
     from tide.jobs.webhooks.courier import Courier
     from tide.jobs.webhooks.outbox import RedisOutbox
-    from tide.wiring import connect
+    from tide.wiring import chat_template_of, connect
 
     store, dispatcher = connect(args.redis_url)
     outbox = RedisOutbox(store.redis)
-    record = run_suite(args.suite, suite, QueuedExecutor(store, dispatcher, args.timeout), outbox)
+    executor = QueuedExecutor(store, dispatcher, storage, chat_template_of, args.timeout)
+    record = run_suite(args.suite, suite, executor, storage, outbox)
     Courier(outbox, webhooks).pump()  # the first attempt now; `tide beat` makes any retries
     return record
 
@@ -132,7 +137,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from tide.jobs.evals.suites import get_suite
 
     suite = get_suite(_suites(args), args.suite)
-    runs = History(suite.history, args.suite).index()[-args.limit:]
+    runs = History(suite.history, args.suite, get_settings().storage_config()).index()[-args.limit:]
     if args.json:
         print(json.dumps(runs))
         return 0

@@ -28,7 +28,7 @@ def add_parser(sub, settings: Settings) -> None:
     p.add_argument("--errors", action="store_true", help="print the error rows instead")
     p.add_argument("--limit", type=int, default=None)
     add_redis_option(p, settings)
-    p.set_defaults(handler=cmd_results)
+    p.set_defaults(handler=lambda args: cmd_results(args, settings))
 
 
 def _add_submit(sub, settings: Settings) -> None:
@@ -42,16 +42,16 @@ def _add_submit(sub, settings: Settings) -> None:
     p.add_argument("--idempotency-key", default=None)
     p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     add_redis_option(p, settings)
-    p.set_defaults(handler=cmd_submit)
+    p.set_defaults(handler=lambda args: cmd_submit(args, settings))
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.lifecycle import submit_job
 
     metadata = dict(_key_value(item) for item in args.metadata)
     spec = spec_from_args(args, args.output, priority=args.priority, metadata=metadata, webhook_url=args.webhook,
                           completion_window=args.completion_window, idempotency_key=args.idempotency_key)
     store, dispatcher = connect(args.redis_url)
-    job = submit_job(spec, store, dispatcher)
+    job = submit_job(spec, store, dispatcher, settings.storage_config())
     if job.error:
         raise UsageError(f"job {job.id} failed: {job.error}")
     print(job.id)
@@ -103,12 +103,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_results(args: argparse.Namespace) -> int:
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.results import iter_output_rows
+    from tide.jobs.storage import resolve
     from tide.jobs.store import RedisJobStore
 
     job = RedisJobStore.from_url(args.redis_url).get_job(args.job_id)
-    for i, row in enumerate(iter_output_rows(job.output_prefix, errors=args.errors)):
+    prefix = resolve(job.output_prefix, settings.storage_config())
+    for i, row in enumerate(iter_output_rows(prefix, errors=args.errors)):
         if args.limit is not None and i >= args.limit:
             break
         print(json.dumps(row, ensure_ascii=False))

@@ -18,17 +18,18 @@ def add_parser(sub, settings: Settings) -> None:
     p.add_argument("job", help="job id, or a local results directory or summary.json")
     p.add_argument("--open", action="store_true", help="open the report in a browser (local reports)")
     add_redis_option(p, settings)
-    p.set_defaults(handler=cmd_report)
+    p.set_defaults(handler=lambda args: cmd_report(args, settings))
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.report.html import write_report
     from tide.jobs.storage import resolve
 
+    storage = settings.storage_config()
     summary_uri = _summary_uri(args.job, args.redis_url)
-    summary_location = resolve(summary_uri)
+    summary_location = resolve(summary_uri, storage)
     summary = json.loads(summary_location.read_bytes())
-    prefix = resolve(summary_uri.rsplit("/", 1)[0])
+    prefix = resolve(summary_uri.rsplit("/", 1)[0], storage)
     report = write_report(prefix, summary)
     print(report.uri)
     if args.open:

@@ -38,13 +38,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     args.sampling = {**defaults, **args.sampling}
     spec = spec_from_args(args, os.path.abspath(args.output), webhook_url=args.webhook)
     service = engine_service(spec.model, args.dtype, quantization=args.quantization, **speculative_config(args))
+    storage = settings.storage_config()
     try:
-        job = run_embedded(spec, service, args.shards_in_flight, show_progress=not args.no_progress,
-                           webhooks=settings.webhook_config())
+        job = run_embedded(spec, service, storage=storage, webhooks=settings.webhook_config(),
+                           price_per_worker_hour=settings.price_per_worker_hour,
+                           shards_in_flight=args.shards_in_flight, show_progress=not args.no_progress)
     finally:
         service.close()
     if job.summary_uri is None:
         raise UsageError(f"job {job.status.value}: {job.error}")
-    print(format_report(json.loads(resolve(job.summary_uri).read_bytes())))
+    print(format_report(json.loads(resolve(job.summary_uri, storage).read_bytes())))
     print(f"results: {job.output_prefix}")
     return 0

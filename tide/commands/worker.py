@@ -9,7 +9,7 @@ from tide.options import add_engine_options, add_redis_option, speculative_confi
 from tide.settings import Settings
 from tide.wiring import connect, engine_service
 
-EXIT_ON_ID_HOOK = "TIDE_TEST_EXIT_ON_ID"  # test hook, not a setting: exit the process when this row's turn comes
+EXIT_ON_PROMPT_HOOK = "TIDE_TEST_EXIT_ON_PROMPT"  # test hook, not a setting: exit when this prompt's turn comes
 POISON_EXIT_STATUS = 70
 
 
@@ -41,13 +41,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.leases.keeper import LeaseKeeper
     from tide.jobs.leases.reaper import Reaper
     from tide.jobs.lifecycle import Finalizer
-    from tide.jobs.shard_runner import ShardContext
+    from tide.jobs.shards.context import ShardContext
     from tide.jobs.specs import queue_for
-    from tide.workers.reaper import ReaperThread
     from tide.workers.registry import Heartbeat
     from tide.workers.tasks import register_tasks
 
-    settings.export_storage_env()
+    storage = settings.storage_config()
     store, dispatcher = connect(args.redis_url)
     served = args.served_name or args.model
     name = f"{queue_for(served)}-{os.getpid()}@{socket.gethostname()}"
@@ -62,13 +61,14 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
                              **speculative_config(args))
     leases = LeaseBook(store.redis, settings.lease_ttl_s)
     keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
-    finalizer = Finalizer(store=store, webhook_secret=settings.webhook_secret)
-    context = ShardContext(store=store, dispatcher=dispatcher, service=service, worker=name,
-                           max_attempts=args.max_attempts, leases=leases, keeper=keeper,
-                           before_submit=_exit_on_id(os.environ.get(EXIT_ON_ID_HOOK)))
+    finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=settings.price_per_worker_hour)
+    poison = os.environ.get(EXIT_ON_PROMPT_HOOK)
+    context = ShardContext(store=store, dispatcher=dispatcher, storage=storage, worker=name,
+                           service=_ExitOnPrompt(service, poison) if poison else service,
+                           max_attempts=args.max_attempts, leases=leases, keeper=keeper)
     register_tasks(dispatcher.app, context, finalizer)
     heartbeat = Heartbeat(store.redis, name, served, args.concurrency, service.figures).start()
-    reaper = ReaperThread(Reaper(store, dispatcher, leases, finalizer), settings.reaper_interval_s).start()
+    reaper = Reaper(store, dispatcher, leases, finalizer).start(settings.reaper_interval_s)
     try:
         dispatcher.app.worker_main(["worker", "--pool=threads", f"--concurrency={args.concurrency}",
                                     "-Q", queue_for(served), "-n", name, f"--loglevel={args.loglevel}",
@@ -82,13 +82,23 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _exit_on_id(custom_id: str | None):
-    """The poison-row fault test's hook: the worker process dies the moment it would run this row."""
-    if not custom_id:
-        return None
+class _ExitOnPrompt:
+    """The poison-row fault test's hook around the engine service: the worker process dies the moment a row with
+    this prompt would enter its engine."""
 
-    def check(row) -> None:
-        if row.custom_id == custom_id:
+    def __init__(self, service, prompt: str) -> None:
+        self.service, self.prompt = service, prompt
+
+    def submit(self, request_id: str, prompt, params, priority: int, sink) -> None:
+        if prompt == self.prompt:
             os._exit(POISON_EXIT_STATUS)
+        self.service.submit(request_id, prompt, params, priority, sink)
 
-    return check
+    def abort(self, request_id: str) -> None:
+        self.service.abort(request_id)
+
+    def figures(self):
+        return self.service.figures()
+
+    def load(self):
+        return self.service.load()

@@ -1,5 +1,5 @@
-"""The scheduler behind `tide beat`: fires eval runs on their cron slots while it holds the Redis lock, and runs
-the webhook courier over the Redis outbox.
+"""The eval cron behind `tide beat`: fires eval runs on their cron slots while it holds the Redis lock, and runs the
+webhook courier over the Redis outbox. (The engine's batch scheduler is another thing: engine/scheduler.py.)
 
 Exactly one run per (suite, slot): only the lock holder fires, and every firing first claims its slot key in Redis,
 so a second scheduler, a restart or a lost lock can never run the same slot twice.
@@ -15,17 +15,19 @@ from concurrent.futures import ThreadPoolExecutor
 from tide.jobs.evals.runner import Executor, run_suite
 from tide.jobs.evals.schedule import RedisLock, SlotClaims, SlotPicker, recent_slots, scheduled_run_id
 from tide.jobs.evals.suites import Suite
+from tide.jobs.storage import StorageConfig
 from tide.jobs.webhooks.courier import Courier
 from tide.jobs.webhooks.outbox import Outbox
 
 logger = logging.getLogger("tide.beat")
 
 
-class Scheduler:
-    def __init__(self, suites: dict[str, Suite], client, executor: Executor, outbox: Outbox, courier: Courier,
-                 grace_s: float = 3600.0, tick_s: float = 1.0, lock_ttl_s: float = 15.0, max_runs: int = 4,
-                 clock: Callable[[], float] = time.time) -> None:
+class EvalCron:
+    def __init__(self, suites: dict[str, Suite], client, executor: Executor, storage: StorageConfig, outbox: Outbox,
+                 courier: Courier, grace_s: float = 3600.0, tick_s: float = 1.0, lock_ttl_s: float = 15.0,
+                 max_runs: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.suites, self.redis, self.executor, self.outbox, self.courier = suites, client, executor, outbox, courier
+        self.storage = storage
         self.picker = SlotPicker(suites, grace_s)
         self.lock = RedisLock(client, lock_ttl_s)
         self.claims = SlotClaims(client, lease_s=3 * lock_ttl_s)
@@ -92,8 +94,8 @@ class Scheduler:
     def _run(self, name: str, slot: float, run_id: str) -> None:
         logger.info("eval %s: run %s starts", name, run_id)
         try:
-            record = run_suite(name, self.suites[name], self.executor, self.outbox, scheduled_for=slot,
-                               run_id=run_id, clock=self.clock)
+            record = run_suite(name, self.suites[name], self.executor, self.storage, self.outbox,
+                               scheduled_for=slot, run_id=run_id, clock=self.clock)
         except Exception as exc:  # a broken dataset or storage: logged, and the slot counts as done
             logger.error("eval %s: run %s failed: %s", name, run_id, exc)
         else:
