@@ -1,4 +1,6 @@
-"""Tide's job side: specs, readers, sharding, Parquet writers, storage, job state, webhooks and the CLI.
+"""Tide's job side: specs, rows, readers, planning, shards, storage, job state, leases, reports, evals and webhooks.
 
-Nothing here imports torch: the engine is reached only through `tide.workers.engine_service`.
+Nothing here imports torch. From the engine it takes only the request and output vocabulary (sampling parameters,
+guided-decoding parameters, request outputs); the engine itself is reached through the `EngineClient` seam
+(`jobs/engine_client.py`), which `tide.workers.engine_service.EngineService` implements.
 """

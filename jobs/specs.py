@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tide.engine.sampling_params import SamplingParams
 from tide.jobs import keys
+from tide.jobs.webhooks.delivery import http_url
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -83,9 +84,7 @@ class JobSpec(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _webhook_http(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"webhook_url must be an http(s) URL, got {value!r}")
-        return value
+        return http_url("webhook_url", value)
 
 
 class ShardPlan(BaseModel):

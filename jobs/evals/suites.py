@@ -25,6 +25,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tide.engine.sampling_params import SamplingParams
+from tide.jobs.webhooks.delivery import http_url
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -73,9 +74,7 @@ class Suite(BaseModel):
     @field_validator("webhook")
     @classmethod
     def _webhook(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"webhook must be an http(s) URL, got {value!r}")
-        return value
+        return http_url("webhook", value)
 
 
 def parse_suites(text: str, source: str = "suites file") -> dict[str, Suite]:

@@ -37,6 +37,13 @@ class AttemptResult:
     retry_after_s: float | None = None
 
 
+def http_url(field: str, value: str | None) -> str | None:
+    """A webhook URL as a spec gives it: http(s) or absent (its address is checked at delivery, by `check_url`)."""
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"{field} must be an http(s) URL, got {value!r}")
+    return value
+
+
 def check_url(url: str, allow_private: bool) -> None:
     """Raise `WebhookRefused` unless `url` is http(s) and every address its host resolves to is public."""
     parts = urlsplit(url)

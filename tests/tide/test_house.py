@@ -1,9 +1,11 @@
 """The house's rules, checked on the source: imports run one way down the floors, no module is part of an import
-circle (imports inside functions count), benchmarks live only in benchmarks/, and docs/ARCHITECTURE.md maps every
-module."""
+circle (imports inside functions count), jobs/ and workers/ take only the engine's plain-data vocabulary, benchmarks
+live only in benchmarks/, and docs/ARCHITECTURE.md maps every module."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from tests.helpers.paths import REPO
 FOLDERS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 # A floor may import its own and lower floors only; `tide` (entry points) composes everything below.
 FLOORS = {"tide.kernels": 1, "tide.engine": 2, "tide.jobs": 3, "tide.workers": 4, "tide.benchmarks": 5, "tide": 6}
+# All that jobs/ and workers/ take from the engine: its request and output vocabulary, plain data without torch.
+ENGINE_VOCABULARY = {"tide.engine.sampling_params", "tide.engine.decoding.guided_params", "tide.engine.outputs"}
 
 
 def modules() -> dict[str, Path]:
@@ -96,6 +100,16 @@ def test_no_import_circles():
 def test_imports_run_down_the_floors():
     upward = [f"{a} imports {b}" for a, targets in graph().items() for b in targets if floor(b) > floor(a)]
     assert upward == []
+
+
+def test_jobs_and_workers_take_only_the_engines_vocabulary():
+    edges = graph()
+    beyond = [f"{a} imports {b}" for a, targets in edges.items() if a.startswith(("tide.jobs", "tide.workers"))
+              for b in targets if floor(b) == FLOORS["tide.engine"] and b not in ENGINE_VOCABULARY]
+    assert beyond == []
+    below = sorted(m for m in edges if m.startswith(("tide.jobs", "tide.workers")))
+    probe = f"import importlib, sys; [importlib.import_module(m) for m in {below!r}]; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_benchmarks_live_in_their_own_room():
