@@ -7,21 +7,21 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
-from collections.abc import Callable
 from typing import Any, Protocol
 
+from tide.jobs.engine_client import EngineClient
 from tide.jobs.evals.dataset import Item, read_items
 from tide.jobs.evals.history import History, ResultRow, RunRecord, diff
 from tide.jobs.evals.scorers import ScorerError, apply, get_scorer
-from tide.jobs.engine_client import EngineClient
 from tide.jobs.evals.suites import Suite
 from tide.jobs.results import iter_output_rows
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job, JobStatus
 from tide.jobs.storage import Location, StorageConfig, StorageError, resolve
-from tide.jobs.webhooks.courier import enqueue
+from tide.jobs.webhooks.courier import WebhookConfig, enqueue
 from tide.jobs.webhooks.events import EVAL_COMPLETED, EVAL_REGRESSED
 from tide.jobs.webhooks.outbox import Outbox
 
@@ -166,7 +166,6 @@ class EmbeddedExecutor:
 
     def execute(self, spec: JobSpec) -> Job:
         from tide.jobs.embedded import run_embedded
-        from tide.jobs.webhooks.courier import WebhookConfig
 
         # An eval's job carries no webhook of its own (the run's event goes through run_suite's outbox).
         return run_embedded(spec, self.service, storage=self.storage, webhooks=WebhookConfig(),

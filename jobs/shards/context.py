@@ -27,6 +27,8 @@ class ClaimContext:
     clock: Callable[[], float] = time.time
     leases: LeaseBook | None = None  # None for `tide run`: one process, nothing to take over
     keeper: LeaseKeeper | None = None  # renews this process's leases
+    max_attempts: int = 3  # runs of one shard before it fails
+    retry_delay_s: float = 5.0  # before a failed attempt's shard is sent again
 
 
 @dataclass(kw_only=True)
@@ -34,8 +36,6 @@ class ShardContext(ClaimContext):
     """Running shards on this process's engine as well."""
 
     service: EngineClient
-    max_attempts: int = 3
     poll_s: float = 1.0  # how often progress is published and cancellation and expiry are checked
-    retry_delay_s: float = 5.0
     order: Callable[[list[PromptRow]], list[PromptRow]] = group_by_prefix  # the order rows enter the engine in
     gate: EngineGate = field(default_factory=EngineGate)  # one per process, like the engine

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from tide.jobs.dispatch import ShardRetry
 from tide.jobs.leases.book import Lease
@@ -38,7 +39,7 @@ def run_shard(task: ShardTask, ctx: ShardContext) -> ShardStatus | None:
     try:
         return _attempt(ctx, task, shard, lease, lost)
     except Exception as exc:
-        return _failed(ctx, task, shard, lease, exc)
+        return _failed(ctx, task, shard, lease, exc, ctx.service.figures)
     finally:
         release(ctx, lease)
 
@@ -56,6 +57,8 @@ def expire_shard(task: ShardTask, ctx: ClaimContext) -> ShardStatus | None:
         rows, errors = read_shard_rows(task, ctx.storage)
         outcome = expire(Outcome(status=ShardStatus.EXPIRED, errors=errors), rows)
         return commit(ctx, task, outcome, lease, threading.Event(), EngineFigures)
+    except Exception as exc:
+        return _failed(ctx, task, shard, lease, exc, EngineFigures)
     finally:
         release(ctx, lease)
 
@@ -81,7 +84,10 @@ def _attempt(ctx: ShardContext, task: ShardTask, shard: ShardState, lease: Lease
     return commit(ctx, task, outcome, lease, lost, ctx.service.figures)
 
 
-def _failed(ctx: ShardContext, task: ShardTask, shard: ShardState, lease: Lease, exc: Exception) -> ShardStatus | None:
+def _failed(ctx: ClaimContext, task: ShardTask, shard: ShardState, lease: Lease, exc: Exception,
+            figures: Callable[[], EngineFigures]) -> ShardStatus | None:
+    """An attempt that raised: sent again while attempts are left (or ShardRetry without a lease book), else the
+    shard fails with the reason."""
     job_id, index = task.job_id, task.shard.index
     if shard.runs < ctx.max_attempts:
         logger.warning("shard %s/%d attempt %d failed: %s; retrying", job_id, index, lease.token, exc)
@@ -93,4 +99,4 @@ def _failed(ctx: ShardContext, task: ShardTask, shard: ShardState, lease: Lease,
         return None
     logger.exception("shard %s/%d failed on its last attempt", job_id, index)
     failed = Outcome(status=ShardStatus.FAILED, progress=ShardProgress(failed=task.shard.num_rows))
-    return finish(ctx, task, failed, lease.token, ctx.service.figures, error=f"{type(exc).__name__}: {exc}")
+    return finish(ctx, task, failed, lease.token, figures, error=f"{type(exc).__name__}: {exc}")

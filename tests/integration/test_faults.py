@@ -210,7 +210,8 @@ def test_a_poison_row_fails_alone_after_killing_workers(services, pool):
     store = RedisJobStore.from_url(services.redis_url)
     deaths = len(pool.deaths)
     started = time.monotonic()
-    job_rows = [{**row, "prompt": pool.poison_prompt} if row["id"] == "poison-5" else row for row in rows("poison-", 16)]
+    job_rows = [{**row, "prompt": pool.poison_prompt} if row["id"] == "poison-5" else row
+                for row in rows("poison-", 16)]
     job_id = pool.submit("poison", job_rows, "--shard-rows", "8", "--max-tokens", "8")
     waited = tide(services.env, "wait", job_id, "--timeout", "180")
     assert waited.returncode == 0, waited.stdout + waited.stderr
