@@ -18,7 +18,7 @@ logger = logging.getLogger("tide.leases")
 
 class LeaseKeeper:
     def __init__(self, book: LeaseBook, renew_s: float = 5.0, clock: Callable[[], float] = time.time) -> None:
-        self.book, self.renew_s, self.clock = book, renew_s, clock
+        self.book, self.clock = book, clock
         self._held: dict[Lease, threading.Event] = {}
         self._lock = threading.Lock()
         # Redis away for a moment: the next round tries again; a lease that lapses meanwhile is fenced.

@@ -44,6 +44,7 @@ def _add_submit(sub, settings: Settings) -> None:
     add_redis_option(p, settings)
     p.set_defaults(handler=lambda args: cmd_submit(args, settings))
 
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.lifecycle import submit_job
 
