@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers.api import KEY
-from tide.jobs.state import EngineFigures
 from tide.jobs import keys
+from tide.jobs.state import EngineFigures
 from tide.workers.registry import WorkerInfo
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
