@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 from tide.jobs.rows import ErrorRow
 from tide.jobs.storage import Location
 
-_LOGPROB = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
+# A token as logprobs show it: its id, its text (bytes that end inside a character are shown escaped) and its bytes.
+_TOKEN = [("token_id", pa.int32()), ("logprob", pa.float32()), ("token", pa.string()), ("bytes", pa.list_(pa.uint8()))]
 RESULT_SCHEMA = pa.schema([
     ("custom_id", pa.string()),
     ("row_index", pa.int64()),
@@ -26,8 +27,10 @@ RESULT_SCHEMA = pa.schema([
     ("ttft_s", pa.float64()),
     ("latency_s", pa.float64()),
     ("tpot_s", pa.float64()),
-    ("logprobs", pa.list_(pa.struct([("token_id", pa.int32()), ("logprob", pa.float32()),
-                                     ("top", pa.list_(_LOGPROB))]))),
+    ("logprobs", pa.list_(pa.struct([*_TOKEN, ("top", pa.list_(pa.struct(_TOKEN)))]))),
+    ("finished_at", pa.float64()),  # unix time the request finished
+    ("system_fingerprint", pa.string()),  # the engine that ran it: model, dtype, quantization, Tide version
+    ("echo", pa.string()),  # request fields an OpenAI response carries back (JSON), for /v1/responses lines
 ])
 ERROR_SCHEMA = pa.schema([
     ("line", pa.int64()),
@@ -53,6 +56,9 @@ class ResultRow:
     latency_s: float | None
     tpot_s: float | None
     logprobs: list[dict] | None
+    finished_at: float | None = None
+    system_fingerprint: str | None = None
+    echo: str | None = None
 
 
 def part_name(shard: int) -> str:

@@ -10,6 +10,7 @@ import queue
 import threading
 
 from tide.jobs.state import EngineFigures, EngineLoad
+from tide.workers.token_bytes import TokenBytes
 
 logger = logging.getLogger("tide.worker")
 
@@ -19,8 +20,10 @@ class EngineFailed(RuntimeError):
 
 
 class EngineService:
-    def __init__(self, engine, idle_wait_s: float = 0.2) -> None:
+    def __init__(self, engine, idle_wait_s: float = 0.2, fingerprint: str | None = None) -> None:
         self.engine = engine
+        self._fingerprint = fingerprint  # OpenAI's system_fingerprint, from whoever built the engine
+        self._token_bytes: TokenBytes | None = None
         self._idle_wait_s = idle_wait_s
         self._sinks: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
@@ -62,6 +65,17 @@ class EngineService:
         return EngineLoad(engine_steps=stats.num_steps, preemptions=stats.preemptions,
                           occupancy_sum=stats.mean_batch_occupancy * stats.num_steps,
                           kv_cache_usage=1.0 - blocks.num_free_blocks / blocks.num_blocks)
+
+    def token_bytes(self, token_ids: list[int]) -> list[bytes]:
+        """Each token's bytes, read from the engine's tokenizer (each id once per process)."""
+        with self._lock:
+            if self._token_bytes is None:
+                self._token_bytes = TokenBytes(self.engine.tokenizer)
+            pieces = self._token_bytes
+        return pieces(token_ids)
+
+    def fingerprint(self) -> str | None:
+        return self._fingerprint
 
     def close(self) -> None:
         self._stop.set()

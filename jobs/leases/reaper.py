@@ -47,6 +47,7 @@ class Reaper:
     def __init__(self, store: JobStore, dispatcher: Dispatcher, book: LeaseBook, finalizer: Finalizer,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.dispatcher, self.book, self.clock = store, dispatcher, book, clock
+        self.finalizer = finalizer
         self.context = ClaimContext(store=store, dispatcher=_FinalizeHere(dispatcher, finalizer),
                                     storage=finalizer.storage, worker=f"reaper-{os.getpid()}@{socket.gethostname()}",
                                     clock=clock, leases=book)
@@ -94,7 +95,8 @@ class Reaper:
 
     def _expire(self, job_id: str, now: float) -> None:
         """Past its deadline: every shard no live worker holds becomes `expired`, its unfinished rows
-        `batch_expired` error rows (finished parts are kept); the last one finalizes the job."""
+        `batch_expired` error rows (finished parts are kept); the last one finalizes the job. A job no worker has
+        planned (none serves its model) is finalized here as `expired`."""
         try:
             job = self.store.get_job(job_id)
         except JobNotFound:
@@ -103,7 +105,12 @@ class Reaper:
         if job.status.terminal:
             self.book.drop_deadline(job_id)
             return
-        if job.status != JobStatus.IN_PROGRESS or job.expires_at > now:
+        if job.expires_at > now:
+            return
+        if job.status == JobStatus.VALIDATING:
+            finalize_job(job_id, self.finalizer)
+            return
+        if job.status != JobStatus.IN_PROGRESS:
             return  # a cancel or a finalization in flight ends it
         for shard in self.store.get_shards(job_id):
             if shard.status.terminal or (shard.status == ShardStatus.RUNNING and shard.attempt is not None

@@ -60,7 +60,7 @@ def _collect(ctx: ShardContext, task: ShardTask, sink: queue.Queue, by_id: dict[
             raise output
         if output is not None:
             waiting.discard(output.request_id)
-            record(outcome, by_id[output.request_id], output)
+            record(outcome, by_id[output.request_id], output, ctx.service, ctx.clock())
         if ctx.clock() >= next_poll:
             next_poll = ctx.clock() + ctx.poll_s
             _poll(ctx, task, outcome, waiting, lost)
