@@ -98,7 +98,7 @@ def start_job(job: Job, store: JobStore, dispatcher: Dispatcher, storage: Storag
         return _fail(job.id, store, clock, outbox, error=str(exc))
     if plan.refused:
         return _fail(job.id, store, clock, outbox, errors=_file_errors(plan, job.spec))
-    return _fan_out(job, plan, store, dispatcher, clock)
+    return fan_out(job, plan, store, dispatcher, clock)
 
 
 def plan_created(job_id: str, store: JobStore, dispatcher: Dispatcher, storage: StorageConfig,
@@ -144,7 +144,10 @@ def _fail(job_id: str, store: JobStore, clock: Callable[[], float], outbox: Outb
     return job
 
 
-def _fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float]) -> Job:
+def fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher,
+            clock: Callable[[], float] = time.time) -> Job:
+    """Record a planned job's shards, move it to `in_progress` and enqueue one task per shard (the second half of
+    `start_job`, apart so that the control-plane benchmark can time planning and dispatch each)."""
     # Cancelled (or expired by the reaper) while validating: its shards are cancelled and nothing is sent.
     stopped = store.get_job(job.id).status != JobStatus.VALIDATING
     initial = ShardStatus.CANCELLED if stopped else ShardStatus.PENDING
