@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tide.key_policies import HASH_PREFIX, KeyPolicy, hash_key, policies_by_owner
+from tide.key_policies import HASH_PREFIX, KeyPolicy, hash_key, owner_of, policies_by_owner, policy_for
 
 if TYPE_CHECKING:
     from tide.jobs.redaction import Redactor
@@ -109,7 +109,11 @@ class Settings(BaseSettings):
         from tide.jobs.webhooks.courier import WebhookConfig
         from tide.jobs.webhooks.signing import split_secrets
 
-        key_secrets = {owner: split_secrets(policy.webhook_secret) for owner, policy in self.key_policies().items()
+        # Each configured key's owner takes its policy's secret, its own or the '*' entry's, as its events go to
+        # that same policy's endpoints.
+        by_owner = self.key_policies()
+        policies = {owner: policy_for(owner, by_owner) for owner in map(owner_of, self.api_keys)}
+        key_secrets = {owner: split_secrets(policy.webhook_secret) for owner, policy in policies.items()
                        if policy.webhook_secret}
         return WebhookConfig(secrets=split_secrets(self.webhook_secret), key_secrets=key_secrets,
                              schedule=self.webhook_retry_schedule, allow_private=self.webhook_allow_private,
