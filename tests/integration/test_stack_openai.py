@@ -1,8 +1,9 @@
 """The service path as a newcomer takes it: `tide stack up --s3` (real redis-server, S3 endpoint, API and worker
 processes), then the official `openai` client, unchanged, through the whole Batch flow: chat, completions with
 logprobs and responses batches whose every output line validates against the client's own types, an OpenAI model
-name mapped by an alias, an unserved one refused at once, an invalid file failed at validation, and the key's batch
-webhook in OpenAI's shape; `tide stack down` leaves nothing."""
+name mapped by an alias, an unserved one refused at once (or, through a second API opted in to
+TIDE_ACCEPT_UNSERVED, expired on its window and cancelled at once), an invalid file failed at validation, and the
+key's batch webhooks in OpenAI's shape; `tide stack down` leaves nothing."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from tests.helpers.openai_types import strictly
 from tests.helpers.receiver import SECRET, Receiver
 from tests.helpers.services import tide
 from tests.helpers.stack import running_stack
-from tide.workers.processes import free_port
+from tide.workers.processes import free_port, start_api, stop
 
 SERVED = "tiny-llama"
 OPENAI_NAME = "gpt-4o-mini"  # what the unchanged pipeline's lines say; an alias maps it to SERVED
@@ -44,11 +45,24 @@ def stack(tmp_path_factory, tiny_model_dir, hook):
     policies = {KEY: {"webhooks": [hook.url], "webhook_secret": SECRET}}
     env = {**os.environ, "TIDE_API_KEYS": f"{KEY},{OTHER_KEY}", "TIDE_SHARD_ROWS": "8",
            "TIDE_MODEL_ALIASES": f"{OPENAI_NAME}={SERVED}", "TIDE_API_KEY_POLICIES": json.dumps(policies),
-           "TIDE_WEBHOOK_ALLOW_PRIVATE": "true"}
+           "TIDE_WEBHOOK_ALLOW_PRIVATE": "true", "TIDE_REAPER_INTERVAL_S": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("AWS_") and k != "TIDE_ACCEPT_UNSERVED"}
     with running_stack(tmp_path_factory.mktemp("stack"), env, tiny_model_dir("llama"), SERVED, "--s3", "--s3-port",
                        str(free_port())) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def waiting_client(stack, tmp_path_factory) -> openai.OpenAI:
+    """The client of a second real API on the stack's Redis and storage, opted in to TIDE_ACCEPT_UNSERVED."""
+    env = {**stack.env, **{k: v for k, v in stack.exports.items() if k != "TIDE_API_URL"},
+           "TIDE_ACCEPT_UNSERVED": "true"}
+    port = free_port()
+    process = start_api(env, port, tmp_path_factory.mktemp("waiting-api") / "api.log")
+    try:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    finally:
+        stop(process)
 
 
 def _alive(pid: int) -> bool:
@@ -209,6 +223,33 @@ def test_a_batch_naming_an_unserved_model_is_refused_at_create_in_under_a_second
     assert SERVED in refused.value.message
     with pytest.raises(openai.BadRequestError, match="embeddings"):
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+
+
+def test_opted_in_an_unserved_batch_waits_then_expires_on_its_window_or_cancels_at_once(waiting_client, hook,
+                                                                                       tmp_path):
+    lines = _openai_lines("/v1/chat/completions", 2)
+    for line in lines:
+        line["body"]["model"] = "gpt-4.1"
+    uploaded = _upload(waiting_client, tmp_path, lines)
+    expiring = waiting_client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                             completion_window="3s")  # Tide takes any duration; OpenAI only 24h
+    waiting = waiting_client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+    assert expiring.status == waiting.status == "validating" and expiring.model == "gpt-4.1"
+    started = time.monotonic()
+    cancelled = waiting_client.batches.cancel(waiting.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None  # no worker would ever end it
+    assert time.monotonic() - started < 1.0
+    expired = _wait(waiting_client, expiring.id, timeout_s=30)
+    assert expired.status == "expired" and expired.errors is None
+    assert 3 <= expired.expired_at - expired.created_at <= 3 + 1 + 3  # its window, a reaper interval, a margin
+    assert expired.request_counts.completed == 0
+    assert _jsonl(waiting_client, expired.output_file_id) == []
+    deadline, ids = time.monotonic() + 30, {expiring.id, waiting.id}
+    while len(mine := {e["data"]["id"]: e["type"] for e in _events(hook) if e["data"]["id"] in ids}) < 2:
+        assert time.monotonic() < deadline, mine
+        time.sleep(0.2)
+    assert mine == {expiring.id: "batch.expired", waiting.id: "batch.cancelled"}
 
 
 def test_finished_shards_are_readable_while_running_and_cancel_keeps_them(client, stack, tmp_path):
