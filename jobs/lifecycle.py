@@ -232,7 +232,7 @@ def finalize_job(job_id: str, finalizer: Finalizer) -> Job:
     """Write summary.json, move the job to its terminal status, and send the webhook. Safe to call twice: only the
     call that ends the job sends its events.
 
-    A job still validating is finalized only at its deadline (by the reaper): it becomes `expired`.
+    A job never planned ends here when cancelled, or at its deadline as `expired` (the reaper's `expire_unplanned`).
     """
     store, clock = finalizer.store, finalizer.clock
     job = store.get_job(job_id)

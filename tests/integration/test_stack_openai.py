@@ -243,8 +243,12 @@ def test_opted_in_an_unserved_batch_waits_then_expires_on_its_window_or_cancels_
     expired = _wait(waiting_client, expiring.id, timeout_s=30)
     assert expired.status == "expired" and expired.errors is None
     assert 3 <= expired.expired_at - expired.created_at <= 3 + 1 + 3  # its window, a reaper interval, a margin
-    assert expired.request_counts.completed == 0
+    counts = expired.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (2, 0, 2)
     assert _jsonl(waiting_client, expired.output_file_id) == []
+    errors = _jsonl(waiting_client, expired.error_file_id)  # each request listed once, as OpenAI lists them
+    assert sorted((e["custom_id"], e["error"]["code"], e["response"]) for e in errors) == [
+        (line["custom_id"], "batch_expired", None) for line in lines]
     deadline, ids = time.monotonic() + 30, {expiring.id, waiting.id}
     while len(mine := {e["data"]["id"]: e["type"] for e in _events(hook) if e["data"]["id"] in ids}) < 2:
         assert time.monotonic() < deadline, mine

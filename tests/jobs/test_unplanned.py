@@ -10,7 +10,7 @@ import fakeredis
 
 from tests.helpers.dispatch import Recorder
 from tests.helpers.pipeline import LOCAL
-from tests.helpers.rows import write_jsonl
+from tests.helpers.rows import read_parts, write_jsonl
 from tide.jobs.leases.book import LeaseBook
 from tide.jobs.leases.reaper import Reaper
 from tide.jobs.lifecycle import Finalizer, cancel_job, create_job, finalize_job, plan_created, submit_job
@@ -74,6 +74,21 @@ def test_the_reaper_expires_an_unplanned_batch_on_its_window(tmp_path):
     assert expired.status == JobStatus.EXPIRED and expired.expired_at == clock.now
     assert plan_created(job.id, store, dispatcher, LOCAL, clock).status == JobStatus.EXPIRED
     assert dispatcher.shards == [] and events(store) == ["batch.expired"]
+    # Its requests are listed as a planned job's unfinished ones are: each one `batch_expired` error row, once.
+    counts = expired.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (3, 0, 3)
+    errors = read_parts(tmp_path / "out" / job.id, "errors-")
+    assert [(e["custom_id"], e["code"]) for e in errors] == [(f"r{i}", "batch_expired") for i in range(3)]
+
+
+def test_an_unplanned_job_whose_input_is_gone_still_expires_on_time(tmp_path):
+    clock, store, dispatcher, job, finalizer = world(tmp_path, window="30s")
+    (tmp_path / "in.jsonl").unlink()
+    clock.now += 31
+    Reaper(store, dispatcher, LeaseBook(store.redis, 10.0), finalizer, clock).sweep()
+    expired = store.get_job(job.id)
+    assert expired.status == JobStatus.EXPIRED and expired.request_counts.total == 0
+    assert events(store) == ["batch.expired"]
 
 
 def test_a_job_whose_input_cannot_be_read_fails_at_submit_and_sends_its_event(tmp_path):
