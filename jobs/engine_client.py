@@ -1,8 +1,8 @@
 """What the job side needs from an engine: the seam between a shard and the engine that runs its rows.
 
 `tide.workers.engine_service.EngineService` is the implementation (one engine per process, stepped on its own
-thread); tests put stand-ins behind it or wrap it. Each finished request comes back on the caller's `sink` as the
-engine's `RequestOutput` (or an exception, when the engine loop died).
+thread); tests put stand-ins behind it or wrap it. Finished requests come back on the caller's `sink` as lists of
+the engine's `RequestOutput`s, one list per engine step (or an exception, when the engine loop died).
 """
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ boundaries.
 """
 from __future__ import annotations
 
-import hashlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -163,7 +162,9 @@ def _parquet_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterato
 
 
 def _digest(custom_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "little")
+    # The table lives for one pass in one process, so Python's string hash (SipHash, keyed afresh per process)
+    # serves as well as a cryptographic digest cut to 64 bits, at a fortieth of the cost.
+    return hash(custom_id) & 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _note_error(plan: Plan, error: ErrorRow, limit: int, spec: JobSpec) -> None:

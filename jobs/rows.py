@@ -6,6 +6,7 @@ rows mapped to the same plain form.
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 from dataclasses import dataclass
@@ -63,9 +64,10 @@ def default_id(row: int) -> str:
 
 def parse_json_line(line: bytes, row: int, defaults: dict[str, Any], endpoint: str | None = None,
                     models: frozenset[str] = frozenset()) -> PromptRow | ErrorRow:
-    """A JSONL line -> PromptRow or ErrorRow."""
+    """A JSONL line (UTF-8, as JSON Lines are) -> PromptRow or ErrorRow."""
     try:
-        raw = json.loads(line)
+        # Decoded here rather than by json.loads, which would first guess among UTF-8/16/32 on every line.
+        raw = json.loads(line.decode("utf-8-sig" if line.startswith(codecs.BOM_UTF8) else "utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return row_error(row, None, "invalid_json", f"not valid JSON ({exc})")
     except RecursionError:

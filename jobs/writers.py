@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import pyarrow as pa
@@ -71,8 +72,8 @@ def errors_name(shard: int) -> str:
 
 def write_results(prefix: Location, shard: int, rows: Iterable[ResultRow]) -> None:
     """Commit the shard's results part, sorted by row so parts read back in input order."""
-    ordered = sorted(rows, key=lambda r: (r.row_index, r.sample_index))
-    columns = {name: [getattr(r, name) for r in ordered] for name in RESULT_SCHEMA.names}
+    ordered = sorted(rows, key=attrgetter("row_index", "sample_index"))
+    columns = {name: list(map(attrgetter(name), ordered)) for name in RESULT_SCHEMA.names}
     _commit(prefix.child(part_name(shard)), pa.table(columns, schema=RESULT_SCHEMA))
 
 

@@ -1,7 +1,8 @@
 """One engine per worker process, stepped by one background thread; any thread may submit requests to it.
 
-Each caller hands in a `queue.Queue` as its sink and gets its own finished `RequestOutput`s there, so shard tasks on
-several threads share one continuously refilled batch and each waits only for its own rows.
+Each caller hands in a `queue.Queue` as its sink and gets its own finished `RequestOutput`s there, a list per engine
+step, so shard tasks on several threads share one continuously refilled batch and each waits only for its own rows
+(and wakes once a step, not once a row).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class EngineService:
             with self._lock:
                 self._sinks.pop(request_id, None)
             raise
-        self._wake.set()
+        if not self._wake.is_set():  # the flag alone is cheap to read; setting it takes the event's lock
+            self._wake.set()
 
     def abort(self, request_id: str) -> None:
         self.engine.abort(request_id)
@@ -98,11 +100,15 @@ class EngineService:
             self._deliver(outputs)
 
     def _deliver(self, outputs) -> None:
+        """Each sink gets its step's outputs as one list."""
+        batches: dict[int, tuple[queue.Queue, list]] = {}
         with self._lock:
-            sinks = [(self._sinks.pop(o.request_id, None), o) for o in outputs]
-        for sink, output in sinks:
-            if sink is not None:
-                sink.put(output)
+            for output in outputs:
+                sink = self._sinks.pop(output.request_id, None)
+                if sink is not None:
+                    batches.setdefault(id(sink), (sink, []))[1].append(output)
+        for sink, batch in batches.values():
+            sink.put(batch)
 
     def _fail(self, exc: BaseException) -> None:
         self._failure = exc

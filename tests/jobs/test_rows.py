@@ -56,3 +56,11 @@ def test_invalid_json_line():
     error = parse_json_line(b'{"prompt": "unterminated', 0, {})
     assert isinstance(error, ErrorRow) and error.code == "invalid_json" and error.line == 1
     assert isinstance(parse_json_line(json.dumps({"prompt": "ok"}).encode(), 0, {}), PromptRow)
+
+
+def test_json_lines_are_read_as_utf8_with_or_without_a_byte_order_mark():
+    line = '{"id": "é", "prompt": "naïve"}'.encode()
+    assert parse_json_line(line, 0, {}).prompt == "naïve"
+    assert parse_json_line(b"\xef\xbb\xbf" + line, 0, {}).custom_id == "é"
+    error = parse_json_line(b'{"prompt": "\xff"}', 3, {})
+    assert isinstance(error, ErrorRow) and error.code == "invalid_json" and error.message.startswith("line 4")
