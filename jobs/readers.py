@@ -6,8 +6,7 @@ batch at a time. Every reader yields `(row_index, raw)` where raw is the line's 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from tide.jobs.specs import ColumnMap
 from tide.jobs.storage import Location, StorageError
@@ -19,8 +18,7 @@ PARQUET_BATCH_ROWS = 1024
 MAX_LINE_BYTES = 16 * 2**20
 
 
-@dataclass(frozen=True)
-class JsonlLine:
+class JsonlLine(NamedTuple):  # a tuple: made once per input line, where a frozen dataclass costs 3x as much
     row: int
     start: int  # byte offset of the line
     end: int  # byte offset just past its newline

@@ -151,6 +151,16 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+def _defaults_key(defaults: dict[str, Any]) -> tuple:
+    """`_frozen(defaults)`, without the walk when every value is already hashable (the common case, per row)."""
+    key = tuple(sorted(defaults.items()))
+    try:
+        hash(key)
+    except TypeError:
+        return _frozen(defaults)
+    return key
+
+
 def _thawed(value: Any) -> Any:
     if isinstance(value, tuple) and value[:1] == ("__list__",):
         return [_thawed(v) for v in value[1]]
@@ -168,7 +178,7 @@ def _no_unknown(raw: dict, known: set[str], where: str = "") -> None:
 def _params(defaults: dict[str, Any], overrides: dict[str, Any]) -> SamplingParams:
     try:
         if not overrides:  # most rows of a job: its defaults, validated once (SamplingParams is frozen)
-            return _default_params(_frozen(defaults))
+            return _default_params(_defaults_key(defaults))
         return SamplingParams(**{**defaults, **overrides})
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
