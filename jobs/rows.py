@@ -120,12 +120,32 @@ def _batch_line(raw: dict, endpoint: str | None) -> tuple[Prompt, dict[str, Any]
     overrides = {_BODY_RENAMES.get(k, k): v for k, v in body.items()
                  if k != prompt_key and k not in _BODY_IGNORED}
     overrides.update(_openai_logprobs(body, chat=url == CHAT_URL))
+    overrides.update(_adapter_of(body))
     guided = _openai_response_format(body.get("response_format"))
     if guided is not None:
         if "guided" in overrides:
             raise RowError("invalid_field", "give response_format or guided, not both", "body.response_format")
         overrides["guided"] = guided
     return _prompt_from({prompt_key: body.get(prompt_key)}), overrides
+
+
+def split_model(model: str) -> tuple[str, str | None]:
+    """An OpenAI `model` -> (base model, LoRA adapter or None): `smollm2-135m:support-v3` names the adapter
+    `support-v3` on `smollm2-135m`."""
+    base, sep, adapter = model.partition(":")
+    return (base, adapter) if sep and base and adapter else (model, None)
+
+
+def _adapter_of(body: dict) -> dict[str, Any]:
+    """The `lora` a batch line's `model` names (`base:adapter`), unless the body names one itself."""
+    model = body.get("model")
+    adapter = split_model(model)[1] if isinstance(model, str) else None
+    if adapter is None:
+        return {}
+    if body.get("lora") not in (None, adapter):
+        raise RowError("invalid_field", f"model names adapter {adapter!r} but lora is {body['lora']!r}; give one",
+                       "body.lora")
+    return {"lora": adapter}
 
 
 def _openai_logprobs(body: dict, chat: bool) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from tide.api.services import Services, owner, services
 from tide.jobs.catalog.records import BatchRecord, FileRecord
 from tide.jobs.lifecycle import cancel_job, create_job, job_status
 from tide.jobs.openai_output import ERRORS_NAME, OUTPUT_NAME
+from tide.jobs.rows import split_model
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job
 from tide.jobs.storage import StorageError, resolve
@@ -76,7 +77,8 @@ def _model(source: FileRecord, svc: Services) -> str:
         model = json.loads(line).get("body", {}).get("model")
     except (StorageError, ValueError, AttributeError):
         model = None  # a bad first line is that line's error, found at validation
-    return model if isinstance(model, str) and model else svc.settings.model
+    # `base:adapter` runs on the base model's workers; each line's adapter travels in its row (jobs/rows.py)
+    return split_model(model)[0] if isinstance(model, str) and model else svc.settings.model
 
 
 @router.get("")

@@ -5,7 +5,7 @@ import argparse
 import os
 import socket
 
-from tide.options import add_engine_options, add_redis_option, speculative_config
+from tide.options import add_engine_options, add_redis_option, lora_config, speculative_config
 from tide.settings import Settings
 from tide.wiring import connect, engine_service
 
@@ -58,7 +58,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
                              num_threads=args.threads,
                              tensor_parallel_size=args.tensor_parallel_size,
                              offload_max_resident_layers=args.offload_max_resident_layers,
-                             **speculative_config(args))
+                             storage=storage, **speculative_config(args), **lora_config(args))
     leases = LeaseBook(store.redis, settings.lease_ttl_s)
     keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
     finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=settings.price_per_worker_hour)
