@@ -42,7 +42,7 @@ class EngineConfig:
     # LoRA adapters (engine/lora/): names -> PEFT directories or s3:// prefixes; requests may also name a directory.
     lora_adapters: dict[str, str] = field(default_factory=dict)
     max_loras: int = 8  # adapters resident at once; others load on demand, the least recently used evicted
-    max_lora_rank: int = 64  # adapters of a higher rank are refused
+    max_lora_rank: int = 16  # adapters of a higher rank are refused; every slot is laid out for this rank
     lora_fetch: Callable[[str], Path] | None = None  # an s3:// (or other) source -> local directory; None: local only
 
     def __post_init__(self) -> None:

@@ -139,7 +139,8 @@ class Settings(BaseSettings):
                                       "a PEFT adapter directory or s3:// prefix")
     max_loras: int = Field(8, ge=1, description="LoRA adapters a worker keeps resident; others load on demand and "
                            "the least recently used is evicted")
-    max_lora_rank: int = Field(64, ge=1, description="the highest LoRA rank a worker accepts")
+    max_lora_rank: int = Field(16, ge=1, description="the highest LoRA rank a worker accepts (every adapter slot "
+                               "is sized for it)")
 
 
 def hash_key(key: str) -> str:

@@ -2,9 +2,10 @@
 Tide's fused projections.
 
 For each decoder layer and fused projection (qkv_proj, o_proj, gate_up_proj, down_proj) the adapter holds one
-low-rank pair: `a` [in, parts * r] with the A matrices of the targeted parts side by side, and `b`
-[parts * r, out] with each part's B (scaling folded in) in its own rows and output columns, zeros elsewhere. So one
-adapter's update of a fused projection is two matmuls, `(x @ a) @ b`, whichever of its parts the adapter targets.
+low-rank pair in a fixed layout of `block` (the worker's highest rank) columns per part: `a` [in, parts * block] with
+part i's A in columns i * block onwards, and `b` [parts * block, out] with part i's B (scaling folded in) in those
+rows and the part's own output columns; zeros elsewhere (an untargeted part, a rank below `block`). So every
+adapter's update of a fused projection is `(x @ a) @ b`, and adapters of any rank stack into one batched matmul.
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def _targets(name: str, targets) -> tuple[str, ...]:
 
 def load_adapter(name: str, directory: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device,
                  max_rank: int) -> LoraAdapter:
-    """Read a PEFT adapter directory into fused low-rank pairs for a model of shape `args`."""
+    """Read a PEFT adapter directory into fused low-rank pairs (blocks of `max_rank`) for a model of shape `args`."""
     config = read_config(name, directory, max_rank)
     path = directory / WEIGHTS_FILE
     if not path.exists():
@@ -121,29 +122,29 @@ def load_adapter(name: str, directory: Path, args: ModelArgs, dtype: torch.dtype
             raise AdapterError(f"adapter {name!r}: tensor {key!r} names layer {layer}, but the model has "
                                f"{args.num_layers}")
         raw.setdefault((layer, module), {})[which] = tensor
-    pairs = [_fuse_layer(name, config, args, layer, raw, dtype, device) for layer in range(args.num_layers)]
+    pairs = [_fuse_layer(name, config, args, layer, raw, max_rank, dtype, device) for layer in range(args.num_layers)]
     if not any(pairs):
         raise AdapterError(f"adapter {name!r}: {path} holds no LoRA weights")
     return LoraAdapter(name=name, config=config, pairs=pairs)
 
 
-def _fuse_layer(name: str, config: LoraConfig, args: ModelArgs, layer: int, raw, dtype: torch.dtype,
+def _fuse_layer(name: str, config: LoraConfig, args: ModelArgs, layer: int, raw, block: int, dtype: torch.dtype,
                 device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Stack one layer's per-module A and B into one (a, b) per fused projection."""
+    """One layer's per-module A and B laid into one (a, b) per fused projection it targets."""
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for fused, slices in _slices(args).items():
+    for fused, (in_features, slices) in fused_shapes(args).items():
         modules = [m for m, (f, _) in _PARTS.items() if f == fused and (layer, m) in raw]
         if not modules:
             continue
-        in_features, out_features = _in_features(args)[fused], slices[-1][0] + slices[-1][1]
         r = config.rank
-        a = torch.zeros(in_features, len(modules) * r, dtype=torch.float32)
-        b = torch.zeros(len(modules) * r, out_features, dtype=torch.float32)
-        for j, module in enumerate(modules):
-            start, size = slices[_PARTS[module][1]]
+        a = torch.zeros(in_features, len(slices) * block, dtype=torch.float32)
+        b = torch.zeros(len(slices) * block, slices[-1][0] + slices[-1][1], dtype=torch.float32)
+        for module in modules:
+            part = _PARTS[module][1]
+            start, size = slices[part]
             lora_a, lora_b = _pair(name, raw[(layer, module)], layer, module, (r, in_features), (size, r))
-            a[:, j * r:(j + 1) * r] = lora_a.float().T
-            b[j * r:(j + 1) * r, start:start + size] = lora_b.float().T * config.scaling
+            a[:, part * block:part * block + r] = lora_a.float().T
+            b[part * block:part * block + r, start:start + size] = lora_b.float().T * config.scaling
         out[fused] = (a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype))
     return out
 
@@ -159,13 +160,9 @@ def _pair(name: str, tensors: dict[str, torch.Tensor], layer: int, module: str, 
     return tensors["A"], tensors["B"]
 
 
-def _in_features(args: ModelArgs) -> dict[str, int]:
-    return {"qkv_proj": args.hidden_size, "o_proj": args.num_heads * args.head_dim,
-            "gate_up_proj": args.hidden_size, "down_proj": args.intermediate_size}
-
-
-def _slices(args: ModelArgs) -> dict[str, list[tuple[int, int]]]:
-    """(offset, size) of each part in the output of each fused projection."""
-    q, kv, inter = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim, args.intermediate_size
-    return {"qkv_proj": [(0, q), (q, kv), (q + kv, kv)], "o_proj": [(0, args.hidden_size)],
-            "gate_up_proj": [(0, inter), (inter, inter)], "down_proj": [(0, args.hidden_size)]}
+def fused_shapes(args: ModelArgs) -> dict[str, tuple[int, list[tuple[int, int]]]]:
+    """Each fused projection's (in_features, [(offset, size) of each part in its output])."""
+    q, kv = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+    hidden, inter = args.hidden_size, args.intermediate_size
+    return {"qkv_proj": (hidden, [(0, q), (q, kv), (q + kv, kv)]), "o_proj": (q, [(0, hidden)]),
+            "gate_up_proj": (hidden, [(0, inter), (inter, inter)]), "down_proj": (inter, [(0, hidden)])}

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tide.engine.lora.adapter import AdapterError, LoraAdapter, load_adapter
-from tide.engine.lora.batch import LoraBatch, projection_keys, row_runs
+from tide.engine.lora.batch import LoraBatch, LoraSlots, projection_keys, row_runs
 from tide.engine.models.llama import ModelArgs
 from tide.engine.sampling_params import SamplingParams
 from tide.engine.sequence import Sequence
@@ -49,10 +49,12 @@ class LoraRegistry:
         self.max_loras, self.max_rank = max_loras, max_rank
         self.fetch = fetch
         self.keys = projection_keys(model)
+        self.slots = LoraSlots(self.args, max_loras, max_rank, dtype, device)
         self._lock = threading.Lock()
         self._checked: set[str] = set()
         self._staged: dict[str, LoraAdapter] = {}  # loaded by `check`, not yet resident
-        self._resident: OrderedDict[str, LoraAdapter] = OrderedDict()  # least recently used first
+        self._resident: OrderedDict[str, int] = OrderedDict()  # name -> slot, least recently used first
+        self._free_slots = list(range(max_loras - 1, -1, -1))
         self._loading: dict[str, Future] = {}
         self._loader: ThreadPoolExecutor | None = None
         self.loads = 0  # adapters read from their source (first checks and reloads after eviction)
@@ -87,10 +89,12 @@ class LoraRegistry:
                 self._resident.move_to_end(name)
                 return True
             adapter = self._staged.get(name) or self._loaded(name)
-            if adapter is None or not self._make_room({s.params.lora for s in running}):
+            slot = None if adapter is None else self._free_slot({s.params.lora for s in running})
+            if slot is None:
                 return False
             self._staged.pop(name, None)
-            self._resident[name] = adapter
+            self._resident[name] = slot
+        self.slots.install(slot, adapter)  # the step thread is the only one that reads or writes the slots
         logger.info("LoRA adapter %s resident (rank %d, %.1f MiB)", name, adapter.config.rank, adapter.nbytes / 2**20)
         return True
 
@@ -98,8 +102,8 @@ class LoraRegistry:
         """The step's LoRA runs, or None when no scheduled row uses an adapter (the base path runs untouched)."""
         if not self._resident:
             return None
-        runs = row_runs(scheduled, lambda seq: self._resident.get(seq.params.lora) if seq.params.lora else None)
-        return LoraBatch(runs, self.keys) if runs else None
+        runs = row_runs(scheduled, self._resident)
+        return LoraBatch(self.slots, self.keys, runs, sum(n for _, n in scheduled)) if runs else None
 
     @property
     def resident(self) -> list[str]:
@@ -126,15 +130,12 @@ class LoraRegistry:
         # The adapter loaded once already (`check`); failing now means its files changed underneath the worker.
         return future.result()
 
-    def _make_room(self, in_use: set[str | None]) -> bool:
-        """Evict the least recently used adapter no running sequence uses, if the resident set is full."""
-        if len(self._resident) < self.max_loras:
-            return True
+    def _free_slot(self, in_use: set[str | None]) -> int | None:
+        """A free slot, else the slot of the least recently used adapter no running sequence uses (evicted)."""
+        if self._free_slots:
+            return self._free_slots.pop()
         victim = next((name for name in self._resident if name not in in_use), None)
-        if victim is None:
-            return False
-        del self._resident[victim]
-        return True
+        return None if victim is None else self._resident.pop(victim)
 
     def _load(self, name: str) -> LoraAdapter:
         source = self.sources.get(name, name)

@@ -61,7 +61,8 @@ def test_mixed_batch_matches_each_reference(setup, mode):
     config = dict(MODES[mode])
     if config.get("kv_cache_bytes") == "tiny":
         config["kv_cache_bytes"] = kv_bytes_for(model_dir, 16 * 8)  # 8 blocks: growing decodes must preempt
-    llm = LLM(model=str(model_dir), dtype="float32", lora_adapters={k: str(v) for k, v in dirs.items()}, **config)
+    llm = LLM(model=str(model_dir), dtype="float32", lora_adapters={k: str(v) for k, v in dirs.items()},
+              max_lora_rank=64, **config)
     names = [None, *dirs]
     jobs = [(name, i) for i in range(len(prompts)) for name in names]  # adapters interleaved row by row
     outputs = llm.generate([prompts[i] for _, i in jobs], [_greedy(name) for name, _ in jobs])
@@ -93,7 +94,7 @@ def test_prefix_cache_is_not_shared_across_adapters(setup):
 def test_adapter_named_by_directory_and_n_samples(setup):
     """A request may name an adapter by its directory; n greedy samples all follow the adapter."""
     model_dir, dirs, prompts, refs = setup
-    llm = LLM(model=str(model_dir), dtype="float32")
+    llm = LLM(model=str(model_dir), dtype="float32", max_lora_rank=64)
     out = llm.generate([prompts[0]], _greedy(str(dirs["qv64"]), n=3))[0]
     ref_tokens = [t for t, _ in [refs["qv64"][0]]][0]
     assert [s.token_ids for s in out.outputs] == [ref_tokens] * 3
@@ -103,7 +104,8 @@ def test_guided_rows_keep_their_adapter(setup):
     """A guided request under an adapter gives the same answer in a mixed batch as alone."""
     model_dir, dirs, prompts, _ = setup
     choices = {"choice": ["alpha", "beta", "gamma", "delta"]}
-    llm = LLM(model=str(model_dir), dtype="float32", lora_adapters={k: str(v) for k, v in dirs.items()})
+    llm = LLM(model=str(model_dir), dtype="float32", lora_adapters={k: str(v) for k, v in dirs.items()},
+              max_lora_rank=64)
     guided = [SamplingParams(temperature=0.0, max_tokens=8, guided=choices, lora=name) for name in (None, *dirs)]
     alone = [llm.generate([prompts[1]], p)[0].outputs[0].text for p in guided]
     mixed = llm.generate([prompts[1]] * len(guided) + prompts, guided + [_greedy("all8")] * len(prompts))
@@ -136,7 +138,8 @@ def test_smollm2_with_random_adapters_of_rank_8_and_64(smollm2_dir, tmp_path):
     """SmolLM2-135M, fp32: two random adapters and the base model in one batch, each row equal to its reference."""
     adapters = {"r8": make_adapter(smollm2_dir, tmp_path / "r8", 8, seed=1, targets=ALL_LINEAR),
                 "r64": make_adapter(smollm2_dir, tmp_path / "r64", 64, seed=2)}
-    llm = LLM(model=str(smollm2_dir), dtype="float32", lora_adapters={k: str(v) for k, v in adapters.items()})
+    llm = LLM(model=str(smollm2_dir), dtype="float32", lora_adapters={k: str(v) for k, v in adapters.items()},
+              max_lora_rank=64)
     chats = [[{"role": "user", "content": text}] for text in CHATS[1:3]]
     prompts = [tokenize_prompt(c, llm.tokenizer) for c in chats]
     jobs = [(name, p) for p in prompts for name in (None, *adapters)]
