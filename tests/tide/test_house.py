@@ -125,3 +125,14 @@ def test_architecture_maps_every_module():
     missing = [str(p.relative_to(REPO)) for p in modules().values()
                if p.name != "__init__.py" and f"`{p.relative_to(REPO)}`" not in text]
     assert missing == []
+
+
+def test_no_test_imports_another_test_module_or_a_conftest():
+    offenders = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests."):
+                leaf = node.module.rsplit(".", 1)[1]
+                if leaf.startswith("test_") or leaf == "conftest":
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.module}")
+    assert offenders == []
