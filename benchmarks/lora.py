@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     p.add_argument("--repeats", type=int, default=3, help="alternate the two sides this many times; best time counts")
     args = p.parse_args(argv)
     targets = ALL_LINEAR if args.targets == "all" else args.targets.split(",")
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         names = {f"bench-{i}": str(write_random_adapter(Path(tmp) / f"a{i}", hf_config, args.rank, targets, i))
                  for i in range(args.adapters)}
         llm = LLM(str(model_dir), dtype=args.dtype, lora_adapters=names, max_loras=args.adapters,
-                  max_lora_rank=args.rank, max_num_seqs=max(args.prompts, 1), enable_prefix_caching=False)
+                  max_lora_rank=args.rank, max_num_seqs=max(args.prompts, 1), enable_prefix_caching=False,
+                  num_threads=args.threads)
         tokenizer = llm.tokenizer
         prompts = random_token_prompts(tokenizer, args.prompts, args.input_len, random.Random(0))
         lora_label, merged_label = f"{args.adapters} adapters", "merged, one adapter at a time"
