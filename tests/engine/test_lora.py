@@ -23,6 +23,8 @@ MODES = {
     "no_prefix_cache": dict(enable_prefix_caching=False),
     "preempt": dict(kv_cache_bytes="tiny"),
     "one_resident": dict(max_loras=1),
+    # the target verifies drafted tokens with each row's adapter, so drafts never change what a row gets
+    "ngram_speculation": dict(speculative="ngram", spec_max_running=64, spec_ngram_min=1),
 }
 
 
@@ -75,6 +77,8 @@ def test_mixed_batch_matches_each_reference(setup, mode):
         assert registry.loads > len(dirs)  # adapters were evicted and read again
     if mode == "preempt":
         assert llm.engine.stats.preemptions > 0
+    if mode == "ngram_speculation":
+        assert llm.engine.speculator.num_proposed > 0  # drafts were verified under adapters
 
 
 def test_prefix_cache_is_not_shared_across_adapters(setup):
