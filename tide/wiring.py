@@ -1,17 +1,30 @@
 """What several entry points build the same way: the engine service, and the Redis job store with its dispatcher."""
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+
 from tide.options import UsageError
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a PEFT adapter, as engine/lora reads it
 
-def engine_service(model: str, dtype: str, **config):
-    """An `EngineService` around a freshly loaded engine; options left as None take the engine's defaults."""
+
+def engine_service(model: str, dtype: str, storage=None, **config):
+    """An `EngineService` around a freshly loaded engine; options left as None take the engine's defaults.
+
+    With `storage` (a `StorageConfig`) LoRA adapters are read through it: s3:// prefixes, local directories confined
+    like inputs."""
     from tide.engine import EngineConfig, LLMEngine
     from tide.tuned_defaults import tuned_options
     from tide.workers.engine_service import EngineService
 
     options = {k: v for k, v in config.items() if v is not None}
     options = {**tuned_options(model, config), **options}  # what `tide tune` chose, unless given
+    if storage is not None:
+        options["lora_fetch"] = partial(fetch_adapter, storage=storage)
     try:
         engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
     except (FileNotFoundError, ValueError) as exc:
@@ -33,6 +46,27 @@ def fingerprint_of(config) -> str:
     except metadata.PackageNotFoundError:
         version = "unknown"
     return system_fingerprint(config.model, dtype, config.quantization, version)
+
+
+def fetch_adapter(source: str, storage) -> Path:
+    """A LoRA adapter's local directory: an s3:// prefix downloaded (again on each load, so a changed adapter is
+    seen) into one temporary directory per prefix, a local directory as it is (under `storage.local_roots` when
+    those are set). Raises ValueError naming the source."""
+    from tide.jobs.storage import StorageError, confined, resolve
+
+    try:
+        if not source.startswith("s3://"):
+            return confined(Path(source), storage.local_roots)
+        key = hashlib.sha256(source.encode()).hexdigest()[:16]
+        target = Path(tempfile.gettempdir()) / "tide-lora" / key
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ADAPTER_FILES:
+            part = target / f"{name}.{os.getpid()}.part"
+            part.write_bytes(resolve(f"{source.rstrip('/')}/{name}", storage).read_bytes())
+            os.replace(part, target / name)
+        return target
+    except StorageError as exc:
+        raise ValueError(f"LoRA adapter source {source!r}: {exc}") from exc
 
 
 def chat_template_of(model: str) -> str | None:

@@ -9,7 +9,7 @@ from tide.jobs.engine_client import EngineClient
 from tide.jobs.report.series import SeriesRecorder
 from tide.jobs.rows import ErrorRow, PromptRow
 from tide.jobs.shards import error_rows
-from tide.jobs.state import ShardProgress, ShardStatus
+from tide.jobs.state import AdapterUsage, ShardProgress, ShardStatus
 from tide.jobs.writers import ResultRow
 
 
@@ -46,6 +46,11 @@ def record(outcome: Outcome, row: PromptRow, output: RequestOutput, engine: Engi
     progress.cached_prompt_tokens += metrics.cached_prompt_tokens
     progress.spec_proposed_tokens += metrics.spec_proposed_tokens
     progress.spec_accepted_tokens += metrics.spec_accepted_tokens
+    if row.params.lora is not None:
+        usage = progress.adapters.setdefault(row.params.lora, AdapterUsage())
+        usage.requests += 1
+        usage.prompt_tokens += metrics.prompt_tokens
+        usage.completion_tokens += metrics.completion_tokens
 
 
 def expire(outcome: Outcome, rows: list[PromptRow]) -> Outcome:

@@ -9,6 +9,7 @@ from tide.options import (
     UsageError,
     add_engine_options,
     add_job_options,
+    lora_config,
     spec_from_args,
     speculative_config,
 )
@@ -37,8 +38,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     defaults = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
     args.sampling = {**defaults, **args.sampling}
     spec = spec_from_args(args, os.path.abspath(args.output), webhook_url=args.webhook)
-    service = engine_service(spec.model, args.dtype, quantization=args.quantization, **speculative_config(args))
     storage = settings.storage_config()
+    service = engine_service(spec.model, args.dtype, storage=storage, quantization=args.quantization,
+                             **speculative_config(args), **lora_config(args))
     try:
         job = run_embedded(spec, service, storage=storage, webhooks=settings.webhook_config(),
                            price_per_worker_hour=settings.price_per_worker_hour,
