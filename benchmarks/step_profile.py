@@ -3,7 +3,8 @@
 Runs one seeded `tide bench` workload through the engine with a timer around every op a step calls (each linear
 layer by kind, the native ops, paged attention split into decode-only and mixed steps, the logits) and around every
 phase of the step (scheduling, metadata, forward, logits, sampling, postprocessing), then prints each as a share of
-the run's wall time. What the timers do not cover is printed as its own line, so the table accounts for the whole
+the run's wall time (`--clock cpu`: the engine thread's CPU time, for one-thread runs on a busy machine, where wall
+time mostly measures the other processes). What the timers do not cover is printed as its own line, so the table accounts for the whole
 run. `--torch-trace PATH` also wraps each timed call in `torch.profiler.record_function` and writes a Chrome trace.
 
 CPU ops are synchronous, so a timer around a call measures that call; each timer costs about a microsecond (a few
@@ -32,10 +33,11 @@ _OPS = ("write_kv_cache", "fused_add_rms_norm", "rms_norm", "rotary_embedding", 
 class Timers:
     """Seconds and calls per name; `wrap` returns a timed stand-in for a callable."""
 
-    def __init__(self, trace: bool) -> None:
+    def __init__(self, trace: bool, clock=time.perf_counter) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.trace = trace
+        self.clock = clock
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] += seconds
@@ -47,10 +49,10 @@ class Timers:
 
         def timed(*args, **kwargs):
             label = name if isinstance(name, str) else name(*args, **kwargs)
-            started = time.perf_counter()
+            started = self.clock()
             with record(label):
                 out = fn(*args, **kwargs)
-            self.add(label, time.perf_counter() - started)
+            self.add(label, self.clock() - started)
             return out
 
         return timed
@@ -87,8 +89,9 @@ def install(llm: LLM, timers: Timers) -> None:
     engine.step = timers.wrap("phase: step total", engine.step)
 
 
-def report(timers: Timers, wall: float) -> list[str]:
-    """Lines of the table: ops inside the forward, then the phases, each with its share of `wall`."""
+def report(timers: Timers, total: float) -> list[str]:
+    """Lines of the table: ops inside the forward, then the phases, each as a share of `total` (the whole run, on
+    the same clock)."""
     s, calls = timers.seconds, timers.calls
     op_names = sorted((n for n in s if not n.startswith("phase:")), key=lambda n: -s[n])
     in_forward = sum(s[n] for n in op_names if n != "lm_head")
@@ -101,13 +104,22 @@ def report(timers: Timers, wall: float) -> list[str]:
     for name in ("phase: step metadata", "phase: schedule", "phase: sample", "phase: postprocess"):
         rows.append((name, s[name], calls[name]))
     rows.append(("step: other engine work", step_rest, 0))
-    rows.append(("outside steps (generate loop, intake)", wall - s["phase: step total"], 0))
+    rows.append(("outside steps (generate loop, intake)", total - s["phase: step total"], 0))
     lines = [f"  {'where':<40} {'seconds':>9} {'share':>7} {'calls':>8} {'us/call':>9}"]
     for name, sec, n in rows:
         per = f"{sec / n * 1e6:9.0f}" if n else " " * 9
-        lines.append(f"  {name:<40} {sec:9.3f} {sec / wall:7.1%} {n:8d} {per}")
-    lines.append(f"  {'wall time':<40} {wall:9.3f} {1:7.1%}")
+        lines.append(f"  {name:<40} {sec:9.3f} {sec / total:7.1%} {n:8d} {per}")
+    lines.append(f"  {'total':<40} {total:9.3f} {1:7.1%}")
     return lines
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (Linux), to print beside the figures."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the engine thread's CPU time instead of wall time, which a busy machine disturbs far "
+                        "less; it leaves out the other threads' work, so use it with --threads 1")
     p.add_argument("--torch-trace", default=None, metavar="PATH",
                    help="also record the timed calls with torch.profiler and write a Chrome trace to PATH")
     return p
@@ -135,15 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     llm = _make_llm(args, threads)
     workload = build_workload(args.workload, llm.tokenizer, args.num_prompts, args.input_len, args.output_len,
                               args.seed)
-    timers = Timers(trace=args.torch_trace is not None)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    timers = Timers(args.torch_trace is not None, clock)
     install(llm, timers)
+    load_before = _load()
     print(f"profile: {args.model}, {args.dtype}, {threads} threads, max_num_seqs {args.max_num_seqs}, "
           f"max_num_batched_tokens {args.max_num_batched_tokens}\nworkload {workload.describe()}")
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.torch_trace else None
+    started = clock()
     with profiler or contextlib.nullcontext():
         result = run_tide(llm, workload)
+    total = clock() - started
     print(result.line())
-    print("\n".join(report(timers, result.seconds)))
+    print(f"{args.clock} clock; load average before/after: {load_before} / {_load()}")
+    print("\n".join(report(timers, total)))
     if profiler is not None:
         profiler.export_chrome_trace(args.torch_trace)
         print(f"trace written to {args.torch_trace}")
