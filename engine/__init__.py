@@ -8,7 +8,7 @@ from importlib import import_module
 _EXPORTS = {
     "LLM": "tide.engine.llm",
     "LLMEngine": "tide.engine.llm_engine",
-    "EngineStats": "tide.engine.llm_engine",
+    "EngineStats": "tide.engine.stats",
     "EngineConfig": "tide.engine.config",
     "SamplingParams": "tide.engine.sampling_params",
     "RequestOutput": "tide.engine.outputs",

@@ -14,6 +14,7 @@ from tide.engine.decoding.beam_search import BeamSearch
 from tide.engine.decoding.guided import GuidedDecoding, GuidedError
 from tide.engine.decoding.speculative import build_speculator
 from tide.engine.outputs import RequestOutput
+from tide.engine.stats import EngineStats
 from tide.engine.request import Prompt, RequestState
 from tide.engine.sampling_params import SamplingParams
 from tide.engine.scheduler import Scheduler
@@ -21,25 +22,6 @@ from tide.engine.sequence import Sequence
 from tide.engine.startup import EngineParts, build_engine_parts
 
 logger = logging.getLogger("tide.engine")
-
-
-@dataclass
-class EngineStats:
-    """Running totals since the engine started."""
-
-    num_steps: int = 0
-    preemptions: int = 0
-    prefix_cache_hit_rate: float = 0.0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    guided_forced_tokens: int = 0  # appended by guided fast-forward, without a decode step each
-    mean_batch_occupancy: float = 0.0
-    load_time_s: float = 0.0
-    busy_time_s: float = 0.0
-    spec_proposed_tokens: int = 0  # draft tokens verified by the target (speculative decoding)
-    spec_accepted_tokens: int = 0  # of those, the ones it agreed with
-    spec_acceptance_rate: float = 0.0
-    _occupancy_sum: float = field(default=0.0, repr=False)
 
 
 class LLMEngine:

@@ -86,8 +86,9 @@ def start_job(job: Job, store: JobStore, dispatcher: Dispatcher, storage: Storag
     try:
         plan = plan_job(job.spec, storage)
     except (StorageError, OSError, ValueError) as exc:
-        return store.update_job(job.id, lambda j: j.moved_to(JobStatus.FAILED, clock(), error=str(exc)))
-    return _fan_out(job, plan, store, dispatcher, clock)
+        reason = str(exc)
+        return store.update_job(job.id, lambda j: j.moved_to(JobStatus.FAILED, clock(), error=reason))
+    return fan_out(job, plan, store, dispatcher, clock)
 
 
 def plan_created(job_id: str, store: JobStore, dispatcher: Dispatcher, storage: StorageConfig,
@@ -102,7 +103,10 @@ def plan_created(job_id: str, store: JobStore, dispatcher: Dispatcher, storage: 
     return start_job(job, store, dispatcher, storage, clock)
 
 
-def _fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher, clock: Callable[[], float]) -> Job:
+def fan_out(job: Job, plan: Plan, store: JobStore, dispatcher: Dispatcher,
+            clock: Callable[[], float] = time.time) -> Job:
+    """Record a planned job's shards, move it to `in_progress` and enqueue one task per shard (the second half of
+    `start_job`, apart so that the control-plane benchmark can time planning and dispatch each)."""
     cancelled = store.get_job(job.id).status == JobStatus.CANCELLING  # cancelled while validating
     initial = ShardStatus.CANCELLED if cancelled else ShardStatus.PENDING
     store.put_shards(job.id, [ShardState(index=s.index, num_rows=s.num_rows, status=initial,

@@ -5,6 +5,7 @@ exactly-once step), so the totals are exact however often a shard is re-run. Fie
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 
 from tide.jobs.state import ShardProgress
@@ -27,12 +28,15 @@ def shard_counters(model: str, progress: ShardProgress, ttfts: Iterable[float | 
 
 def _histogram(name: str, values: Iterable[float | None], buckets: tuple[float, ...]) -> dict[str, float]:
     """Non-cumulative bucket counts (`name|le=B`, `+Inf` last), plus `name|sum` and `name|count`."""
-    fields: dict[str, float] = {}
+    counts = [0] * (len(buckets) + 1)
+    total, count = 0.0, 0
     for value in values:
-        if value is None:
-            continue
-        bound = next((b for b in buckets if value <= b), "+Inf")
-        fields[f"{name}|le={bound}"] = fields.get(f"{name}|le={bound}", 0) + 1
-        fields[f"{name}|sum"] = fields.get(f"{name}|sum", 0.0) + value
-        fields[f"{name}|count"] = fields.get(f"{name}|count", 0) + 1
+        if value is not None:
+            counts[bisect_left(buckets, value)] += 1  # the first bound >= value, as `le` means
+            total += value
+            count += 1
+    if not count:
+        return {}
+    fields: dict[str, float] = {f"{name}|le={bound}": n for bound, n in zip((*buckets, "+Inf"), counts) if n}
+    fields[f"{name}|sum"], fields[f"{name}|count"] = total, count
     return fields

@@ -5,6 +5,7 @@ Row forms: OpenAI batch lines (`custom_id`, `method`, `url`, `body`), plain rows
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Union
@@ -201,6 +202,28 @@ def _message(message: Any, index: int) -> dict:
     return {"role": message["role"], "content": content}
 
 
+@functools.lru_cache(maxsize=64)
+def _default_params(defaults: tuple) -> SamplingParams:
+    return SamplingParams(**{key: _thawed(value) for key, value in defaults})
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable twin of a JSON value (dicts as sorted item tuples, lists as tuples), to key the cache above."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("__list__", tuple(_frozen(v) for v in value))
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    if isinstance(value, tuple) and value[:1] == ("__list__",):
+        return [_thawed(v) for v in value[1]]
+    if isinstance(value, tuple):
+        return {k: _thawed(v) for k, v in value}
+    return value
+
+
 def _no_unknown(raw: dict, known: set[str], where: str = "") -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -209,6 +232,8 @@ def _no_unknown(raw: dict, known: set[str], where: str = "") -> None:
 
 def _params(defaults: dict[str, Any], overrides: dict[str, Any]) -> SamplingParams:
     try:
+        if not overrides:  # most rows of a job: its defaults, validated once (SamplingParams is frozen)
+            return _default_params(_frozen(defaults))
         return SamplingParams(**{**defaults, **overrides})
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -99,6 +99,7 @@ class ShardState(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     progress: ShardProgress = Field(default_factory=ShardProgress)
+    write_s: float | None = Field(None, description="seconds its parts took to write, once it is done")
     engine: EngineFigures | None = None
     error: str | None = None
     attempt: int | None = Field(None, description="fencing token of the claim that runs it (its attempt number)")

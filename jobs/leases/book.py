@@ -32,6 +32,18 @@ class Lease:
         return cls(job_id, int(index), int(token))
 
 
+def queue_renewals(pipe, leases: list[Lease], until: float) -> None:
+    """Queue one round's renewals on a pipeline (sync or asyncio: the fleet benchmark sends the same commands)."""
+    for lease in leases:
+        pipe.zadd(keys.LEASES, {lease.member: until}, xx=True)  # only a lease still in the book
+        pipe.zscore(keys.LEASES, lease.member)
+
+
+def renewed(answers: list) -> list[bool]:
+    """Per lease of `queue_renewals`, whether the book still held it."""
+    return [score is not None for score in answers[1::2]]
+
+
 class LeaseBook:
     def __init__(self, client, ttl_s: float = 30.0) -> None:
         self.redis, self.ttl_s = client, ttl_s
@@ -45,11 +57,8 @@ class LeaseBook:
         if not leases:
             return []
         with self.redis.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                pipe.zadd(keys.LEASES, {lease.member: now + self.ttl_s}, xx=True)
-                pipe.zscore(keys.LEASES, lease.member)
-            answers = pipe.execute()
-        return [score is not None for score in answers[1::2]]
+            queue_renewals(pipe, leases, now + self.ttl_s)
+            return renewed(pipe.execute())
 
     def held(self, lease: Lease, now: float) -> bool:
         score = self.redis.zscore(keys.LEASES, lease.member)

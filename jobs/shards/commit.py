@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from tide.jobs.leases.book import Lease
@@ -27,16 +28,17 @@ def commit(ctx: ClaimContext, task: ShardTask, outcome: Outcome, lease: Lease, l
         logger.warning("shard %s/%d attempt %d lost its lease; its results are dropped for the newer attempt's",
                        task.job_id, task.shard.index, lease.token)
         return None
+    started = time.perf_counter()
     prefix = resolve(task.output_prefix, ctx.storage)
     write_results(prefix, task.shard.index, outcome.results)
     write_errors(prefix, task.shard.index, outcome.errors)
     if outcome.series.samples:
         write_series(prefix, task.shard.index, ctx.worker, outcome.series)
-    return finish(ctx, task, outcome, lease.token, figures, error)
+    return finish(ctx, task, outcome, lease.token, figures, error, write_s=time.perf_counter() - started)
 
 
 def finish(ctx: ClaimContext, task: ShardTask, outcome: Outcome, token: int, figures: Callable[[], EngineFigures],
-           error: str | None = None) -> ShardStatus | None:
+           error: str | None = None, write_s: float | None = None) -> ShardStatus | None:
     """Record the shard's final state, if claim `token` still owns it, with its engine's `figures` (running totals
     read now); whoever finishes the job's last shard enqueues finalization, exactly once."""
     engine = figures()
@@ -46,7 +48,7 @@ def finish(ctx: ClaimContext, task: ShardTask, outcome: Outcome, token: int, fig
             return None  # fenced: a newer attempt owns the shard
         return shard.model_copy(update={"status": outcome.status, "finished_at": ctx.clock(),
                                         "progress": outcome.progress, "engine": engine, "error": error,
-                                        "worker": shard.worker or ctx.worker})
+                                        "worker": shard.worker or ctx.worker, "write_s": write_s})
 
     remaining = ctx.store.finish_shard(task.job_id, task.shard.index, change)
     if remaining is None:

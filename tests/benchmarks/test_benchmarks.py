@@ -31,7 +31,8 @@ def test_each_benchmark_runs_as_a_module_and_prints_its_usage(name, capsys):
         module.main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    assert usage.startswith("usage: " + ("tide bench" if name == "engine" else f"python -P -m tide.benchmarks.{name}"))
+    prog = {"engine": "tide bench", "control_plane": "tide bench --control-plane"}.get(name)
+    assert usage.startswith("usage: " + (prog or f"python -P -m tide.benchmarks.{name}"))
 
 
 def test_workloads_repeat_with_their_seed_and_keep_their_sizes(smollm2_dir):

@@ -15,9 +15,9 @@ from tide.api.files import owned_file
 from tide.api.services import Services, owner, services
 from tide.jobs.lifecycle import cancel_job, create_job, job_status, new_job_id
 from tide.jobs.results import iter_output_rows
-from tide.jobs.storage import resolve
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job
+from tide.jobs.storage import resolve
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
