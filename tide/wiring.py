@@ -16,7 +16,23 @@ def engine_service(model: str, dtype: str, **config):
         engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"cannot load model {model!r}: {exc}") from exc
-    return EngineService(engine)
+    return EngineService(engine, fingerprint=fingerprint_of(engine.config))
+
+
+def fingerprint_of(config) -> str:
+    """OpenAI's `system_fingerprint` for an engine built from `config`: its model, the dtype it runs in, its
+    quantization and Tide's version, hashed (outputs may change when any of them does)."""
+    from importlib import metadata
+
+    from tide.engine.startup import pick_device, pick_dtype
+    from tide.jobs.openai_output import system_fingerprint
+
+    dtype = str(pick_dtype(config.dtype, pick_device(config.device))).removeprefix("torch.")
+    try:
+        version = metadata.version("tide")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return system_fingerprint(config.model, dtype, config.quantization, version)
 
 
 def chat_template_of(model: str) -> str | None:

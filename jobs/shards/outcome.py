@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tide.engine.outputs import RequestOutput, TokenLogprob
+from tide.jobs.engine_client import EngineClient
 from tide.jobs.report.series import SeriesRecorder
 from tide.jobs.rows import ErrorRow, PromptRow
 from tide.jobs.shards import error_rows
@@ -21,8 +22,9 @@ class Outcome:
     series: SeriesRecorder = field(default_factory=SeriesRecorder)  # sampled each poll for the job's report
 
 
-def record(outcome: Outcome, row: PromptRow, output: RequestOutput) -> None:
-    """One finished request: an error row, nothing (aborted), or a result row per sample with its metrics."""
+def record(outcome: Outcome, row: PromptRow, output: RequestOutput, engine: EngineClient, now: float) -> None:
+    """One finished request (at `now`): an error row, nothing (aborted), or a result row per sample with its
+    metrics, the engine's fingerprint and, when asked for, logprobs with each token's text and bytes."""
     if output.error is not None:
         outcome.errors.append(error_rows.failed(row, output.error_code, output.error))
         return
@@ -35,7 +37,8 @@ def record(outcome: Outcome, row: PromptRow, output: RequestOutput) -> None:
             finish_reason=sample.finish_reason, prompt_tokens=metrics.prompt_tokens,
             completion_tokens=len(sample.token_ids), cached_prompt_tokens=metrics.cached_prompt_tokens,
             ttft_s=metrics.ttft, latency_s=metrics.e2e_latency, tpot_s=metrics.tpot,
-            logprobs=_logprobs(sample.logprobs) if row.params.logprobs is not None else None))
+            logprobs=_logprobs(sample.logprobs, engine) if row.params.logprobs is not None else None,
+            finished_at=now, system_fingerprint=engine.fingerprint(), echo=row.echo))
     progress = outcome.progress
     progress.completed += 1
     progress.prompt_tokens += metrics.prompt_tokens
@@ -53,8 +56,19 @@ def expire(outcome: Outcome, rows: list[PromptRow]) -> Outcome:
     return outcome
 
 
-def _logprobs(logprobs: list[TokenLogprob] | None) -> list[dict] | None:
+def _logprobs(logprobs: list[TokenLogprob] | None, engine: EngineClient) -> list[dict] | None:
     if logprobs is None:
         return None
-    return [{"token_id": lp.token_id, "logprob": lp.logprob,
-             "top": [{"token_id": t, "logprob": p} for t, p in lp.top]} for lp in logprobs]
+    ids = sorted({lp.token_id for lp in logprobs} | {t for lp in logprobs for t, _ in lp.top})
+    pieces = dict(zip(ids, engine.token_bytes(ids)))
+
+    def token(token_id: int, logprob: float) -> dict:
+        piece = pieces[token_id]
+        return {"token_id": token_id, "logprob": logprob, "token": token_text(piece), "bytes": list(piece)}
+
+    return [{**token(lp.token_id, lp.logprob), "top": [token(t, p) for t, p in lp.top]} for lp in logprobs]
+
+
+def token_text(piece: bytes) -> str:
+    """A token's text; bytes that end (or start) inside a UTF-8 character are shown as `\\xNN` escapes."""
+    return piece.decode("utf-8", errors="backslashreplace")
