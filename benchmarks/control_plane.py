@@ -53,10 +53,11 @@ def write_input(path: Path, rows: int, fmt: str) -> Path:
 
 
 class RedisSampler:
-    """Redis's command and byte counters over the job, and its memory sampled every 0.2 s for the job's peak."""
+    """Redis's command and byte counters over the job; its memory and client connections sampled every 0.2 s for
+    the job's peak."""
 
     def __init__(self, client) -> None:
-        self.client, self.peak, self._done = client, 0, threading.Event()
+        self.client, self.peak, self.peak_clients, self._done = client, 0, 0, threading.Event()
         self.start = self._counters()
         self.baseline = client.info("memory")["used_memory"]
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -69,6 +70,7 @@ class RedisSampler:
     def _sample(self) -> None:
         while not self._done.wait(0.2):
             self.peak = max(self.peak, self.client.info("memory")["used_memory"])
+            self.peak_clients = max(self.peak_clients, self.client.info("clients")["connected_clients"])
 
     def finish(self, rows: int) -> dict[str, float]:
         self._done.set()
@@ -79,7 +81,8 @@ class RedisSampler:
                 "bytes in/row": delta["total_net_input_bytes"] / rows,
                 "bytes out/row": delta["total_net_output_bytes"] / rows,
                 "peak MiB above idle": max(0, self.peak - self.baseline) / 2**20,
-                "peak bytes/row": max(0, self.peak - self.baseline) / rows}
+                "peak bytes/row": max(0, self.peak - self.baseline) / rows,
+                "peak connections (all processes)": self.peak_clients}
 
 
 def peak_rss_mib(pid: int) -> float:
