@@ -1,7 +1,7 @@
 """A batch job's results in OpenAI's batch output shape: one JSON line per request, made from the Parquet parts.
 
 Output lines carry a `chat.completion` or `text_completion` body (all samples of a request as its choices, with
-`usage`); error lines carry the reason. Parquet stays the native format: these files are written beside the parts
+`usage`), or an embeddings `list` body (jobs/embedding_output.py); error lines carry the reason. Parquet stays the native format: these files are written beside the parts
 when a batch finishes, and can be made at any time from the parts already committed.
 """
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from itertools import groupby
 from pathlib import Path
 
+from tide.jobs.embedding_output import embedding_bodies
+from tide.jobs.embeddings import EMBEDDINGS_URL
 from tide.jobs.results import iter_output_rows
 from tide.jobs.rows import CHAT_URL
 from tide.jobs.storage import Location
@@ -77,8 +79,19 @@ def error_lines(rows: Iterable[dict], job_id: str) -> Iterator[dict]:
 def write_openai_files(prefix: Location, job_id: str, endpoint: str, model: str, created: int) -> None:
     """Write output.jsonl and errors.jsonl beside the job's parts (each streamed through a local file)."""
     rows = iter_output_rows(prefix)
-    _write_lines(prefix.child(OUTPUT_NAME), output_lines(rows, job_id, endpoint, model, created))
+    if endpoint == EMBEDDINGS_URL:
+        lines = (_answered(job_id, custom_id, body) for custom_id, body in embedding_bodies(rows, model))
+    else:
+        lines = output_lines(rows, job_id, endpoint, model, created)
+    _write_lines(prefix.child(OUTPUT_NAME), lines)
     _write_lines(prefix.child(ERRORS_NAME), error_lines(iter_output_rows(prefix, errors=True), job_id))
+
+
+def _answered(job_id: str, custom_id: str, body: dict) -> dict:
+    """The output line of a request answered with `body`."""
+    request_id = _request_id(job_id, custom_id)
+    return {"id": f"batch_req_{request_id}", "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
 
 
 def _write_lines(target: Location, lines: Iterable[dict]) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tide.jobs.readers import Format, detect_format, iter_jsonl_lines, iter_parquet_rows
-from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row, row_error
+from tide.jobs.inputs import InputRow, parse_line, parse_record
+from tide.jobs.rows import ErrorRow, row_error
 from tide.jobs.specs import JobSpec, ShardPlan
 from tide.jobs.storage import Location, StorageConfig, resolve
 
@@ -114,7 +115,7 @@ def duplicate_error(row: int, custom_id: str) -> ErrorRow:
                      "custom_id")
 
 
-def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[PromptRow | ErrorRow]:
+def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[InputRow | ErrorRow]:
     end = rows = 0
     for line in iter_jsonl_lines(location):
         if cutter.full():
@@ -122,17 +123,17 @@ def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[
         end, rows = line.end, line.row + 1
         if line.data is None:
             continue
-        yield parse_json_line(line.data, line.row, spec.sampling, spec.endpoint)
+        yield parse_line(line.data, line.row, spec)
     cutter.cut(end, end, rows)
 
 
-def _parquet_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[PromptRow | ErrorRow]:
+def _parquet_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[InputRow | ErrorRow]:
     end = 0
-    for row, raw in iter_parquet_rows(location, spec.columns):
+    for row, raw in iter_parquet_rows(location, spec.columns, spec.task):
         if cutter.full():
             cutter.cut(row, row, row)
         end = row + 1
-        yield parse_row(raw, row, spec.sampling, spec.endpoint)
+        yield parse_record(raw, row, spec)
     cutter.cut(end, end, end)
 
 

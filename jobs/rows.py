@@ -69,13 +69,18 @@ def default_id(row: int) -> str:
 def parse_json_line(line: bytes, row: int, defaults: dict[str, Any], endpoint: str | None = None
                     ) -> PromptRow | ErrorRow:
     """A JSONL line -> PromptRow or ErrorRow."""
+    raw = decode_line(line, row)
+    return raw if isinstance(raw, ErrorRow) else parse_row(raw, row, defaults, endpoint)
+
+
+def decode_line(line: bytes, row: int) -> Any | ErrorRow:
+    """A JSONL line's value, or the error row saying why it is not JSON."""
     try:
-        raw = json.loads(line)
+        return json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return row_error(row, None, "invalid_json", f"not valid JSON ({exc})")
     except RecursionError:
         return row_error(row, None, "invalid_json", "JSON nested too deeply")
-    return parse_row(raw, row, defaults, endpoint)
 
 
 def parse_row(raw: Any, row: int, defaults: dict[str, Any], endpoint: str | None = None) -> PromptRow | ErrorRow:
@@ -111,7 +116,8 @@ def _batch_line(raw: dict, endpoint: str | None) -> tuple[Prompt, dict[str, Any]
         raise RowError("invalid_field", f"method must be POST, got {raw.get('method')!r}", "method")
     url, body = raw.get("url", endpoint or CHAT_URL), raw.get("body")
     if url not in (CHAT_URL, COMPLETIONS_URL):
-        raise RowError("invalid_field", f"url must be {CHAT_URL} or {COMPLETIONS_URL}, got {url!r}", "url")
+        raise RowError("invalid_field", f"url must be {CHAT_URL} or {COMPLETIONS_URL} in a job that generates, got "
+                       f"{url!r} (embeddings lines go in a job with task embed)", "url")
     if endpoint is not None and url != endpoint:
         raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
     if not isinstance(body, dict):

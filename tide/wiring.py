@@ -4,19 +4,56 @@ from __future__ import annotations
 from tide.options import UsageError
 
 
-def engine_service(model: str, dtype: str, **config):
-    """An `EngineService` around a freshly loaded engine; options left as None take the engine's defaults."""
-    from tide.engine import EngineConfig, LLMEngine
-    from tide.tuned_defaults import tuned_options
+def engine_service(model: str, dtype: str, task: str = "auto", **config):
+    """An `EngineService` around a freshly loaded engine: the embedding engine for a model that embeds (its files
+    say so, or `task` embed), else the generation engine; options left as None take the engine's defaults."""
     from tide.workers.engine_service import EngineService
 
     options = {k: v for k, v in config.items() if v is not None}
-    options = {**tuned_options(model, config), **options}  # what `tide tune` chose, unless given
     try:
-        engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
+        embeds = _embeds(model, task, options)
+        engine = _embedding_engine(model, dtype, options) if embeds else _generation_engine(model, dtype, options)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"cannot load model {model!r}: {exc}") from exc
     return EngineService(engine)
+
+
+# What only the embedding engine takes, and what only the generation engine does (at a value other than its off).
+_EMBEDDING_OPTIONS = {"num_threads", "max_num_seqs", "max_num_batched_tokens", "pooling", "matryoshka"}
+_GENERATION_ONLY = {"quantization": "none", "tensor_parallel_size": 1, "offload_max_resident_layers": None,
+                    "speculative": "off", "kv_cache_bytes": None}
+
+
+def _embeds(model: str, task: str, options: dict) -> bool:
+    from tide.engine.embeddings import EMBED_TASK
+    from tide.engine.encoder.task import model_task
+    from tide.engine.loader import resolve_model
+
+    embeds = task == EMBED_TASK or (task == "auto" and model_task(resolve_model(model)) == EMBED_TASK)
+    if not embeds and (options.get("pooling") or options.get("matryoshka")):
+        raise ValueError("pooling and matryoshka apply to embedding models; this one generates (task embed makes a "
+                         "decoder model embed)")
+    return embeds
+
+
+def _embedding_engine(model: str, dtype: str, options: dict):
+    from tide.engine.encoder.config import EncoderConfig
+    from tide.engine.encoder.engine import EmbeddingEngine
+
+    unfit = sorted(k for k, off in _GENERATION_ONLY.items() if options.get(k, off) != off)
+    if unfit:
+        raise ValueError(f"{', '.join(unfit)} apply to generation models; {model} embeds")
+    return EmbeddingEngine(EncoderConfig(model=model, dtype=dtype,
+                                         **{k: v for k, v in options.items() if k in _EMBEDDING_OPTIONS}))
+
+
+def _generation_engine(model: str, dtype: str, options: dict):
+    from tide.engine import EngineConfig, LLMEngine
+    from tide.tuned_defaults import tuned_options
+
+    options = {k: v for k, v in options.items() if k not in ("pooling", "matryoshka")}
+    options = {**tuned_options(model, options), **options}  # what `tide tune` chose, unless given
+    return LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
 
 
 def chat_template_of(model: str) -> str | None:

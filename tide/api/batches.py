@@ -36,7 +36,7 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: str = Field(min_length=1, max_length=128)
-    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     completion_window: str = Field("24h", max_length=16, description="24h, or any duration such as 30m or 2d")
     metadata: dict[str, str] | None = None
     output_expires_after: OutputExpiry | None = None
