@@ -91,13 +91,16 @@ def _inputs(value: Any, where: str) -> Inputs:
                        "those, and not empty", param)
     if len(value) > MAX_INPUTS:
         raise RowError("invalid_field", f"input holds {len(value)} items; at most {MAX_INPUTS}", param)
-    texts = all(isinstance(item, str) for item in value)
+    texts = isinstance(value[0], str)  # the first item sets the kind; a list mixes no strings with token lists
     for i, item in enumerate(value):
+        if texts and not isinstance(item, str):
+            raise RowError("invalid_field", f"input[{i}] must be a string like input[0]; a list mixes no strings "
+                           "with token lists", f"{param}[{i}]")
         if texts and not item:
             raise RowError("invalid_field", f"input[{i}] is an empty string", f"{param}[{i}]")
         if not texts and not _token_ids(item):
-            raise RowError("invalid_field", f"input[{i}] must be a non-empty list of token ids (integers >= 0), like "
-                           "the other items; a list mixes no strings with token lists", f"{param}[{i}]")
+            raise RowError("invalid_field", f"input[{i}] must be a non-empty list of token ids (integers >= 0) like "
+                           "input[0]; a list mixes no strings with token lists", f"{param}[{i}]")
     return value
 
 
