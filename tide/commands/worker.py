@@ -55,6 +55,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.lifecycle import Finalizer
     from tide.jobs.shards.context import ShardContext
     from tide.jobs.specs import queue_for
+    from tide.workers.collector import settle_after_startup
     from tide.workers.registry import Heartbeat
     from tide.workers.tasks import register_tasks
 
@@ -80,6 +81,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     register_tasks(dispatcher.app, context, finalizer)
     heartbeat = Heartbeat(store.redis, name, served, args.concurrency, service.figures).start()
     reaper = Reaper(store, dispatcher, leases, finalizer).start(settings.reaper_interval_s)
+    settle_after_startup()
     try:
         dispatcher.app.worker_main(["worker", "--pool=threads", f"--concurrency={args.concurrency}",
                                     "-Q", queue_for(served), "-n", name, f"--loglevel={args.loglevel}",
