@@ -80,10 +80,9 @@ def pool(hidden: torch.Tensor, batch: PackedBatch, mode: str) -> torch.Tensor:
     if mode == "mean":  # one matmul with a [B, T] averaging matrix: far faster on CPU than a scatter-add
         owners = torch.arange(batch.num_seqs, device=hidden.device).unsqueeze(1) == batch.seq_index.unsqueeze(0)
         return (owners.to(hidden.dtype) / lengths.unsqueeze(1).to(hidden.dtype)) @ hidden
-    padded = hidden.new_full((batch.num_seqs * batch.max_len, hidden.shape[-1]), float("-inf"))
-    if batch.pad_index is None:
-        padded = hidden
-    else:
+    padded = hidden
+    if batch.pad_index is not None:  # padding at -inf never wins the max
+        padded = hidden.new_full((batch.num_seqs * batch.max_len, hidden.shape[-1]), float("-inf"))
         padded.index_copy_(0, batch.pad_index, hidden)
     return padded.view(batch.num_seqs, batch.max_len, -1).amax(dim=1)
 

@@ -10,6 +10,8 @@ from tests.helpers.embeddings import MODEL, cosines, multilingual_texts, referen
 from tide.engine.embeddings import EmbedParams
 from tide.engine.encoder.embedder import Embedder
 from tide.engine.encoder.engine import EmbeddingEngine
+from tide.engine.encoder.packing import PackedBatch
+from tide.engine.encoder.pooling import pool
 from tide.engine.encoder.task import model_task
 from tide.engine.loader import resolve_model
 from tide.engine.sampling_params import SamplingParams
@@ -125,3 +127,13 @@ def test_a_decoder_model_embeds_its_last_token_as_transformers_computes_it(tiny_
     with torch.no_grad():
         last = torch.stack([hf(torch.tensor([row])).last_hidden_state[0, -1] for row in ids]).numpy()
     assert cosines(vectors, last / np.linalg.norm(last, axis=1, keepdims=True)).min() >= 0.9999
+
+
+@pytest.mark.parametrize("lengths", [[3, 1, 4], [2, 2]])
+@pytest.mark.parametrize("mode, reduce", [("mean", lambda t: t.mean(0)), ("max", lambda t: t.amax(0)),
+                                          ("cls", lambda t: t[0]), ("last", lambda t: t[-1])])
+def test_each_pooling_reduces_each_text_s_own_tokens(mode, reduce, lengths):
+    batch = PackedBatch.build([list(range(n)) for n in lengths], torch.device("cpu"))
+    hidden = torch.randn(sum(lengths), 8) - 5  # below zero: padding counted as 0 would change the max
+    texts = hidden.split(lengths)
+    torch.testing.assert_close(pool(hidden, batch, mode), torch.stack([reduce(t) for t in texts]))
