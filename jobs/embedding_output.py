@@ -27,6 +27,7 @@ class EmbeddingResult:
     tokens: int
     latency_s: float | None
     encoding_format: str  # how an OpenAI output line carries it (float or base64)
+    finished_at: float | None = None  # unix time the request finished
     # An embedding has no first token or time per token: the service-wide TTFT/TPOT histograms skip these rows.
     ttft_s: ClassVar[None] = None
     tpot_s: ClassVar[None] = None
@@ -38,7 +39,7 @@ def embedding_schema(width: int | None) -> pa.Schema:
     vector = pa.list_(pa.float32(), width) if width is not None else pa.list_(pa.float32())
     return pa.schema([("custom_id", pa.string()), ("row_index", pa.int64()), ("input_index", pa.int32()),
                       ("embedding", vector), ("tokens", pa.int32()), ("latency_s", pa.float64()),
-                      ("encoding_format", pa.string())])
+                      ("encoding_format", pa.string()), ("finished_at", pa.float64())])
 
 
 def write_embeddings(prefix: Location, shard: int, results: Iterable[EmbeddingResult]) -> None:

@@ -12,9 +12,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from tide.engine.embeddings import EmbedParams
-from tide.jobs.rows import ErrorRow, RowError, row_error, row_id
+from tide.jobs.batch_lines import check_model
+from tide.jobs.endpoints import EMBEDDINGS_URL, UnsupportedEndpoint, check_endpoint
+from tide.jobs.messages import RowError
+from tide.jobs.rows import ErrorRow, row_error, row_id
 
-EMBEDDINGS_URL = "/v1/embeddings"
 ENCODING_FORMATS = ("float", "base64")
 MAX_INPUTS = 2048  # OpenAI's limit on one request's list of inputs
 _BATCH_KEYS = {"custom_id", "method", "url", "body"}
@@ -34,15 +36,16 @@ class EmbedRow:
     encoding_format: str = "float"  # how an OpenAI output line carries the vectors
 
 
-def parse_embedding_row(raw: Any, row: int, endpoint: str | None = None) -> EmbedRow | ErrorRow:
+def parse_embedding_row(raw: Any, row: int, endpoint: str | None = None, models: frozenset[str] = frozenset()
+                        ) -> EmbedRow | ErrorRow:
     """A decoded row -> EmbedRow or ErrorRow; never raises for bad input. With `endpoint` (an OpenAI batch), every
-    row must be a batch line to it."""
+    row must be a batch line to it whose `body.model`, if given, is among `models`."""
     if not isinstance(raw, dict):
         return row_error(row, None, "invalid_row", "a row must be a JSON object")
     custom_id = row_id(raw, row)
     try:
         if endpoint is not None or _BATCH_KEYS & (set(raw) - {"custom_id"}):
-            fields, where = _batch_body(raw, endpoint), "body."
+            fields, where = _batch_body(raw, endpoint, models), "body."
         else:
             if "prompt" in raw or "messages" in raw:
                 raise RowError("invalid_field", "this job embeds (task embed): give the text as input, not prompt "
@@ -60,20 +63,29 @@ def parse_embedding_row(raw: Any, row: int, endpoint: str | None = None) -> Embe
     return EmbedRow(row, custom_id, inputs, params, encoding)
 
 
-def _batch_body(raw: dict, endpoint: str | None) -> dict:
-    _known(raw, _BATCH_KEYS, "")
+def _batch_body(raw: dict, endpoint: str | None, models: frozenset[str]) -> dict:
+    """The body of a batch line, checked as jobs/rows.py checks a generation line (the same codes)."""
+    unknown = sorted(set(raw) - _BATCH_KEYS)
+    if unknown:
+        raise RowError("unknown_line_field", f"unknown field(s) {', '.join(unknown)}", unknown[0])
     if "custom_id" not in raw:
-        raise RowError("missing_field", "batch line has no custom_id", "custom_id")
+        raise RowError("missing_custom_id", "batch line has no custom_id", "custom_id")
     if raw.get("method", "POST") != "POST":
-        raise RowError("invalid_field", f"method must be POST, got {raw.get('method')!r}", "method")
-    url, body = raw.get("url", EMBEDDINGS_URL), raw.get("body")
+        raise RowError("invalid_method", f"method must be POST, got {raw.get('method')!r}", "method")
+    url, body = raw.get("url", endpoint or EMBEDDINGS_URL), raw.get("body")
+    try:
+        check_endpoint(url)
+    except UnsupportedEndpoint as exc:
+        code = "unsupported_endpoint" if isinstance(url, str) and url.startswith("/v1/") else "invalid_url"
+        raise RowError(code, str(exc), "url") from None
+    if endpoint is not None and url != endpoint:
+        raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
     if url != EMBEDDINGS_URL:
         raise RowError("invalid_field", f"url must be {EMBEDDINGS_URL} in a job that embeds (task embed), got "
                        f"{url!r}", "url")
-    if endpoint is not None and url != endpoint:
-        raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
     if not isinstance(body, dict):
-        raise RowError("missing_field", "batch line has no body object", "body")
+        raise RowError("missing_body", "batch line has no body object", "body")
+    check_model(body, models)
     _known(body, _BODY_KEYS, "body.")
     return body
 
@@ -82,7 +94,7 @@ def _inputs(value: Any, where: str) -> Inputs:
     """A string, a list of strings, a token-id list or a list of those -> the list of inputs."""
     param = where + "input"
     if value is None:
-        raise RowError("missing_field", "row has no input (the text to embed; prompt and messages are for jobs "
+        raise RowError("missing_input", "row has no input (the text to embed; prompt and messages are for jobs "
                        "that generate)", param)
     if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
         value = [value]

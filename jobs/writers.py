@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +14,8 @@ import pyarrow.parquet as pq
 from tide.jobs.rows import ErrorRow
 from tide.jobs.storage import Location
 
-_LOGPROB = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
+# A token as logprobs show it: its id, its text (bytes that end inside a character are shown escaped) and its bytes.
+_TOKEN = [("token_id", pa.int32()), ("logprob", pa.float32()), ("token", pa.string()), ("bytes", pa.list_(pa.uint8()))]
 RESULT_SCHEMA = pa.schema([
     ("custom_id", pa.string()),
     ("row_index", pa.int64()),
@@ -26,8 +28,10 @@ RESULT_SCHEMA = pa.schema([
     ("ttft_s", pa.float64()),
     ("latency_s", pa.float64()),
     ("tpot_s", pa.float64()),
-    ("logprobs", pa.list_(pa.struct([("token_id", pa.int32()), ("logprob", pa.float32()),
-                                     ("top", pa.list_(_LOGPROB))]))),
+    ("logprobs", pa.list_(pa.struct([*_TOKEN, ("top", pa.list_(pa.struct(_TOKEN)))]))),
+    ("finished_at", pa.float64()),  # unix time the request finished
+    ("system_fingerprint", pa.string()),  # the engine that ran it: model, dtype, quantization, Tide version
+    ("echo", pa.string()),  # request fields an OpenAI response carries back (JSON), for /v1/responses lines
 ])
 ERROR_SCHEMA = pa.schema([
     ("line", pa.int64()),
@@ -53,6 +57,9 @@ class ResultRow:
     latency_s: float | None
     tpot_s: float | None
     logprobs: list[dict] | None
+    finished_at: float | None = None
+    system_fingerprint: str | None = None
+    echo: str | None = None
 
 
 def part_name(shard: int) -> str:
@@ -65,8 +72,8 @@ def errors_name(shard: int) -> str:
 
 def write_results(prefix: Location, shard: int, rows: Iterable[ResultRow]) -> None:
     """Commit the shard's results part, sorted by row so parts read back in input order."""
-    ordered = sorted(rows, key=lambda r: (r.row_index, r.sample_index))
-    columns = {name: [getattr(r, name) for r in ordered] for name in RESULT_SCHEMA.names}
+    ordered = sorted(rows, key=attrgetter("row_index", "sample_index"))
+    columns = {name: list(map(attrgetter(name), ordered)) for name in RESULT_SCHEMA.names}
     _commit(prefix.child(part_name(shard)), pa.table(columns, schema=RESULT_SCHEMA))
 
 

@@ -15,7 +15,24 @@ def engine_service(model: str, dtype: str, task: str = "auto", **config):
         engine = _embedding_engine(model, dtype, options) if embeds else _generation_engine(model, dtype, options)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"cannot load model {model!r}: {exc}") from exc
-    return EngineService(engine)
+    return EngineService(engine, fingerprint=fingerprint_of(engine.config))
+
+
+def fingerprint_of(config) -> str:
+    """OpenAI's `system_fingerprint` for an engine built from `config`: its model, the dtype it runs in, its
+    quantization and Tide's version, hashed (outputs may change when any of them does)."""
+    from importlib import metadata
+
+    from tide.engine.startup import pick_device, pick_dtype
+    from tide.jobs.openai_output import system_fingerprint
+
+    dtype = str(pick_dtype(config.dtype, pick_device(config.device))).removeprefix("torch.")
+    try:
+        version = metadata.version("tide")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    quantization = getattr(config, "quantization", "none")  # an embedding engine's EncoderConfig has none
+    return system_fingerprint(config.model, dtype, quantization, version)
 
 
 # What only the embedding engine takes, and what only the generation engine does (at a value other than its off).

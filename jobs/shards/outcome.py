@@ -8,6 +8,7 @@ from tide.engine.embeddings import EmbeddingOutput
 from tide.engine.outputs import RequestOutput, TokenLogprob
 from tide.jobs.embedding_output import EmbeddingResult
 from tide.jobs.embeddings import EmbedRow
+from tide.jobs.engine_client import EngineClient
 from tide.jobs.inputs import InputRow
 from tide.jobs.report.series import SeriesRecorder
 from tide.jobs.rows import ErrorRow
@@ -19,16 +20,18 @@ from tide.jobs.writers import ResultRow
 @dataclass
 class Outcome:
     status: ShardStatus = ShardStatus.DONE
-    results: list[ResultRow | EmbeddingResult] = field(default_factory=list)  # as the job's task makes them
+    results: list[ResultRow] = field(default_factory=list)
     errors: list[ErrorRow] = field(default_factory=list)
     progress: ShardProgress = field(default_factory=ShardProgress)
     series: SeriesRecorder = field(default_factory=SeriesRecorder)  # sampled each poll for the job's report
 
 
-def record(outcome: Outcome, row: InputRow, output: RequestOutput | EmbeddingOutput) -> None:
-    """One finished request: an error row, nothing (aborted), or a result row per sample with its metrics."""
+def record(outcome: Outcome, row: InputRow, output: RequestOutput | EmbeddingOutput, engine: EngineClient,
+           now: float) -> None:
+    """One finished request (at `now`): an error row, nothing (aborted), or a result row per sample with its
+    metrics, the engine's fingerprint and, when asked for, logprobs with each token's text and bytes."""
     if isinstance(output, EmbeddingOutput):
-        _record_embedding(outcome, row, output)
+        _record_embedding(outcome, row, output, now)
         return
     if output.error is not None:
         outcome.errors.append(error_rows.failed(row, output.error_code, output.error))
@@ -42,7 +45,8 @@ def record(outcome: Outcome, row: InputRow, output: RequestOutput | EmbeddingOut
             finish_reason=sample.finish_reason, prompt_tokens=metrics.prompt_tokens,
             completion_tokens=len(sample.token_ids), cached_prompt_tokens=metrics.cached_prompt_tokens,
             ttft_s=metrics.ttft, latency_s=metrics.e2e_latency, tpot_s=metrics.tpot,
-            logprobs=_logprobs(sample.logprobs) if row.params.logprobs is not None else None))
+            logprobs=_logprobs(sample.logprobs, engine) if row.params.logprobs is not None else None,
+            finished_at=now, system_fingerprint=engine.fingerprint(), echo=row.echo))
     progress = outcome.progress
     progress.completed += 1
     progress.prompt_tokens += metrics.prompt_tokens
@@ -52,7 +56,7 @@ def record(outcome: Outcome, row: InputRow, output: RequestOutput | EmbeddingOut
     progress.spec_accepted_tokens += metrics.spec_accepted_tokens
 
 
-def _record_embedding(outcome: Outcome, row: EmbedRow, output: EmbeddingOutput) -> None:
+def _record_embedding(outcome: Outcome, row: EmbedRow, output: EmbeddingOutput, now: float) -> None:
     """An embedding request: an error row, nothing (aborted), or a result row per input."""
     if output.error is not None:
         outcome.errors.append(error_rows.failed(row, output.error_code, output.error))
@@ -62,7 +66,7 @@ def _record_embedding(outcome: Outcome, row: EmbedRow, output: EmbeddingOutput) 
     for index, (vector, tokens) in enumerate(zip(output.embeddings, output.num_tokens)):
         outcome.results.append(EmbeddingResult(
             custom_id=row.custom_id, row_index=row.row, input_index=index, embedding=vector, tokens=tokens,
-            latency_s=output.latency_s, encoding_format=row.encoding_format))
+            latency_s=output.latency_s, encoding_format=row.encoding_format, finished_at=now))
     outcome.progress.completed += 1
     outcome.progress.prompt_tokens += output.prompt_tokens
 
@@ -75,8 +79,19 @@ def expire(outcome: Outcome, rows: list[InputRow]) -> Outcome:
     return outcome
 
 
-def _logprobs(logprobs: list[TokenLogprob] | None) -> list[dict] | None:
+def _logprobs(logprobs: list[TokenLogprob] | None, engine: EngineClient) -> list[dict] | None:
     if logprobs is None:
         return None
-    return [{"token_id": lp.token_id, "logprob": lp.logprob,
-             "top": [{"token_id": t, "logprob": p} for t, p in lp.top]} for lp in logprobs]
+    ids = sorted({lp.token_id for lp in logprobs} | {t for lp in logprobs for t, _ in lp.top})
+    pieces = dict(zip(ids, engine.token_bytes(ids)))
+
+    def token(token_id: int, logprob: float) -> dict:
+        piece = pieces[token_id]
+        return {"token_id": token_id, "logprob": logprob, "token": token_text(piece), "bytes": list(piece)}
+
+    return [{**token(lp.token_id, lp.logprob), "top": [token(t, p) for t, p in lp.top]} for lp in logprobs]
+
+
+def token_text(piece: bytes) -> str:
+    """A token's text; bytes that end (or start) inside a UTF-8 character are shown as `\\xNN` escapes."""
+    return piece.decode("utf-8", errors="backslashreplace")

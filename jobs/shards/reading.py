@@ -1,7 +1,7 @@
 """A shard's rows read back from the input and validated exactly as the planner validated them."""
 from __future__ import annotations
 
-from tide.jobs.inputs import InputRow, parse_line, parse_record
+from tide.jobs.inputs import InputRow, parse_jsonl, parse_record
 from tide.jobs.planner import duplicate_error
 from tide.jobs.readers import iter_jsonl_lines, iter_parquet_rows
 from tide.jobs.rows import ErrorRow
@@ -13,8 +13,8 @@ def read_shard_rows(task: ShardTask, storage: StorageConfig) -> tuple[list[Input
     """The shard's rows and error rows (duplicate ids come from the plan)."""
     location, shard, spec = resolve(task.spec.input, storage), task.shard, task.spec
     if task.format == "jsonl":
-        parsed = (parse_line(line.data, line.row, spec)
-                  for line in iter_jsonl_lines(location, shard.start, shard.end, shard.first_row) if line.data)
+        parsed = (parse_jsonl(line, spec)
+                  for line in iter_jsonl_lines(location, shard.start, shard.end, shard.first_row) if line.is_row)
     else:
         parsed = (parse_record(raw, row, spec)
                   for row, raw in iter_parquet_rows(location, spec.columns, spec.task, shard.start, shard.end))

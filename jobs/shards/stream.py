@@ -54,14 +54,15 @@ def _collect(ctx: ShardContext, task: ShardTask, sink: queue.Queue, by_id: dict[
     waiting, next_poll = set(by_id), ctx.clock() + ctx.poll_s
     while waiting:
         try:
-            output = sink.get(timeout=ctx.poll_s)
+            outputs = sink.get(timeout=ctx.poll_s)
         except queue.Empty:
-            output = None
-        if isinstance(output, Exception):
-            raise output
-        if output is not None:
+            outputs = []
+        if isinstance(outputs, Exception):
+            raise outputs
+        finished_at = ctx.clock()  # one engine step's outputs finished together
+        for output in outputs:
             waiting.discard(output.request_id)
-            record(outcome, by_id[output.request_id], output)
+            record(outcome, by_id[output.request_id], output, ctx.service, finished_at)
         if ctx.clock() >= next_poll:
             next_poll = ctx.clock() + ctx.poll_s
             _poll(ctx, task, outcome, waiting, lost)

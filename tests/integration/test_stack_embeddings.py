@@ -36,6 +36,14 @@ def _wait(client: openai.OpenAI, batch_id: str, timeout_s: float = 300):
     return batch
 
 
+def _create(client: openai.OpenAI, tmp_path: Path, lines: list[dict], endpoint: str):
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with open(path, "rb") as f:
+        uploaded = client.files.create(file=f, purpose="batch")
+    return client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")
+
+
 def test_an_embeddings_batch_runs_through_the_openai_client(client, tmp_path):
     texts = multilingual_texts(40, seed=7, long_share=0.2)
     lines = embedding_lines(texts) + [
@@ -43,23 +51,17 @@ def test_an_embeddings_batch_runs_through_the_openai_client(client, tmp_path):
          "body": {"model": MODEL, "input": texts[:3], "encoding_format": "base64", "user": "someone"}},
         {"custom_id": "strict", "method": "POST", "url": "/v1/embeddings",
          "body": {"model": MODEL, "input": "word " * 400, "truncate": False}},
-        {"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}},
     ]
-    path = Path(tmp_path / "embed.jsonl")
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with open(path, "rb") as f:
-        uploaded = client.files.create(file=f, purpose="batch")
-    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
-    batch = _wait(client, batch.id)
+    batch = _wait(client, _create(client, tmp_path, lines, "/v1/embeddings").id)
 
     assert batch.status == "completed", batch
-    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (43, 41, 2)
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (42, 41, 1)
     output = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
     errors = [json.loads(x) for x in client.files.content(batch.error_file_id).text.splitlines()]
     assert sorted(x["custom_id"] for x in output) == sorted([f"emb-{i}" for i in range(40)] + ["b64"])
     assert {x["custom_id"]: x["response"]["body"]["error"]["code"] for x in errors} == {
-        "strict": "context_length_exceeded", "chat": "invalid_field"}
+        "strict": "context_length_exceeded"}
+    assert "402 tokens" in errors[0]["response"]["body"]["error"]["message"]
 
     bodies = {x["custom_id"]: x["response"]["body"] for x in output}
     assert all(x["response"]["status_code"] == 200 and x["error"] is None for x in output)
@@ -74,3 +76,15 @@ def test_an_embeddings_batch_runs_through_the_openai_client(client, tmp_path):
     assert [d["index"] for d in packed] == [0, 1, 2]
     decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in packed])
     assert cosines(decoded, expected[:3]).min() >= 0.9999
+
+
+def test_a_chat_line_fails_an_embeddings_batch_and_a_chat_batch_fails_on_an_embedding_model(client, tmp_path):
+    chat = {"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}}
+    mixed = _wait(client, _create(client, tmp_path, [*embedding_lines(["a text"]), chat], "/v1/embeddings").id)
+    assert mixed.status == "failed" and [(e.line, e.code) for e in mixed.errors.data] == [(2, "mismatched_url")]
+    generate = _wait(client, _create(client, tmp_path, [chat], "/v1/chat/completions").id)
+    assert generate.status == "completed" and generate.request_counts.failed == 1
+    (error,) = [json.loads(x) for x in client.files.content(generate.error_file_id).text.splitlines()]
+    message = (error["response"] or {}).get("body", {}).get("error", {}).get("message") or error["error"]["message"]
+    assert "embeds (task embed) and cannot generate" in message

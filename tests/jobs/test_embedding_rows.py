@@ -11,8 +11,9 @@ import pytest
 
 from tide.engine.embeddings import EmbedParams
 from tide.jobs.embedding_output import EmbeddingResult, embedding_bodies, write_embeddings
-from tide.jobs.embeddings import EMBEDDINGS_URL, MAX_INPUTS, EmbedRow, parse_embedding_row
-from tide.jobs.rows import ErrorRow
+from tide.jobs.embeddings import MAX_INPUTS, EmbedRow, parse_embedding_row
+from tide.jobs.endpoints import EMBEDDINGS_URL
+from tide.jobs.rows import ErrorRow, fails_batch
 from tide.jobs.storage import StorageConfig, resolve
 
 
@@ -43,7 +44,7 @@ def test_native_rows_embed_their_input():
 
 
 @pytest.mark.parametrize("raw, code, param, words", [
-    (_line(), "missing_field", "body.input", "no input"),
+    (_line(), "missing_input", "body.input", "no input"),
     (_line(input=""), "invalid_field", "body.input[0]", "empty string"),
     (_line(input=[]), "invalid_field", "body.input", "not empty"),
     (_line(input=["text", [1, 2]]), "invalid_field", "body.input[1]", "must be a string"),
@@ -64,9 +65,15 @@ def test_bad_rows_are_error_rows_naming_the_field(raw, code, param, words):
     assert row.message.startswith("line 5") and words in row.message
 
 
-def test_an_openai_batch_takes_only_lines_to_its_endpoint():
+def test_an_openai_batch_takes_only_lines_to_its_endpoint_and_model():
     row = parse_embedding_row({"id": "n", "input": "x"}, 0, EMBEDDINGS_URL)
-    assert isinstance(row, ErrorRow) and row.code == "unknown_field"
+    assert isinstance(row, ErrorRow) and row.code == "unknown_line_field" and fails_batch(row)
+    chat = parse_embedding_row({**_line(input="x"), "url": "/v1/chat/completions"}, 0, EMBEDDINGS_URL)
+    assert chat.code == "mismatched_url" and fails_batch(chat)
+    other = parse_embedding_row(_line(input="x"), 0, EMBEDDINGS_URL, frozenset({"all-minilm-l6-v2"}))
+    assert other.code == "mismatched_model" and other.param == "body.model" and fails_batch(other)
+    unknown = parse_embedding_row(_line(input="x", temperature=1), 0, EMBEDDINGS_URL)
+    assert unknown.code == "unknown_field" and not fails_batch(unknown)  # that request alone fails, with a 400
 
 
 def _result(row: int, index: int, values, tokens: int = 3, encoding: str = "float") -> EmbeddingResult:

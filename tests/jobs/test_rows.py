@@ -41,7 +41,7 @@ def test_plain_rows_default_ids_and_row_overrides_beat_job_defaults():
                                                                 "frobnicate": 1}}, "unknown_field", "frobnicate"),
     ({"id": "x", "prompt": "p", "temperature": -1}, "invalid_field", "temperature"),
     ({"id": "x", "messages": [{"role": "wizard", "content": "a"}]}, "invalid_field", "messages[0]"),
-    ({"custom_id": "x", "url": "/v1/embeddings", "body": {}}, "invalid_field", "/v1/embeddings"),
+    ({"custom_id": "x", "url": "/v1/embeddings", "body": {}}, "invalid_field", "a job with task embed"),
     ([1, 2], "invalid_row", "JSON object"),
 ])
 def test_bad_rows_become_error_rows_naming_line_id_and_reason(raw, code, words):
@@ -56,3 +56,11 @@ def test_invalid_json_line():
     error = parse_json_line(b'{"prompt": "unterminated', 0, {})
     assert isinstance(error, ErrorRow) and error.code == "invalid_json" and error.line == 1
     assert isinstance(parse_json_line(json.dumps({"prompt": "ok"}).encode(), 0, {}), PromptRow)
+
+
+def test_json_lines_are_read_as_utf8_with_or_without_a_byte_order_mark():
+    line = '{"id": "é", "prompt": "naïve"}'.encode()
+    assert parse_json_line(line, 0, {}).prompt == "naïve"
+    assert parse_json_line(b"\xef\xbb\xbf" + line, 0, {}).custom_id == "é"
+    error = parse_json_line(b'{"prompt": "\xff"}', 3, {})
+    assert isinstance(error, ErrorRow) and error.code == "invalid_json" and error.message.startswith("line 4")

@@ -129,3 +129,9 @@ class _ExitOnPrompt:
 
     def load(self):
         return self.service.load()
+
+    def token_bytes(self, token_ids):
+        return self.service.token_bytes(token_ids)
+
+    def fingerprint(self):
+        return self.service.fingerprint()
