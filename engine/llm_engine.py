@@ -46,8 +46,10 @@ class LLMEngine:
         self.vocab_size = parts.vocab_size
         self.guided = GuidedDecoding(self.tokenizer, self.vocab_size, self.eos_token_ids)
         self.max_seq_tokens = min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
+        self.adapters = parts.adapters
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
-                                   self.config.max_num_batched_tokens, self.config.enable_prefix_caching)
+                                   self.config.max_num_batched_tokens, self.config.enable_prefix_caching,
+                                   gate=self.adapters)
         self.beam_search = BeamSearch(self.scheduler, self.block_manager, self.runner, self.tokenizer,
                                       self.eos_token_ids)
         self.speculator = build_speculator(self.config, parts, self.max_model_len, self.scheduler.watermark_blocks)
@@ -72,6 +74,7 @@ class LLMEngine:
         bad = [t for t in params.stop_token_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"stop_token_ids {bad} are outside the vocabulary (size {self.vocab_size})")
+        self.adapters.check(params)  # an unknown or unusable adapter is refused here, by name
         state = RequestState.create(request_id, prompt, params, priority, self.tokenizer)
         with self._lock:
             if request_id in self._live_ids:
@@ -91,6 +94,7 @@ class LLMEngine:
     def close(self) -> None:
         """Stop the engine's helper processes (tensor-parallel ranks), if it has any; it cannot step afterwards."""
         self.runner.close()
+        self.adapters.close()
 
     # ---- the loop (one thread) ------------------------------------------------------------------------------------
 

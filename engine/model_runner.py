@@ -2,22 +2,30 @@
 from __future__ import annotations
 
 from itertools import accumulate
+from typing import Protocol
 
 import torch
 
 from tide import kernels
-from tide.engine.models.llama import ForwardContext, LlamaForCausalLM
+from tide.engine.models.llama import ForwardContext, LlamaForCausalLM, LowRankUpdates
 from tide.engine.sequence import Sequence
 from tide.kernels.metadata import AttentionMetadata
+
+
+class StepAdapters(Protocol):
+    """Which rows of a step use which LoRA adapter (`engine/lora/registry.py`); None when no row uses one."""
+
+    def batch(self, scheduled: list[tuple[Sequence, int]]) -> LowRankUpdates | None: ...
 
 
 class ModelRunner:
     """Owns the model and its KV cache: [layers, 2 (k/v), num_blocks, block_size, kv_heads, head_dim]."""
 
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, max_model_len: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, adapters: StepAdapters | None = None) -> None:
         args = model.args
         self.model = model
+        self.adapters = adapters  # the LoRA registry: which rows of a step use which adapter
         self.block_size = block_size
         self.device = device
         shape = (args.num_layers, 2, num_blocks, block_size, args.num_kv_heads, args.head_dim)
@@ -124,6 +132,7 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
             attn=attn,
             cos_sin_cache=self.cos_sin_cache,
+            lora=None if self.adapters is None else self.adapters.batch(scheduled),
         )
         input_ids = torch.tensor(tokens, dtype=torch.int64, device=dev)
         return input_ids, ctx, torch.tensor(logits_indices, dtype=torch.int64, device=dev), sampling

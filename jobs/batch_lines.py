@@ -15,6 +15,7 @@ from tide.engine.decoding.guided_params import ANY_JSON_OBJECT
 from tide.engine.sampling_params import SamplingParams
 from tide.jobs.endpoints import CHAT_URL, COMPLETIONS_URL, RESPONSES_URL
 from tide.jobs.messages import Prompt, RowError, chat_messages, message, prompt_from, unsupported
+from tide.jobs.models import split_model
 
 _SAMPLING = frozenset(SamplingParams.model_fields)
 _IGNORED = frozenset({"model", "store", "service_tier", "user", "metadata", "prompt_cache_key", "safety_identifier",
@@ -61,16 +62,19 @@ def parse_body(url: str, body: dict) -> Line:
     return _responses(body)
 
 
-def check_model(body: dict, models: frozenset[str]) -> None:
-    """A batch runs one model: a line naming another fails validation (`mismatched_model`)."""
+def check_model(body: dict, models: frozenset[str]) -> str | None:
+    """A batch runs one model: a line naming another fails validation (`mismatched_model`). Returns the LoRA
+    adapter a `base:adapter` model names, if any."""
     model = body.get("model")
     if model is None:
-        return
+        return None
     if not isinstance(model, str) or not model:
         raise RowError("invalid_field", "body.model must be a model name", "body.model")
-    if models and model not in models:
+    base, adapter = split_model(model)
+    if models and model not in models and base not in models:
         raise RowError("mismatched_model", f"body.model {model!r} is not the batch's model "
                        f"({' or '.join(sorted(map(repr, models)))}); a batch runs one model", "body.model")
+    return adapter
 
 
 def _chat(body: dict) -> Line:

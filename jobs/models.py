@@ -30,9 +30,20 @@ def parse_aliases(value: str | Mapping[str, str] | None) -> dict[str, str]:
     return aliases
 
 
+def split_model(model: str) -> tuple[str, str | None]:
+    """A request's `model` -> (base model, LoRA adapter or None): `smollm2-135m:support-v3` names the adapter
+    `support-v3` on `smollm2-135m`."""
+    base, sep, adapter = model.partition(":")
+    return (base, adapter) if sep and base and adapter else (model, None)
+
+
 def served_model(name: str, aliases: Mapping[str, str]) -> str:
-    """The served model a request's `model` runs on: its alias target, else the name itself."""
-    return aliases.get(name, name)
+    """The served model a request's `model` runs on: its alias target, else the name itself; for `base:adapter`,
+    the base's (the adapter travels with each row)."""
+    if name in aliases:
+        return aliases[name]
+    base = split_model(name)[0]
+    return aliases.get(base, base)
 
 
 def check_served(model: str, requested: str, served: Iterable[str]) -> None:

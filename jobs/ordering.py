@@ -20,11 +20,14 @@ MIN_SHARED_CHARS = 64
 
 
 def prefix_key(row: InputRow) -> str:
+    """The prompt's text behind its LoRA adapter's name: KV is cached per adapter, so only prompts of one adapter
+    share a prefix, and sorting keeps each adapter's rows together (fewer adapters resident at a time)."""
     if isinstance(row, EmbedRow):
         return ""  # an embedding keeps no KV cache to share: the rows keep their order
+    adapter = f"{row.params.lora}\x02" if row.params.lora else ""
     if isinstance(row.prompt, str):
-        return row.prompt
-    return "".join(f"\x00{m['role']}\x01{m['content']}" for m in row.prompt)
+        return adapter + row.prompt
+    return adapter + "".join(f"\x00{m['role']}\x01{m['content']}" for m in row.prompt)
 
 
 def group_by_prefix(rows: list[InputRow]) -> list[InputRow]:

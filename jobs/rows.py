@@ -134,8 +134,13 @@ def _batch_line(raw: dict, endpoint: str | None, models: frozenset[str]) -> tupl
                        f"generates, got {url!r} (embeddings lines go in a job with task embed)", "url")
     if not isinstance(body, dict):
         raise RowError("missing_body", "batch line has no body object", "body")
-    check_model(body, models)
+    adapter = check_model(body, models)
     line = parse_body(url, body)
+    if adapter is not None:
+        if line.overrides.get("lora") not in (None, adapter):
+            raise RowError("invalid_field", f"model names adapter {adapter!r} but lora is "
+                           f"{line.overrides['lora']!r}; give one", "body.lora")
+        line.overrides["lora"] = adapter
     return line.prompt, line.overrides, line.echo
 
 

@@ -58,6 +58,14 @@ class SampleError(BaseModel):
     param: str | None = None
 
 
+class AdapterUsage(BaseModel):
+    """What one LoRA adapter's rows of a shard used."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class ShardProgress(BaseModel):
     """Counts of one shard so far; overwritten while it runs, final once it is terminal."""
 
@@ -68,6 +76,7 @@ class ShardProgress(BaseModel):
     cached_prompt_tokens: int = 0
     spec_proposed_tokens: int = 0  # draft tokens verified for these rows (speculative decoding)
     spec_accepted_tokens: int = 0
+    adapters: dict[str, AdapterUsage] = Field(default_factory=dict)  # completed rows by LoRA adapter
 
 
 class EngineFigures(BaseModel):

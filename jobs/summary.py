@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from tide.jobs.report.cost import job_cost
 from tide.jobs.report.figures import histogram, job_series
 from tide.jobs.report.series import read_series
-from tide.jobs.state import Job, ShardState
+from tide.jobs.state import AdapterUsage, Job, ShardState
 from tide.jobs.storage import Location
 
 _TIMING_COLUMNS = ["ttft_s", "tpot_s", "latency_s"]
@@ -41,6 +41,7 @@ def build_summary(job: Job, shards: list[ShardState], prefix: Location, now: flo
         "num_shards": len(shards),
         "job_prefix_cache_hit_rate": usage.cached_prompt_tokens / usage.prompt_tokens if usage.prompt_tokens else None,
         "speculative": _speculative(shards),
+        "adapters": _adapters(shards),
         "cost": job_cost(shards, usage.completion_tokens, price_per_worker_hour),
         "histograms": {name.removesuffix("_s"): histogram(values) for name, values in timings.items()},
         "series": job_series(read_series(prefix), started, now),
@@ -54,6 +55,17 @@ def _speculative(shards: list[ShardState]) -> dict | None:
         return None
     accepted = sum(s.progress.spec_accepted_tokens for s in shards)
     return {"proposed_tokens": proposed, "accepted_tokens": accepted, "acceptance_rate": accepted / proposed}
+
+
+def _adapters(shards: list[ShardState]) -> dict[str, dict] | None:
+    """Requests and tokens per LoRA adapter, summed over the shards; None when no row named an adapter."""
+    totals: dict[str, AdapterUsage] = {}
+    for shard in shards:
+        for name, usage in shard.progress.adapters.items():
+            total = totals.setdefault(name, AdapterUsage())
+            for field in ("requests", "prompt_tokens", "completion_tokens"):
+                setattr(total, field, getattr(total, field) + getattr(usage, field))
+    return {name: usage.model_dump() for name, usage in sorted(totals.items())} or None
 
 
 def _read_timings(prefix: Location) -> dict[str, np.ndarray]:
@@ -142,6 +154,9 @@ def format_report(summary: dict) -> str:
     if spec:
         lines.append(f"  speculative decoding: {spec['acceptance_rate']:.1%} of {spec['proposed_tokens']} draft tokens "
                      "accepted")
+    for name, usage in (summary.get("adapters") or {}).items():
+        lines.append(f"  adapter {name}: {usage['requests']} requests, {usage['prompt_tokens']} prompt + "
+                     f"{usage['completion_tokens']} completion tokens")
     cost = summary.get("cost")
     if cost:
         lines.append(_cost_line(cost))

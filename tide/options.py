@@ -42,6 +42,12 @@ def add_engine_options(p: argparse.ArgumentParser, settings: Settings) -> None:
                         "sentence-transformers files)")
     g.add_argument("--matryoshka", action="store_true", default=settings.matryoshka,
                    help="the model was trained for shorter vectors: rows may ask for fewer dimensions")
+    g = p.add_argument_group("LoRA adapters (rows pick one with \"lora\")")
+    g.add_argument("--adapter", dest="adapters", action="append", type=name_and_source, metavar="NAME=SOURCE",
+                   default=[name_and_source(pair) for pair in (settings.lora_adapters or "").split(",") if pair],
+                   help="serve a PEFT adapter directory or s3:// prefix under NAME (repeatable; $TIDE_LORA_ADAPTERS)")
+    g.add_argument("--max-loras", type=int, default=settings.max_loras, help="adapters resident at once")
+    g.add_argument("--max-lora-rank", type=int, default=settings.max_lora_rank, help="highest adapter rank accepted")
 
 
 def embedding_config(args: argparse.Namespace) -> dict:
@@ -56,6 +62,20 @@ def speculative_config(args: argparse.Namespace) -> dict:
             "spec_ngram_max": args.spec_ngram_max, "spec_max_running": args.spec_max_running}
 
 
+def lora_config(args: argparse.Namespace) -> dict:
+    """The EngineConfig fields the LoRA flags set."""
+    return {"lora_adapters": dict(args.adapters), "max_loras": args.max_loras, "max_lora_rank": args.max_lora_rank}
+
+
+def name_and_source(text: str) -> tuple[str, str]:
+    """An argparse type: NAME=SOURCE."""
+    name, sep, source = text.strip().partition("=")
+    if not sep or not name.strip() or not source.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=SOURCE (an adapter name, '=', a directory or s3:// "
+                                         "prefix)")
+    return name.strip(), source.strip()
+
+
 def add_job_options(p: argparse.ArgumentParser, settings: Settings, max_tokens: int | None) -> None:
     """The input and its defaults, as `tide run` and `tide submit` take them."""
     p.add_argument("input", help="JSONL or Parquet file: local path or s3://bucket/key")
@@ -68,6 +88,7 @@ def add_job_options(p: argparse.ArgumentParser, settings: Settings, max_tokens: 
     p.add_argument("--max-tokens", type=int, default=max_tokens, help="default max tokens per row")
     p.add_argument("--temperature", type=float, default=None, help="default sampling temperature")
     p.add_argument("--sampling", type=json_object, default={}, help="more sampling defaults as a JSON object")
+    p.add_argument("--lora", default=None, help="LoRA adapter for rows that name none (default: the base model)")
     p.add_argument("--shard-rows", type=int, default=settings.shard_rows, help="rows per shard")
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--messages-column", default="messages")
@@ -82,6 +103,8 @@ def spec_from_args(args: argparse.Namespace, output: str, model: str, task: str,
         sampling["max_tokens"] = args.max_tokens
     if args.temperature is not None:
         sampling["temperature"] = args.temperature
+    if args.lora is not None:
+        sampling["lora"] = args.lora
     columns = ColumnMap(prompt=args.prompt_column, messages=args.messages_column, input=args.input_column,
                         id=args.id_column)
     return JobSpec(input=args.input, format=args.format, model=model, task=task, sampling=sampling, columns=columns,

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("lora_adapters")
+    @classmethod
+    def _check_adapters(cls, value: str | None) -> str | None:
+        for pair in (value or "").split(","):
+            name, _, source = pair.partition("=")
+            if pair.strip() and not (name.strip() and source.strip()):
+                raise ValueError(f"{pair!r} is not NAME=SOURCE (an adapter name, '=', a directory or s3:// prefix)")
+        return value
+
     def key_hashes(self) -> frozenset[str]:
         """The configured keys as sha256 hex digests; plain keys are hashed here and not kept."""
         return frozenset(key[len(HASH_PREFIX):].lower() if key.startswith(HASH_PREFIX) else hash_key(key)
@@ -180,6 +189,14 @@ class Settings(BaseSettings):
     spec_ngram_max: int = Field(4, ge=1, description="longest suffix prompt lookup matches")
     spec_max_running: int = Field(2, ge=0, description="speculate only while at most this many sequences run "
                                   "(above it a step is compute-bound and drafts cost more than they save)")
+
+    # LoRA adapters the worker's engine serves (`tide worker`, `tide run`); rows name them with "lora".
+    lora_adapters: str | None = Field(None, description="adapters by name: comma-separated NAME=SOURCE pairs, SOURCE "
+                                      "a PEFT adapter directory or s3:// prefix")
+    max_loras: int = Field(8, ge=1, description="LoRA adapters a worker keeps resident; others load on demand and "
+                           "the least recently used is evicted")
+    max_lora_rank: int = Field(16, ge=1, description="the highest LoRA rank a worker accepts (every adapter slot "
+                               "is sized for it)")
 
 
 @lru_cache(maxsize=1)

@@ -1,15 +1,28 @@
 """What several entry points build the same way: the engine service, and the Redis job store with its dispatcher."""
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+
 from tide.options import UsageError
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a PEFT adapter, as engine/lora reads it
 
-def engine_service(model: str, dtype: str, task: str = "auto", **config):
+
+def engine_service(model: str, dtype: str, task: str = "auto", storage=None, **config):
     """An `EngineService` around a freshly loaded engine: the embedding engine for a model that embeds (its files
-    say so, or `task` embed), else the generation engine; options left as None take the engine's defaults."""
+    say so, or `task` embed), else the generation engine; options left as None take the engine's defaults.
+
+    With `storage` (a `StorageConfig`) LoRA adapters are read through it: s3:// prefixes, local directories confined
+    like inputs."""
     from tide.workers.engine_service import EngineService
 
     options = {k: v for k, v in config.items() if v is not None}
+    if storage is not None:
+        options["lora_fetch"] = partial(fetch_adapter, storage=storage)
     try:
         embeds = _embeds(model, task, options)
         engine = _embedding_engine(model, dtype, options) if embeds else _generation_engine(model, dtype, options)
@@ -38,7 +51,7 @@ def fingerprint_of(config) -> str:
 # What only the embedding engine takes, and what only the generation engine does (at a value other than its off).
 _EMBEDDING_OPTIONS = {"num_threads", "max_num_seqs", "max_num_batched_tokens", "pooling", "matryoshka"}
 _GENERATION_ONLY = {"quantization": "none", "tensor_parallel_size": 1, "offload_max_resident_layers": None,
-                    "speculative": "off", "kv_cache_bytes": None}
+                    "speculative": "off", "kv_cache_bytes": None, "lora_adapters": {}}
 
 
 def _embeds(model: str, task: str, options: dict) -> bool:
@@ -69,8 +82,29 @@ def _generation_engine(model: str, dtype: str, options: dict):
     from tide.tuned_defaults import tuned_options
 
     options = {k: v for k, v in options.items() if k not in ("pooling", "matryoshka")}
-    options = {**tuned_options(model, options), **options}  # what `tide tune` chose, unless given
+    options = {**tuned_options(model, {k: v for k, v in options.items() if k != "lora_fetch"}), **options}  # what `tide tune` chose, unless given
     return LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
+
+
+def fetch_adapter(source: str, storage) -> Path:
+    """A LoRA adapter's local directory: an s3:// prefix downloaded (again on each load, so a changed adapter is
+    seen) into one temporary directory per prefix, a local directory as it is (under `storage.local_roots` when
+    those are set). Raises ValueError naming the source."""
+    from tide.jobs.storage import StorageError, confined, resolve
+
+    try:
+        if not source.startswith("s3://"):
+            return confined(Path(source), storage.local_roots)
+        key = hashlib.sha256(source.encode()).hexdigest()[:16]
+        target = Path(tempfile.gettempdir()) / "tide-lora" / key
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ADAPTER_FILES:
+            part = target / f"{name}.{os.getpid()}.part"
+            part.write_bytes(resolve(f"{source.rstrip('/')}/{name}", storage).read_bytes())
+            os.replace(part, target / name)
+        return target
+    except StorageError as exc:
+        raise ValueError(f"LoRA adapter source {source!r}: {exc}") from exc
 
 
 def chat_template_of(model: str) -> str | None:

@@ -13,7 +13,7 @@ from tide.jobs.inputs import InputRow
 from tide.jobs.report.series import SeriesRecorder
 from tide.jobs.rows import ErrorRow
 from tide.jobs.shards import error_rows
-from tide.jobs.state import ShardProgress, ShardStatus
+from tide.jobs.state import AdapterUsage, ShardProgress, ShardStatus
 from tide.jobs.writers import ResultRow
 
 
@@ -54,6 +54,11 @@ def record(outcome: Outcome, row: InputRow, output: RequestOutput | EmbeddingOut
     progress.cached_prompt_tokens += metrics.cached_prompt_tokens
     progress.spec_proposed_tokens += metrics.spec_proposed_tokens
     progress.spec_accepted_tokens += metrics.spec_accepted_tokens
+    if row.params.lora is not None:
+        usage = progress.adapters.setdefault(row.params.lora, AdapterUsage())
+        usage.requests += 1
+        usage.prompt_tokens += metrics.prompt_tokens
+        usage.completion_tokens += metrics.completion_tokens
 
 
 def _record_embedding(outcome: Outcome, row: EmbedRow, output: EmbeddingOutput, now: float) -> None:

@@ -13,6 +13,7 @@ from tide.options import (
     add_engine_options,
     add_job_options,
     embedding_config,
+    lora_config,
     spec_from_args,
     speculative_config,
 )
@@ -42,8 +43,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     storage = settings.storage_config()
     hints = input_hints(resolve(args.input, storage))
     model = args.model or hints.model or settings.model
-    service = engine_service(model, args.dtype, task=args.task, quantization=args.quantization,
-                             **speculative_config(args), **embedding_config(args))
+    service = engine_service(model, args.dtype, task=args.task, storage=storage, quantization=args.quantization,
+                             **speculative_config(args), **lora_config(args), **embedding_config(args))
     task = args.task if args.task != "auto" else hints.task or service.engine.task
     if task == "generate":
         args.sampling = {"temperature": 0.7, "top_p": 0.9, "seed": 0, **args.sampling}

@@ -6,7 +6,14 @@ import logging
 import os
 import socket
 
-from tide.options import UsageError, add_engine_options, add_redis_option, embedding_config, speculative_config
+from tide.options import (
+    UsageError,
+    add_engine_options,
+    add_redis_option,
+    embedding_config,
+    lora_config,
+    speculative_config,
+)
 from tide.settings import Settings
 from tide.wiring import connect, engine_service
 
@@ -69,8 +76,8 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     service = _null_service(args) if args.engine == "null" else engine_service(
         args.model, args.dtype, task=args.task, quantization=args.quantization, max_num_seqs=args.max_num_seqs,
         kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads, tensor_parallel_size=args.tensor_parallel_size,
-        offload_max_resident_layers=args.offload_max_resident_layers, **speculative_config(args),
-        **embedding_config(args))
+        offload_max_resident_layers=args.offload_max_resident_layers, storage=storage, **speculative_config(args),
+        **lora_config(args), **embedding_config(args))
     leases = LeaseBook(store.redis, settings.lease_ttl_s)
     keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
     finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=settings.price_per_worker_hour)
