@@ -13,6 +13,7 @@ from tide.engine.config import EngineConfig
 from tide.engine.decoding.beam_search import BeamSearch
 from tide.engine.decoding.guided import GuidedDecoding, GuidedError
 from tide.engine.decoding.speculative import build_speculator
+from tide.engine.embeddings import GENERATE_TASK
 from tide.engine.outputs import RequestOutput
 from tide.engine.stats import EngineStats
 from tide.engine.request import Prompt, RequestState
@@ -29,6 +30,8 @@ class LLMEngine:
 
     `add_request` and `abort` may be called from any thread; `step` from one thread at a time.
     """
+
+    task = GENERATE_TASK
 
     def __init__(self, config: EngineConfig | None = None, **overrides) -> None:
         self.config = config or EngineConfig(**overrides)
@@ -65,6 +68,9 @@ class LLMEngine:
                     priority: int = 0) -> None:
         """Queue a request. Raises ValueError for a duplicate id or parameters this model cannot honour."""
         params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"model {self.model_name} generates text (task generate) and cannot embed; send "
+                             "embedding requests to an embedding model")
         bad = [t for t in params.stop_token_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"stop_token_ids {bad} are outside the vocabulary (size {self.vocab_size})")

@@ -2,7 +2,7 @@
 
 Output lines carry the body the endpoint would have answered: a `chat.completion`, a `text_completion` (all samples
 of a request as its choices) or a `response`, with OpenAI's logprobs and usage shapes, the `system_fingerprint` of the
-engine that ran it and `created` the time it finished. Error lines carry the reason. Parquet stays the native format:
+engine that ran it and `created` the time it finished; or an embeddings `list` (jobs/embedding_output.py). Error lines carry the reason. Parquet stays the native format:
 these files are written beside the parts when a batch finishes, and can be made at any time from the parts committed.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator
 from itertools import groupby
 from pathlib import Path
 
-from tide.jobs.endpoints import CHAT_URL, COMPLETIONS_URL
+from tide.jobs.embedding_output import embedding_bodies
+from tide.jobs.endpoints import CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL
 from tide.jobs.results import iter_output_rows
 from tide.jobs.storage import Location
 
@@ -23,7 +24,7 @@ OUTPUT_NAME = "output.jsonl"
 ERRORS_NAME = "errors.jsonl"
 # Row errors that the request itself caused answer 400, as OpenAI's endpoint would; the rest (expiry, cancel,
 # exhausted attempts, a crashed worker) carry no response.
-_CLIENT_ERRORS = {"invalid_field", "missing_prompt", "unknown_field", "invalid_request", "context_length_exceeded",
+_CLIENT_ERRORS = {"invalid_field", "missing_prompt", "missing_input", "unknown_field", "invalid_request", "context_length_exceeded",
                   "invalid_guided"}
 _COMPLETION_DETAILS = {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
                        "rejected_prediction_tokens": 0}
@@ -44,10 +45,15 @@ def output_lines(rows: Iterable[dict], job_id: str, endpoint: str, model: str) -
     shape = _chat if endpoint == CHAT_URL else _completion if endpoint == COMPLETIONS_URL else _response
     for _, group in groupby(rows, key=lambda r: r["row_index"]):
         samples = list(group)
-        request_id = _request_id(job_id, samples[0]["custom_id"])
-        body = shape(samples, request_id, model)
-        yield {"id": f"batch_req_{request_id}", "custom_id": samples[0]["custom_id"],
-               "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
+        custom_id = samples[0]["custom_id"]
+        yield _answered(job_id, custom_id, shape(samples, _request_id(job_id, custom_id), model))
+
+
+def _answered(job_id: str, custom_id: str, body: dict) -> dict:
+    """The output line of a request answered with `body`."""
+    request_id = _request_id(job_id, custom_id)
+    return {"id": f"batch_req_{request_id}", "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
 
 
 def _finished(samples: list[dict]) -> int:
@@ -145,7 +151,12 @@ def error_lines(rows: Iterable[dict], job_id: str) -> Iterator[dict]:
 
 def write_openai_files(prefix: Location, job_id: str, endpoint: str, model: str) -> None:
     """Write output.jsonl and errors.jsonl beside the job's parts (each streamed through a local file)."""
-    _write_lines(prefix.child(OUTPUT_NAME), output_lines(iter_output_rows(prefix), job_id, endpoint, model))
+    rows = iter_output_rows(prefix)
+    if endpoint == EMBEDDINGS_URL:
+        lines = (_answered(job_id, custom_id, body) for custom_id, body in embedding_bodies(rows, model))
+    else:
+        lines = output_lines(rows, job_id, endpoint, model)
+    _write_lines(prefix.child(OUTPUT_NAME), lines)
     _write_lines(prefix.child(ERRORS_NAME), error_lines(iter_output_rows(prefix, errors=True), job_id))
 
 

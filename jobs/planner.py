@@ -10,8 +10,9 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tide.jobs.readers import MAX_LINE_BYTES, Format, JsonlLine, detect_format, iter_jsonl_lines, iter_parquet_rows
-from tide.jobs.rows import ErrorRow, PromptRow, fails_batch, parse_json_line, parse_row, row_error
+from tide.jobs.inputs import InputRow, parse_jsonl, parse_record
+from tide.jobs.readers import Format, detect_format, iter_jsonl_lines, iter_parquet_rows
+from tide.jobs.rows import ErrorRow, fails_batch, row_error
 from tide.jobs.specs import JobSpec, ShardPlan
 from tide.jobs.storage import Location, StorageConfig, resolve
 
@@ -132,14 +133,7 @@ def duplicate_error(row: int, custom_id: str) -> ErrorRow:
                      "custom_id")
 
 
-def parse_jsonl(line: JsonlLine, spec: JobSpec) -> PromptRow | ErrorRow:
-    """One row of a JSONL input, as the planner and the shard that runs it both read it."""
-    if line.too_long:
-        return row_error(line.row, None, "line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes")
-    return parse_json_line(line.data, line.row, spec.sampling, spec.endpoint, spec.line_models())
-
-
-def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[PromptRow | ErrorRow]:
+def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[InputRow | ErrorRow]:
     end = rows = 0
     for line in iter_jsonl_lines(location):
         if cutter.full():
@@ -151,13 +145,13 @@ def _jsonl_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[
     cutter.cut(end, end, rows)
 
 
-def _parquet_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[PromptRow | ErrorRow]:
+def _parquet_rows(location: Location, spec: JobSpec, cutter: _Cutter) -> Iterator[InputRow | ErrorRow]:
     end = 0
-    for row, raw in iter_parquet_rows(location, spec.columns):
+    for row, raw in iter_parquet_rows(location, spec.columns, spec.task):
         if cutter.full():
             cutter.cut(row, row, row)
         end = row + 1
-        yield parse_row(raw, row, spec.sampling, spec.endpoint, spec.line_models())
+        yield parse_record(raw, row, spec)
     cutter.cut(end, end, end)
 
 

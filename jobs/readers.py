@@ -73,26 +73,28 @@ def _skip_line(f, chunk: int = 2**20) -> int:
             return skipped
 
 
-def parquet_columns(location: Location, columns: ColumnMap) -> list[str]:
-    """The mapped columns this file has; fails naming the columns when it has neither prompt nor messages."""
+def parquet_columns(location: Location, columns: ColumnMap, task: str) -> list[str]:
+    """The mapped columns this file has; fails naming the text columns a job of `task` reads when it has none."""
     import pyarrow.parquet as pq
 
     with location.open_read() as f:
         names = set(pq.ParquetFile(f).schema_arrow.names)
-    wanted = [c for c in (columns.prompt, columns.messages, columns.id) if c in names]
-    if columns.prompt not in names and columns.messages not in names:
-        raise StorageError(f"{location.uri} has no {columns.prompt!r} or {columns.messages!r} column "
-                           f"(columns: {', '.join(sorted(names))}); map them with the job's `columns`")
-    return wanted
+    fields = columns.fields(task)
+    if not any(c in names for c, field in fields.items() if field != "id"):
+        wanted = " or ".join(repr(c) for c, field in fields.items() if field != "id")
+        raise StorageError(f"{location.uri} has no {wanted} column (columns: {', '.join(sorted(names))}); map them "
+                           "with the job's `columns`")
+    return [c for c in fields if c in names]
 
 
-def iter_parquet_rows(location: Location, columns: ColumnMap, start: int = 0,
+def iter_parquet_rows(location: Location, columns: ColumnMap, task: str, start: int = 0,
                       end: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows [start, end) as plain-row dicts (`prompt` / `messages` / `id`), reading only the covering row groups."""
+    """Rows [start, end) as plain-row dicts (`prompt` / `messages` / `id`, or `input` / `id` for a job that embeds),
+    reading only the covering row groups."""
     import pyarrow.parquet as pq
 
-    wanted = parquet_columns(location, columns)
-    rename = {columns.prompt: "prompt", columns.messages: "messages", columns.id: "id"}
+    wanted = parquet_columns(location, columns, task)
+    rename = columns.fields(task)
     with location.open_read() as f:
         pf = pq.ParquetFile(f)
         end = pf.metadata.num_rows if end is None else end

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from tide.engine.sampling_params import SamplingParams
 from tide.jobs.batch_lines import check_model, parse_body
-from tide.jobs.endpoints import CHAT_URL, UnsupportedEndpoint, check_endpoint
+from tide.jobs.endpoints import CHAT_URL, GENERATION_ENDPOINTS, UnsupportedEndpoint, check_endpoint
 from tide.jobs.messages import Prompt, RowError, prompt_from
 
 _BATCH_KEYS = {"custom_id", "method", "url", "body"}
@@ -65,14 +65,19 @@ def default_id(row: int) -> str:
 def parse_json_line(line: bytes, row: int, defaults: dict[str, Any], endpoint: str | None = None,
                     models: frozenset[str] = frozenset()) -> PromptRow | ErrorRow:
     """A JSONL line (UTF-8, as JSON Lines are) -> PromptRow or ErrorRow."""
+    raw = decode_line(line, row)
+    return raw if isinstance(raw, ErrorRow) else parse_row(raw, row, defaults, endpoint, models)
+
+
+def decode_line(line: bytes, row: int) -> Any | ErrorRow:
+    """A JSONL line's value, or the error row saying why it is not JSON."""
     try:
         # Decoded here rather than by json.loads, which would first guess among UTF-8/16/32 on every line.
-        raw = json.loads(line.decode("utf-8-sig" if line.startswith(codecs.BOM_UTF8) else "utf-8"))
+        return json.loads(line.decode("utf-8-sig" if line.startswith(codecs.BOM_UTF8) else "utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return row_error(row, None, "invalid_json", f"not valid JSON ({exc})")
     except RecursionError:
         return row_error(row, None, "invalid_json", "JSON nested too deeply")
-    return parse_row(raw, row, defaults, endpoint, models)
 
 
 def parse_row(raw: Any, row: int, defaults: dict[str, Any], endpoint: str | None = None,
@@ -124,6 +129,9 @@ def _batch_line(raw: dict, endpoint: str | None, models: frozenset[str]) -> tupl
         raise RowError(code, str(exc), "url") from None
     if endpoint is not None and url != endpoint:
         raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
+    if url not in GENERATION_ENDPOINTS:
+        raise RowError("invalid_field", f"url must be one of {', '.join(GENERATION_ENDPOINTS)} in a job that "
+                       f"generates, got {url!r} (embeddings lines go in a job with task embed)", "url")
     if not isinstance(body, dict):
         raise RowError("missing_body", "batch line has no body object", "body")
     adapter = check_model(body, models)

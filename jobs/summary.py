@@ -75,8 +75,10 @@ def _read_timings(prefix: Location) -> dict[str, np.ndarray]:
         if not (name.startswith("part-") and name.endswith(".parquet")):
             continue
         with prefix.child(name).open_read() as f:
-            table = pq.read_table(f, columns=_TIMING_COLUMNS)
-        for column in _TIMING_COLUMNS:
+            parquet = pq.ParquetFile(f)
+            present = [c for c in _TIMING_COLUMNS if c in parquet.schema_arrow.names]  # embeddings: latency only
+            table = parquet.read(columns=present)
+        for column in present:
             values = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
             parts[column].append(values[~np.isnan(values)])
     return {name: np.concatenate(arrays) if arrays else np.empty(0) for name, arrays in parts.items()}

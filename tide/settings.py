@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     offload_max_resident_layers: int | None = Field(None, ge=1, description="stream the worker's decoder layers in "
                                                     "from host memory, at most this many on the device at once "
                                                     "(default: all resident)")
+    task: Literal["auto", "generate", "embed"] = Field("auto", description="what a worker's engine serves: auto "
+                                                       "(embed for an encoder or sentence-transformers model, else "
+                                                       "generate), generate, or embed (a decoder model's pooled "
+                                                       "hidden states)")
+    pooling: Literal["mean", "cls", "last", "max"] | None = Field(None, description="an embedding model's pooling, "
+                                                                  "in place of its own (required for a decoder model "
+                                                                  "without sentence-transformers files)")
+    matryoshka: bool = Field(False, description="the embedding model was trained for shorter vectors: rows may ask "
+                             "for fewer `dimensions`")
     max_attempts: int = Field(3, ge=1, description="runs of one shard before its rows fail")
     shard_rows: int = Field(256, ge=1, description="rows per shard for jobs that do not say")
     cache_dir: str | None = Field(None, description="converted models and built kernels (default ~/.cache/tide)")

@@ -12,21 +12,20 @@ from tide.options import UsageError
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a PEFT adapter, as engine/lora reads it
 
 
-def engine_service(model: str, dtype: str, storage=None, **config):
-    """An `EngineService` around a freshly loaded engine; options left as None take the engine's defaults.
+def engine_service(model: str, dtype: str, task: str = "auto", storage=None, **config):
+    """An `EngineService` around a freshly loaded engine: the embedding engine for a model that embeds (its files
+    say so, or `task` embed), else the generation engine; options left as None take the engine's defaults.
 
     With `storage` (a `StorageConfig`) LoRA adapters are read through it: s3:// prefixes, local directories confined
     like inputs."""
-    from tide.engine import EngineConfig, LLMEngine
-    from tide.tuned_defaults import tuned_options
     from tide.workers.engine_service import EngineService
 
     options = {k: v for k, v in config.items() if v is not None}
-    options = {**tuned_options(model, config), **options}  # what `tide tune` chose, unless given
     if storage is not None:
         options["lora_fetch"] = partial(fetch_adapter, storage=storage)
     try:
-        engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
+        embeds = _embeds(model, task, options)
+        engine = _embedding_engine(model, dtype, options) if embeds else _generation_engine(model, dtype, options)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"cannot load model {model!r}: {exc}") from exc
     return EngineService(engine, fingerprint=fingerprint_of(engine.config))
@@ -45,7 +44,46 @@ def fingerprint_of(config) -> str:
         version = metadata.version("tide")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return system_fingerprint(config.model, dtype, config.quantization, version)
+    quantization = getattr(config, "quantization", "none")  # an embedding engine's EncoderConfig has none
+    return system_fingerprint(config.model, dtype, quantization, version)
+
+
+# What only the embedding engine takes, and what only the generation engine does (at a value other than its off).
+_EMBEDDING_OPTIONS = {"num_threads", "max_num_seqs", "max_num_batched_tokens", "pooling", "matryoshka"}
+_GENERATION_ONLY = {"quantization": "none", "tensor_parallel_size": 1, "offload_max_resident_layers": None,
+                    "speculative": "off", "kv_cache_bytes": None, "lora_adapters": {}}
+
+
+def _embeds(model: str, task: str, options: dict) -> bool:
+    from tide.engine.embeddings import EMBED_TASK
+    from tide.engine.encoder.task import model_task
+    from tide.engine.loader import resolve_model
+
+    embeds = task == EMBED_TASK or (task == "auto" and model_task(resolve_model(model)) == EMBED_TASK)
+    if not embeds and (options.get("pooling") or options.get("matryoshka")):
+        raise ValueError("pooling and matryoshka apply to embedding models; this one generates (task embed makes a "
+                         "decoder model embed)")
+    return embeds
+
+
+def _embedding_engine(model: str, dtype: str, options: dict):
+    from tide.engine.encoder.config import EncoderConfig
+    from tide.engine.encoder.engine import EmbeddingEngine
+
+    unfit = sorted(k for k, off in _GENERATION_ONLY.items() if options.get(k, off) != off)
+    if unfit:
+        raise ValueError(f"{', '.join(unfit)} apply to generation models; {model} embeds")
+    return EmbeddingEngine(EncoderConfig(model=model, dtype=dtype,
+                                         **{k: v for k, v in options.items() if k in _EMBEDDING_OPTIONS}))
+
+
+def _generation_engine(model: str, dtype: str, options: dict):
+    from tide.engine import EngineConfig, LLMEngine
+    from tide.tuned_defaults import tuned_options
+
+    options = {k: v for k, v in options.items() if k not in ("pooling", "matryoshka")}
+    options = {**tuned_options(model, {k: v for k, v in options.items() if k != "lora_fetch"}), **options}  # what `tide tune` chose, unless given
+    return LLMEngine(EngineConfig(model=model, dtype=dtype, **options))
 
 
 def fetch_adapter(source: str, storage) -> Path:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tide.engine.embeddings import EmbeddingOutput
 from tide.engine.outputs import RequestOutput, TokenLogprob
+from tide.jobs.embedding_output import EmbeddingResult
+from tide.jobs.embeddings import EmbedRow
 from tide.jobs.engine_client import EngineClient
+from tide.jobs.inputs import InputRow
 from tide.jobs.report.series import SeriesRecorder
-from tide.jobs.rows import ErrorRow, PromptRow
+from tide.jobs.rows import ErrorRow
 from tide.jobs.shards import error_rows
 from tide.jobs.state import AdapterUsage, ShardProgress, ShardStatus
 from tide.jobs.writers import ResultRow
@@ -22,9 +26,13 @@ class Outcome:
     series: SeriesRecorder = field(default_factory=SeriesRecorder)  # sampled each poll for the job's report
 
 
-def record(outcome: Outcome, row: PromptRow, output: RequestOutput, engine: EngineClient, now: float) -> None:
+def record(outcome: Outcome, row: InputRow, output: RequestOutput | EmbeddingOutput, engine: EngineClient,
+           now: float) -> None:
     """One finished request (at `now`): an error row, nothing (aborted), or a result row per sample with its
     metrics, the engine's fingerprint and, when asked for, logprobs with each token's text and bytes."""
+    if isinstance(output, EmbeddingOutput):
+        _record_embedding(outcome, row, output, now)
+        return
     if output.error is not None:
         outcome.errors.append(error_rows.failed(row, output.error_code, output.error))
         return
@@ -53,7 +61,22 @@ def record(outcome: Outcome, row: PromptRow, output: RequestOutput, engine: Engi
         usage.completion_tokens += metrics.completion_tokens
 
 
-def expire(outcome: Outcome, rows: list[PromptRow]) -> Outcome:
+def _record_embedding(outcome: Outcome, row: EmbedRow, output: EmbeddingOutput, now: float) -> None:
+    """An embedding request: an error row, nothing (aborted), or a result row per input."""
+    if output.error is not None:
+        outcome.errors.append(error_rows.failed(row, output.error_code, output.error))
+        return
+    if output.finish_reason == "abort":
+        return
+    for index, (vector, tokens) in enumerate(zip(output.embeddings, output.num_tokens)):
+        outcome.results.append(EmbeddingResult(
+            custom_id=row.custom_id, row_index=row.row, input_index=index, embedding=vector, tokens=tokens,
+            latency_s=output.latency_s, encoding_format=row.encoding_format, finished_at=now))
+    outcome.progress.completed += 1
+    outcome.progress.prompt_tokens += output.prompt_tokens
+
+
+def expire(outcome: Outcome, rows: list[InputRow]) -> Outcome:
     """The job's deadline passed: rows with neither a result nor an error become `batch_expired` error rows."""
     seen = {r.row_index for r in outcome.results} | {e.row for e in outcome.errors}
     outcome.errors += error_rows.expired([r for r in rows if r.row not in seen])

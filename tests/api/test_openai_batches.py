@@ -100,15 +100,17 @@ def test_opted_in_an_unserved_model_may_wait_for_a_worker(client, api_app):
 
 def test_endpoints_not_served_and_files_past_the_limit_are_refused_at_create(client, api_app):
     file_id = upload(client, [chat_line(None)])
-    embeddings = create(client, file_id, "/v1/embeddings")
-    assert embeddings.status_code == 400 and embeddings.json()["error"]["code"] == "unsupported_endpoint"
-    assert "embeddings batches are not supported yet" in embeddings.json()["error"]["message"]
-    assert create(client, file_id, "/v1/moderations").status_code == 400
+    moderations = create(client, file_id, "/v1/moderations")
+    assert moderations.status_code == 400 and moderations.json()["error"]["code"] == "unsupported_endpoint"
+    assert "/v1/embeddings" in moderations.json()["error"]["message"]  # it names the endpoints served
     with settings(api_app, batch_max_file_bytes=10):
         big = create(client, file_id)
     assert big.status_code == 400 and big.json()["error"]["code"] == "file_too_large"
     assert create(client, upload(client, [{"custom_id": "r", "url": "/v1/responses", "body": {"input": "x"}}]),
                   "/v1/responses").status_code == 200
+    embeddings = create(client, upload(client, [{"custom_id": "e", "url": "/v1/embeddings", "body": {"input": "x"}}]),
+                        "/v1/embeddings")
+    assert embeddings.status_code == 200 and embeddings.json()["endpoint"] == "/v1/embeddings"
 
 
 def test_a_deeply_nested_first_line_does_not_break_create(client):

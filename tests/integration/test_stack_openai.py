@@ -221,8 +221,8 @@ def test_a_batch_naming_an_unserved_model_is_refused_at_create_in_under_a_second
     assert time.monotonic() - started < 1.0
     assert refused.value.code == "model_not_found" and "gpt-4.1" in refused.value.message
     assert SERVED in refused.value.message
-    with pytest.raises(openai.BadRequestError, match="embeddings"):
-        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    with pytest.raises(openai.BadRequestError, match="/v1/moderations"):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/moderations", completion_window="24h")
 
 
 def test_opted_in_an_unserved_batch_waits_then_expires_on_its_window_or_cancels_at_once(waiting_client, hook,

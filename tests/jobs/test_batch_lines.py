@@ -99,9 +99,11 @@ def test_a_batch_runs_one_model_and_another_name_fails_validation():
     assert other.code == "mismatched_model" and other.param == "body.model" and fails_batch(other)
 
 
-def test_lines_naming_another_endpoint_or_embeddings_fail_the_batch():
+def test_lines_naming_another_endpoint_fail_the_batch():
     row = parse_row({"custom_id": "e", "url": "/v1/embeddings", "body": {"input": "x"}}, 0, {}, CHAT)
-    assert row.code == "unsupported_endpoint" and "not supported yet" in row.message and fails_batch(row)
+    assert row.code == "mismatched_url" and fails_batch(row)
+    row = parse_row({"custom_id": "e", "url": "/v1/moderations", "body": {"input": "x"}}, 0, {}, CHAT)
+    assert row.code == "unsupported_endpoint" and "/v1/embeddings" in row.message and fails_batch(row)
     row = parse_row({"custom_id": "e", "url": COMPLETIONS, "body": {"prompt": "x"}}, 0, {}, CHAT)
     assert row.code == "mismatched_url" and fails_batch(row)
 

@@ -42,7 +42,7 @@ def test_plain_rows_default_ids_and_row_overrides_beat_job_defaults():
                                                                 "frobnicate": 1}}, "unknown_field", "frobnicate"),
     ({"id": "x", "prompt": "p", "temperature": -1}, "invalid_field", "temperature"),
     ({"id": "x", "messages": [{"role": "wizard", "content": "a"}]}, "invalid_field", "messages[0]"),
-    ({"custom_id": "x", "url": "/v1/embeddings", "body": {}}, "unsupported_endpoint", "embeddings"),
+    ({"custom_id": "x", "url": "/v1/embeddings", "body": {}}, "invalid_field", "a job with task embed"),
     ([1, 2], "invalid_row", "JSON object"),
 ])
 def test_bad_rows_become_error_rows_naming_line_id_and_reason(raw, code, words):

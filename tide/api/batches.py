@@ -38,7 +38,8 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: str = Field(min_length=1, max_length=128)
-    endpoint: str = Field(max_length=64, description="/v1/chat/completions, /v1/completions or /v1/responses")
+    endpoint: str = Field(max_length=64, description="/v1/chat/completions, /v1/completions, /v1/responses or "
+                          "/v1/embeddings")
     completion_window: str = Field("24h", max_length=16, description="24h, or any duration such as 30m or 2d")
     metadata: dict[str, str] | None = None
     output_expires_after: OutputExpiry | None = None

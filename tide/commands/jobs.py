@@ -47,13 +47,19 @@ def _add_submit(sub, settings: Settings) -> None:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from tide.jobs.inputs import input_hints
     from tide.jobs.lifecycle import submit_job
+    from tide.jobs.storage import resolve
 
     metadata = dict(_key_value(item) for item in args.metadata)
-    spec = spec_from_args(args, args.output, priority=args.priority, metadata=metadata, webhook_url=args.webhook,
+    storage = settings.storage_config()
+    hints = input_hints(resolve(args.input, storage))  # the workers know what a model serves; the file may say
+    task = args.task if args.task != "auto" else hints.task or "generate"
+    spec = spec_from_args(args, args.output, args.model or hints.model or settings.model, task,
+                          priority=args.priority, metadata=metadata, webhook_url=args.webhook,
                           completion_window=args.completion_window, idempotency_key=args.idempotency_key)
     store, dispatcher = connect(args.redis_url)
-    job = submit_job(spec, store, dispatcher, settings.storage_config())
+    job = submit_job(spec, store, dispatcher, storage)
     if job.error:
         raise UsageError(f"job {job.id} failed: {job.error}")
     print(job.id)

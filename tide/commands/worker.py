@@ -6,7 +6,14 @@ import logging
 import os
 import socket
 
-from tide.options import UsageError, add_engine_options, add_redis_option, lora_config, speculative_config
+from tide.options import (
+    UsageError,
+    add_engine_options,
+    add_redis_option,
+    embedding_config,
+    lora_config,
+    speculative_config,
+)
 from tide.settings import Settings
 from tide.wiring import connect, engine_service
 
@@ -33,6 +40,9 @@ def add_parser(sub, settings: Settings) -> None:
                    help="keep decoder layers in host memory and stream them in, at most this many on the device")
     p.add_argument("--max-attempts", type=int, default=settings.max_attempts,
                    help="runs of one shard before its rows fail")
+    p.add_argument("--task", choices=["auto", "generate", "embed"], default=settings.task,
+                   help="what the engine serves: auto (embed for an encoder or sentence-transformers model, else "
+                        "generate), or embed for a decoder model's pooled hidden states")
     p.add_argument("--loglevel", default=settings.log_level)
     p.add_argument("--engine", choices=["tide", "null"], default="tide",
                    help="null: no model, every request completes at once (to measure and test the control plane; "
@@ -64,10 +74,10 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     # share this one engine (and its batch); prefork would load one copy per child, solo would run one shard at
     # a time and leave nothing to refill the batch with.
     service = _null_service(args) if args.engine == "null" else engine_service(
-        args.model, args.dtype, quantization=args.quantization, max_num_seqs=args.max_num_seqs,
+        args.model, args.dtype, task=args.task, quantization=args.quantization, max_num_seqs=args.max_num_seqs,
         kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads, tensor_parallel_size=args.tensor_parallel_size,
         offload_max_resident_layers=args.offload_max_resident_layers, storage=storage, **speculative_config(args),
-        **lora_config(args))
+        **lora_config(args), **embedding_config(args))
     leases = LeaseBook(store.redis, settings.lease_ttl_s)
     keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
     finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=settings.price_per_worker_hour)
