@@ -21,6 +21,8 @@ MIN_SHARED_CHARS = 64
 def prefix_key(row: PromptRow) -> str:
     if isinstance(row.prompt, str):
         return row.prompt
+    if row.prompt and isinstance(row.prompt[0], int):  # token ids: five hex digits each, about a text token's width
+        return "\x02" + "".join(f"{t:05x}" for t in row.prompt)
     return "".join(f"\x00{m['role']}\x01{m['content']}" for m in row.prompt)
 
 

@@ -1,7 +1,8 @@
 """One input row -> a prompt with its sampling parameters, or an error row naming the reason.
 
 Row forms: OpenAI batch lines (`custom_id`, `method`, `url`, `body`), plain rows (`prompt` or `messages`, optional
-`id`, optional SamplingParams fields as per-row overrides), and Parquet rows mapped to the same plain form.
+`id`, optional SamplingParams fields as per-row overrides), and Parquet rows mapped to the same plain form. A
+`prompt` is text or, as OpenAI's completions accept, a list of token ids.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from tide.engine.decoding.guided_params import ANY_JSON_OBJECT
 from tide.engine.sampling_params import SamplingParams
 
-Prompt = Union[str, list[dict]]
+Prompt = Union[str, list[dict], list[int]]
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
@@ -173,9 +174,16 @@ def _prompt_from(raw: dict) -> Prompt:
         return _messages(messages)
     if prompt is None:
         raise RowError("missing_prompt", "row has no prompt or messages", "prompt")
+    if _token_ids(prompt):  # as OpenAI's completions take them: the tokens exactly, no tokenizer in between
+        return list(prompt)
     if not isinstance(prompt, str) or not prompt:
-        raise RowError("invalid_field", "prompt must be a non-empty string", "prompt")
+        raise RowError("invalid_field", "prompt must be a non-empty string or list of token ids", "prompt")
     return prompt
+
+
+def _token_ids(prompt: Any) -> bool:
+    return (isinstance(prompt, list) and bool(prompt)
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt))
 
 
 def _messages(messages: Any) -> list[dict]:

@@ -14,6 +14,7 @@ from tide.jobs.rows import ErrorRow
 from tide.jobs.storage import Location
 
 _LOGPROB = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
+_TOKEN_LOGPROBS = pa.list_(pa.struct([("token_id", pa.int32()), ("logprob", pa.float32()), ("top", pa.list_(_LOGPROB))]))
 RESULT_SCHEMA = pa.schema([
     ("custom_id", pa.string()),
     ("row_index", pa.int64()),
@@ -26,8 +27,8 @@ RESULT_SCHEMA = pa.schema([
     ("ttft_s", pa.float64()),
     ("latency_s", pa.float64()),
     ("tpot_s", pa.float64()),
-    ("logprobs", pa.list_(pa.struct([("token_id", pa.int32()), ("logprob", pa.float32()),
-                                     ("top", pa.list_(_LOGPROB))]))),
+    ("logprobs", _TOKEN_LOGPROBS),
+    ("prompt_logprobs", _TOKEN_LOGPROBS),  # null entries: prompt tokens not scored (the first, those before the start)
 ])
 ERROR_SCHEMA = pa.schema([
     ("line", pa.int64()),
@@ -53,6 +54,7 @@ class ResultRow:
     latency_s: float | None
     tpot_s: float | None
     logprobs: list[dict] | None
+    prompt_logprobs: list[dict | None] | None = None  # the row's prompt_logprobs, on its first sample
 
 
 def part_name(shard: int) -> str:

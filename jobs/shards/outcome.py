@@ -35,7 +35,8 @@ def record(outcome: Outcome, row: PromptRow, output: RequestOutput) -> None:
             finish_reason=sample.finish_reason, prompt_tokens=metrics.prompt_tokens,
             completion_tokens=len(sample.token_ids), cached_prompt_tokens=metrics.cached_prompt_tokens,
             ttft_s=metrics.ttft, latency_s=metrics.e2e_latency, tpot_s=metrics.tpot,
-            logprobs=_logprobs(sample.logprobs) if row.params.logprobs is not None else None))
+            logprobs=_logprobs(sample.logprobs) if row.params.logprobs is not None else None,
+            prompt_logprobs=_logprobs(output.prompt_logprobs) if sample.index == 0 else None))
     progress = outcome.progress
     progress.completed += 1
     progress.prompt_tokens += metrics.prompt_tokens
@@ -53,8 +54,8 @@ def expire(outcome: Outcome, rows: list[PromptRow]) -> Outcome:
     return outcome
 
 
-def _logprobs(logprobs: list[TokenLogprob] | None) -> list[dict] | None:
+def _logprobs(logprobs: list[TokenLogprob | None] | None) -> list[dict | None] | None:
     if logprobs is None:
         return None
-    return [{"token_id": lp.token_id, "logprob": lp.logprob,
-             "top": [{"token_id": t, "logprob": p} for t, p in lp.top]} for lp in logprobs]
+    return [None if lp is None else {"token_id": lp.token_id, "logprob": lp.logprob,
+                                     "top": [{"token_id": t, "logprob": p} for t, p in lp.top]} for lp in logprobs]
