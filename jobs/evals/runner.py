@@ -160,16 +160,17 @@ class EmbeddedExecutor:
     """Runs the job in this process around one engine (no Redis, no S3 needed)."""
 
     def __init__(self, service: EngineClient, storage: StorageConfig, price_per_worker_hour: float,
-                 template: str | None) -> None:
+                 template: str | None, show_progress: bool = False) -> None:
         self.service, self.storage, self.price_per_worker_hour = service, storage, price_per_worker_hour
         self.template = template  # the chat template of the engine's tokenizer
+        self.show_progress = show_progress
 
     def execute(self, spec: JobSpec) -> Job:
         from tide.jobs.embedded import run_embedded
 
         # An eval's job carries no webhook of its own (the run's event goes through run_suite's outbox).
         return run_embedded(spec, self.service, storage=self.storage, webhooks=WebhookConfig(),
-                            price_per_worker_hour=self.price_per_worker_hour, show_progress=False)
+                            price_per_worker_hour=self.price_per_worker_hour, show_progress=self.show_progress)
 
     def chat_template(self, model: str) -> str | None:
         return self.template
@@ -180,9 +181,9 @@ class QueuedExecutor:
     a model name has as this machine resolves it (None when only the workers know the name)."""
 
     def __init__(self, store, dispatcher, storage: StorageConfig, templates: Callable[[str], str | None],
-                 timeout_s: float | None = None, poll_s: float = 1.0) -> None:
+                 timeout_s: float | None = None, poll_s: float = 1.0, show_progress: bool = False) -> None:
         self.store, self.dispatcher, self.storage, self.templates = store, dispatcher, storage, templates
-        self.timeout_s, self.poll_s = timeout_s, poll_s
+        self.timeout_s, self.poll_s, self.show_progress = timeout_s, poll_s, show_progress
 
     def execute(self, spec: JobSpec) -> Job:
         from tide.jobs.lifecycle import submit_job
@@ -191,7 +192,7 @@ class QueuedExecutor:
         job = submit_job(spec, self.store, self.dispatcher, self.storage)
         if job.status.terminal:
             return job
-        return wait_for_job(self.store, job.id, poll_s=self.poll_s, show=False, timeout_s=self.timeout_s)
+        return wait_for_job(self.store, job.id, poll_s=self.poll_s, show=self.show_progress, timeout_s=self.timeout_s)
 
     def chat_template(self, model: str) -> str | None:
         return self.templates(model)
