@@ -58,6 +58,7 @@ class SpecRunner:
                  shard_rows: int = 256) -> None:
         self.executor, self.storage, self.workdir = executor, storage, workdir
         self.model, self.shard_rows = model, shard_rows
+        self.jobs: list[tuple[str, str]] = []  # (job id, final status) of each job run so far
 
     def run(self, rows: list[dict[str, Any]], label: str) -> dict[str, dict[str, Any]]:
         job_dir = resolve(self.workdir, self.storage).child(f"{label}-{uuid.uuid4().hex[:8]}")
@@ -65,6 +66,7 @@ class SpecRunner:
         spec = JobSpec(input=job_dir.child("input.jsonl").uri, format="jsonl", model=self.model,
                        output=job_dir.child("job").uri, metadata={"lm_eval": label}, shard_rows=self.shard_rows)
         job = self.executor.execute(spec)
+        self.jobs.append((job.id, job.status.value))
         prefix = resolve(job.output_prefix, self.storage)
         results, errors = list(iter_output_rows(prefix)), list(iter_output_rows(prefix, errors=True))
         return collect(job.id, job.status.value, rows, results, errors)
