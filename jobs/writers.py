@@ -14,7 +14,8 @@ from tide.jobs.rows import ErrorRow
 from tide.jobs.storage import Location
 
 _LOGPROB = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
-_TOKEN_LOGPROBS = pa.list_(pa.struct([("token_id", pa.int32()), ("logprob", pa.float32()), ("top", pa.list_(_LOGPROB))]))
+_TOKEN_LOGPROBS = pa.list_(pa.struct([("token_id", pa.int32()), ("logprob", pa.float32()),
+                                      ("top", pa.list_(_LOGPROB))]))
 RESULT_SCHEMA = pa.schema([
     ("custom_id", pa.string()),
     ("row_index", pa.int64()),

@@ -16,8 +16,9 @@ def add_parser(sub, settings: Settings) -> None:
 def run_lm_eval(argv: list[str]) -> int:
     """Run lm-eval's CLI on `argv` as if it were `lm-eval ARGV...`; returns its exit status."""
     try:
-        import tide.lmeval  # noqa: F401  (registers the model)
         from lm_eval.__main__ import cli_evaluate
+
+        import tide.lmeval  # noqa: F401  (registers the model)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
     saved = sys.argv

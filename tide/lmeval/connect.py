@@ -46,6 +46,22 @@ def remote_target(settings: Settings, redis_url: str | None, api_url: str | None
     return None
 
 
+def open_backend(target: tuple[str, str] | None, model: str, dtype: str, tokenizer: str | None, api_key: str | None,
+                 settings: Settings, shard_rows: int, timeout_s: float | None,
+                 engine_options: dict[str, Any]) -> Backend:
+    """This process's engine when `target` is None, else the workers through Redis or the API."""
+    if target is None:
+        return embedded(model, dtype, shard_rows, engine_options)
+    engine_options = {k: v for k, v in engine_options.items() if k != "device"}  # lm-eval always passes a device
+    if engine_options:
+        raise ValueError(f"engine options {', '.join(sorted(engine_options))} only apply to an engine in this "
+                         f"process; the workers' engines are configured where they run")
+    kind, url = target
+    if kind == "redis":
+        return queued(model, local_tokenizer(tokenizer or model), settings, url, shard_rows, timeout_s)
+    return through_api(model, local_tokenizer(tokenizer or model), url, api_key, timeout_s)
+
+
 def embedded(model: str, dtype: str, shard_rows: int, engine_options: dict[str, Any]) -> Backend:
     """An engine in this process; each job's files live in a temporary directory removed on close."""
     from tide.jobs.evals.runner import EmbeddedExecutor

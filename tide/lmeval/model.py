@@ -14,6 +14,7 @@ from tqdm import tqdm
 from tide.lmeval import connect
 from tide.lmeval.requests import generation, rolling_windows, score_answer, score_row
 from tide.lmeval.transport import JobRunner
+from tide.settings import get_settings
 
 logger = logging.getLogger("tide.lmeval")
 
@@ -28,22 +29,29 @@ class TideLM(TemplateLM):
     `EngineConfig` field (engine in this process), `tokenizer` (where the tokenizer is, when only the workers know
     `model`), `max_length`, `max_gen_toks`, `add_bos_token`, `prefix_token_id` (as lm-eval's HF backend), and
     `redis_url` or `api_url` + `api_key` to send the jobs elsewhere (default: TIDE_REDIS_URL, TIDE_API_URL,
-    TIDE_API_KEY when set, else this process). `batch_size` is accepted and unused: the engine batches by itself.
+    TIDE_API_KEY when set, else this process), `local=True` to run here all the same. `batch_size` is accepted and
+    unused: the engine batches by itself.
     """
 
     def __init__(self, model: str = "smollm2-135m", dtype: str = "auto", tokenizer: str | None = None,
                  max_length: int | None = None, max_gen_toks: int = 256, add_bos_token: bool | None = None,
                  prefix_token_id: int | None = None, redis_url: str | None = None, api_url: str | None = None,
-                 api_key: str | None = None, shard_rows: int = 256, timeout: float | None = None,
-                 runner: JobRunner | None = None, batch_size: Any = None, max_batch_size: Any = None,
-                 device: str | None = None, **engine_options: Any) -> None:
+                 api_key: str | None = None, local: bool = False, shard_rows: int = 256,
+                 timeout: float | None = None, runner: JobRunner | None = None, batch_size: Any = None,
+                 max_batch_size: Any = None, device: str | None = None, **engine_options: Any) -> None:
         super().__init__()
         self.model_name, self.dtype, self._max_gen_toks = model, dtype, int(max_gen_toks)
         self.add_bos_token, self.custom_prefix_token_id = add_bos_token, prefix_token_id
         if _engine_device(device) is not None:
             engine_options.setdefault("device", _engine_device(device))
-        self.backend_info = _backend(model, dtype, tokenizer, redis_url, api_url, api_key, int(shard_rows),
-                                     timeout, runner, engine_options)
+        if runner is not None:
+            self.backend_info = connect.Backend(runner, connect.local_tokenizer(tokenizer or model),
+                                                description="the runner given")
+        else:
+            settings = get_settings()
+            target = None if local else connect.remote_target(settings, redis_url, api_url, api_key)
+            self.backend_info = connect.open_backend(target, model, dtype, tokenizer, api_key or settings.api_key,
+                                                     settings, int(shard_rows), timeout, engine_options)
         weakref.finalize(self, self.backend_info.close)
         self.runner, self.tokenizer = self.backend_info.runner, self.backend_info.tokenizer
         self._max_length = int(max_length) if max_length is not None else self._default_max_length()
@@ -151,28 +159,6 @@ class TideLM(TemplateLM):
         `max_seq_tokens - 1` tokens, and a scored prompt carries its last token too (lm-eval's HF drops it)."""
         limit = self.backend_info.max_seq_tokens or _model_positions(self.tokenizer)
         return limit - 2
-
-
-def _backend(model: str, dtype: str, tokenizer: str | None, redis_url: str | None, api_url: str | None,
-             api_key: str | None, shard_rows: int, timeout: float | None, runner: JobRunner | None,
-             engine_options: dict[str, Any]) -> connect.Backend:
-    from tide.settings import get_settings
-
-    if runner is not None:
-        return connect.Backend(runner, connect.local_tokenizer(tokenizer or model), description="given runner")
-    settings = get_settings()
-    target = connect.remote_target(settings, redis_url, api_url, api_key)
-    if target is None:
-        return connect.embedded(model, dtype, shard_rows, engine_options)
-    engine_options.pop("device", None)  # lm-eval always passes one; the workers have theirs
-    if engine_options:
-        raise ValueError(f"engine options {', '.join(sorted(engine_options))} only apply to an engine in this "
-                         f"process; the workers' engines are configured where they run")
-    kind, url = target
-    local = connect.local_tokenizer(tokenizer or model)
-    if kind == "redis":
-        return connect.queued(model, local, settings, url, shard_rows, timeout)
-    return connect.through_api(model, local, url, api_key or settings.api_key, timeout)
 
 
 def _engine_device(device: str | None) -> str | None:
