@@ -76,7 +76,7 @@ class ApiRunner:
     """The same through a Tide API: upload, submit a native job, poll it, stream its results (bearer key)."""
 
     def __init__(self, url: str, key: str, model: str, poll_s: float = 1.0, timeout_s: float | None = None) -> None:
-        self.url, self.key, self.model = url.rstrip("/"), key, model
+        self.url, self.key, self.model = url.rstrip("/").removesuffix("/v1"), key, model  # `tide stack` adds /v1
         self.poll_s, self.timeout_s = poll_s, timeout_s
 
     def run(self, rows: list[dict[str, Any]], label: str) -> dict[str, dict[str, Any]]:
