@@ -34,6 +34,7 @@ class Figures:
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
     redis: dict[str, float] = field(default_factory=dict)
     rss_mib: dict[str, float] = field(default_factory=dict)
+    cpu_us_per_row: dict[str, float] = field(default_factory=dict)
 
 
 def write_input(path: Path, rows: int, fmt: str) -> Path:
@@ -47,16 +48,16 @@ def write_input(path: Path, rows: int, fmt: str) -> Path:
         pq.write_table(pa.table({"id": ids, "prompt": prompts}), path, row_group_size=65_536)
         return path
     with open(path, "w") as f:
-        for custom_id, prompt in zip(ids, prompts):
-            f.write(json.dumps({"id": custom_id, "prompt": prompt}) + "\n")
+        f.writelines(json.dumps({"id": custom_id, "prompt": prompt}) + "\n" for custom_id, prompt in zip(ids, prompts))
     return path
 
 
 class RedisSampler:
-    """Redis's command and byte counters over the job, and its memory sampled every 0.2 s for the job's peak."""
+    """Redis's command and byte counters over the job; its memory and client connections sampled every 0.2 s for
+    the job's peak."""
 
     def __init__(self, client) -> None:
-        self.client, self.peak, self._done = client, 0, threading.Event()
+        self.client, self.peak, self.peak_clients, self._done = client, 0, 0, threading.Event()
         self.start = self._counters()
         self.baseline = client.info("memory")["used_memory"]
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -69,6 +70,7 @@ class RedisSampler:
     def _sample(self) -> None:
         while not self._done.wait(0.2):
             self.peak = max(self.peak, self.client.info("memory")["used_memory"])
+            self.peak_clients = max(self.peak_clients, self.client.info("clients")["connected_clients"])
 
     def finish(self, rows: int) -> dict[str, float]:
         self._done.set()
@@ -79,7 +81,8 @@ class RedisSampler:
                 "bytes in/row": delta["total_net_input_bytes"] / rows,
                 "bytes out/row": delta["total_net_output_bytes"] / rows,
                 "peak MiB above idle": max(0, self.peak - self.baseline) / 2**20,
-                "peak bytes/row": max(0, self.peak - self.baseline) / rows}
+                "peak bytes/row": max(0, self.peak - self.baseline) / rows,
+                "peak connections (all processes)": self.peak_clients}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -87,6 +90,18 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: a per-row cost that, unlike wall time, holds on a busy machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(processes: dict) -> dict[str, float]:
+    """CPU seconds so far of each service process and of this one (planning, fan-out and polling)."""
+    own = os.times()
+    return {name: cpu_seconds(p.pid) for name, p in processes.items()} | {"submitter": own.user + own.system}
 
 
 def run_job(name: str, input_uri: str, output_uri: str, rows: int, shard_rows: int, store, dispatcher,
@@ -144,7 +159,9 @@ def print_figures(f: Figures, workers: int) -> None:
     for stage, (seconds, rate) in f.stages.items():
         print(f"  {stage:<26} {seconds:8.2f} s  {rate:>12,.0f} rows/s")
     print("  redis: " + ", ".join(f"{k} {v:,.1f}" for k, v in f.redis.items()))
-    print("  peak RSS MiB: " + ", ".join(f"{k} {v:,.0f}" for k, v in f.rss_mib.items()), flush=True)
+    print("  peak RSS MiB: " + ", ".join(f"{k} {v:,.0f}" for k, v in f.rss_mib.items()))
+    print("  CPU us/row: " + ", ".join(f"{k} {v:,.1f}" for k, v in f.cpu_us_per_row.items())
+          + f" (sum {sum(f.cpu_us_per_row.values()):,.1f})", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,10 +215,13 @@ def run_format(args: argparse.Namespace, fmt: str, workdir: Path) -> tuple[Figur
                 SERVED, SERVED, env, run_dir / f"worker-{i}.log", concurrency=args.concurrency,
                 extra=("--engine", "null", "--null-tokens", str(args.null_tokens)))
         store = RedisJobStore.from_url(redis_url)
+        cpu_before = cpu_snapshot(processes)
         figures = run_job(f"{fmt} from {args.storage}", input_uri, output_uri, args.rows, args.shard_rows, store,
                           CeleryDispatcher(make_app(redis_url)), storage)
         figures.rss_mib = {name: peak_rss_mib(p.pid) for name, p in processes.items()}
         figures.rss_mib["submitter (this process)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        cpu_after = cpu_snapshot(processes)
+        figures.cpu_us_per_row = {name: (cpu_after[name] - cpu_before[name]) * 1e6 / args.rows for name in cpu_after}
         return figures, args.workers
     finally:
         for process in processes.values():

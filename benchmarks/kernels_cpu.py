@@ -1,7 +1,8 @@
 """`python -P -m tide.benchmarks.kernels_cpu`: the CPU decode-attention strategies timed against each other.
 
 Candidates: the twin's chunked online softmax at several chunk sizes (KiB of K gathered per chunk), a plain
-per-sequence gather + SDPA reference, and a one-shot gather of every block + one masked SDPA. Shapes default to
+per-sequence gather + SDPA reference, a one-shot gather of every block + one masked SDPA, and the native library
+(on an AVX512_BF16 CPU also built without it, `native_no_dpbf16`, to show what vdpbf16ps buys). Shapes default to
 SmolLM2-135M decoding a full batch; times are per attention call and per step (x num_layers).
 """
 from __future__ import annotations
@@ -53,15 +54,18 @@ def chunked(chunk_kib: int) -> DecodeFn:
     return run
 
 
-def native_decode(q, k_cache, v_cache, block_tables, seq_lens, scale) -> torch.Tensor:
+def native(library) -> DecodeFn:
     """The native library's paged attention (kernels/csrc) on the same decode batch."""
     from tide.kernels import native_ops
     from tide.kernels.metadata import AttentionMetadata
 
-    n = len(seq_lens)
-    meta = AttentionMetadata(torch.arange(n + 1, dtype=torch.int32), torch.tensor(seq_lens, dtype=torch.int32),
-                             block_tables.to(torch.int32), n, 1, max(seq_lens), [1] * n, list(seq_lens))
-    return native_ops.paged_attention(q, k_cache, v_cache, meta, scale)
+    def run(q, k_cache, v_cache, block_tables, seq_lens, scale):
+        n = len(seq_lens)
+        meta = AttentionMetadata(torch.arange(n + 1, dtype=torch.int32), torch.tensor(seq_lens, dtype=torch.int32),
+                                 block_tables.to(torch.int32), n, 1, max(seq_lens), [1] * n, list(seq_lens))
+        return native_ops.paged_attention(q, k_cache, v_cache, meta, scale, library=library)
+
+    return run
 
 
 def make_batch(args: argparse.Namespace, dtype: torch.dtype, gen: torch.Generator):
@@ -102,10 +106,13 @@ def run_cpu_bench(args: argparse.Namespace) -> None:
     }
     for kib in args.chunk_kib:
         candidates[f"chunked_{kib}KiB"] = chunked(kib)
-    from tide.kernels import native
+    from tide.kernels import native as native_library
 
-    if native.load() is not None:
-        candidates["native"] = native_decode
+    best_build = native_library.load()
+    if best_build is not None:
+        candidates["native"] = native(best_build)
+        if best_build.bf16_dot_products:  # the same kernels with bf16 widened to fp32 FMAs, for the comparison
+            candidates["native_no_dpbf16"] = native(native_library.load(isa="avx512"))
     gen = torch.Generator().manual_seed(0)
     scale = args.head_dim**-0.5
     print(f"decode attention: batch {args.batch}, ctx {args.min_ctx}-{args.max_ctx}, Hq {args.q_heads}, "

@@ -30,7 +30,11 @@ def run_vllm(python: str, model_dir: str, dtype: str, prompts: list[list[int]], 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
-        proc = subprocess.run([python, __file__, f.name], capture_output=True, text=True, env=env, timeout=timeout_s)
+        # -P keeps this file's folder off the child's sys.path (benchmarks/kernels.py would shadow the `kernels`
+        # package that transformers looks for), and vLLM's `python -m` helpers put their working directory there,
+        # so that is not the checkout either
+        proc = subprocess.run([python, "-P", __file__, f.name], capture_output=True, text=True, env=env,
+                              timeout=timeout_s, cwd=tempfile.gettempdir())
     finally:
         os.unlink(f.name)
     for line in proc.stdout.splitlines():

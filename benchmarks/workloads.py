@@ -2,7 +2,8 @@
 
 - `fixed`: random token ids of one length, a fixed number of new tokens with EOS ignored (the peers' workload);
 - `chat`: an instruction through the chat template, padded with filler notes to 20-400 tokens;
-- `grounded`: chat prompts whose answer mostly copies the notes they carry (where prompt lookup pays).
+- `grounded`: chat prompts whose answer mostly copies the notes they carry (where prompt lookup pays);
+- `embedding_texts`: texts to embed in a search index's length mix, from short queries to passages past the limit.
 """
 from __future__ import annotations
 
@@ -118,3 +119,22 @@ def grounded_prompts(tokenizer, num_prompts: int, seed: int) -> list[list[int]]:
         task = rng.choice(GROUNDED_TASKS).format(topic=rng.choice(TOPICS))
         prompts.append(templated(tokenizer, task + "\n\nNotes:\n" + "\n".join(notes)))
     return prompts
+
+
+# (share, fewest words, most words): queries, sentences, passage chunks, and long documents past a 256-token limit.
+EMBEDDING_MIX = ((0.30, 3, 16), (0.40, 16, 60), (0.25, 60, 180), (0.05, 200, 500))
+
+
+def embedding_texts(count: int, seed: int) -> list[str]:
+    """`count` texts in the `EMBEDDING_MIX` of lengths, cut from runs of the filler sentences."""
+    rng = random.Random(seed)
+    shares = [share for share, _, _ in EMBEDDING_MIX]
+    texts = []
+    for _ in range(count):
+        _, low, high = rng.choices(EMBEDDING_MIX, weights=shares)[0]
+        words: list[str] = []
+        target = rng.randint(low, high)
+        while len(words) < target:
+            words += rng.choice(FILLER).split()
+        texts.append(" ".join(words[:target]))
+    return texts

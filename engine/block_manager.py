@@ -64,7 +64,8 @@ class BlockManager:
         hashes = seq.block_hashes
         size = self.block_size
         for i in range(len(hashes), seq.num_tokens // size):
-            hashes.append(chain_hash(hashes[-1] if hashes else _NO_HASH, tuple(seq.token_ids[i * size:(i + 1) * size])))
+            parent = hashes[-1] if hashes else seq.hash_root
+            hashes.append(chain_hash(parent, tuple(seq.token_ids[i * size:(i + 1) * size])))
         return hashes
 
     def lookup_prefix(self, seq: Sequence, use_cache: bool) -> list[int]:

@@ -1,7 +1,9 @@
 """Engine configuration: one dataclass, kept on the engine instance."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -37,6 +39,11 @@ class EngineConfig:
     spec_ngram_min: int = 2
     spec_ngram_max: int = 4
     spec_max_running: int = 2  # speculate only while at most this many sequences run (measured: docs/PERFORMANCE.md)
+    # LoRA adapters (engine/lora/): names -> PEFT directories or s3:// prefixes; requests may also name a directory.
+    lora_adapters: dict[str, str] = field(default_factory=dict)
+    max_loras: int = 8  # adapters resident at once; others load on demand, the least recently used evicted
+    max_lora_rank: int = 16  # adapters of a higher rank are refused; every slot is laid out for this rank
+    lora_fetch: Callable[[str], Path] | None = None  # an s3:// (or other) source -> local directory; None: local only
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -69,6 +76,12 @@ class EngineConfig:
         if not 1 <= self.spec_ngram_min <= self.spec_ngram_max:
             raise ValueError(f"need 1 <= spec_ngram_min <= spec_ngram_max, got {self.spec_ngram_min} and "
                              f"{self.spec_ngram_max}")
+        if self.max_loras < 1 or self.max_lora_rank < 1:
+            raise ValueError(f"max_loras and max_lora_rank must be >= 1, got {self.max_loras} and "
+                             f"{self.max_lora_rank}")
+        if self.lora_adapters and self.tensor_parallel_size > 1:
+            raise ValueError("lora_adapters cannot be combined with tensor_parallel_size > 1 yet; serve adapters "
+                             "from single-process workers")
         if self.quantization not in ("none", "int8"):
             raise ValueError(f"quantization must be none or int8, got {self.quantization!r}")
         if self.quantization != "none" and (self.tensor_parallel_size > 1 or self.offload_max_resident_layers):

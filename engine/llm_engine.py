@@ -14,6 +14,7 @@ from tide.engine.config import EngineConfig
 from tide.engine.decoding.beam_search import BeamSearch
 from tide.engine.decoding.guided import GuidedDecoding, GuidedError
 from tide.engine.decoding.speculative import build_speculator
+from tide.engine.embeddings import GENERATE_TASK
 from tide.engine.outputs import RequestOutput
 from tide.engine.stats import EngineStats
 from tide.engine.request import Prompt, RequestState
@@ -31,6 +32,8 @@ class LLMEngine:
     `add_request` and `abort` may be called from any thread; `step` from one thread at a time.
     """
 
+    task = GENERATE_TASK
+
     def __init__(self, config: EngineConfig | None = None, **overrides) -> None:
         self.config = config or EngineConfig(**overrides)
         parts: EngineParts = build_engine_parts(self.config)
@@ -44,8 +47,10 @@ class LLMEngine:
         self.vocab_size = parts.vocab_size
         self.guided = GuidedDecoding(self.tokenizer, self.vocab_size, self.eos_token_ids)
         self.max_seq_tokens = min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
+        self.adapters = parts.adapters
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
-                                   self.config.max_num_batched_tokens, self.config.enable_prefix_caching)
+                                   self.config.max_num_batched_tokens, self.config.enable_prefix_caching,
+                                   gate=self.adapters)
         self.beam_search = BeamSearch(self.scheduler, self.block_manager, self.runner, self.tokenizer,
                                       self.eos_token_ids)
         self.speculator = build_speculator(self.config, parts, self.max_model_len, self.scheduler.watermark_blocks)
@@ -64,9 +69,13 @@ class LLMEngine:
                     priority: int = 0) -> None:
         """Queue a request. Raises ValueError for a duplicate id or parameters this model cannot honour."""
         params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"model {self.model_name} generates text (task generate) and cannot embed; send "
+                             "embedding requests to an embedding model")
         bad = [t for t in params.stop_token_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"stop_token_ids {bad} are outside the vocabulary (size {self.vocab_size})")
+        self.adapters.check(params)  # an unknown or unusable adapter is refused here, by name
         state = RequestState.create(request_id, prompt, params, priority, self.tokenizer)
         with self._lock:
             if request_id in self._live_ids:
@@ -86,6 +95,7 @@ class LLMEngine:
     def close(self) -> None:
         """Stop the engine's helper processes (tensor-parallel ranks), if it has any; it cannot step afterwards."""
         self.runner.close()
+        self.adapters.close()
 
     # ---- the loop (one thread) ------------------------------------------------------------------------------------
 

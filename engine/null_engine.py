@@ -20,8 +20,8 @@ NULL_TOKEN_ID = 0
 
 
 @dataclass
-class _NoBlocks:
-    """No KV cache: always empty, so the engine's load reads as 0% used."""
+class NoBlocks:
+    """No KV cache: always empty, so the engine's load reads as 0% used (engines that keep no cache use it)."""
 
     num_blocks: int = 1
     num_free_blocks: int = 1
@@ -36,7 +36,7 @@ class NullEngine:
         self.output_tokens = output_tokens
         self.max_num_seqs = max_num_seqs  # requests finished per step, for the batch occupancy figure
         self.stats = EngineStats()
-        self.block_manager = _NoBlocks()
+        self.block_manager = NoBlocks()
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[object, SamplingParams, float]] = {}  # in arrival order
         self._outputs: dict[int, tuple[str, list[int]]] = {}

@@ -53,6 +53,8 @@ class SamplingParams(BaseModel):
     length_penalty: float = 1.0
     early_stopping: bool | Literal["never"] = False
     speculate: bool = True  # False: never speculate for this request, even on an engine that does (greedy rows only)
+    # The LoRA adapter to generate with: a name the engine registers, or an adapter directory (engine/lora/).
+    lora: str | None = Field(None, min_length=1, max_length=1024)
 
     @field_validator("stop", mode="before")
     @classmethod

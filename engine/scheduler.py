@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tide.engine.block_manager import BlockManager
 from tide.engine.sequence import Sequence, SequenceStatus
@@ -24,6 +25,18 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+class AdmissionGate(Protocol):
+    """Says whether a waiting sequence may join the running ones now (the LoRA registry: once its adapter is
+    resident)."""
+
+    def admit(self, seq: Sequence, running: list[Sequence]) -> bool: ...
+
+
+class AdmitAll:
+    def admit(self, seq: Sequence, running: list[Sequence]) -> bool:
+        return True
+
+
 class Scheduler:
     """Decides, each step, which sequences advance and by how many tokens.
 
@@ -33,8 +46,9 @@ class Scheduler:
     """
 
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 use_prefix_cache: bool) -> None:
+                 use_prefix_cache: bool, gate: AdmissionGate = AdmitAll()) -> None:
         self.block_manager = block_manager
+        self.gate = gate
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.use_prefix_cache = use_prefix_cache
@@ -63,7 +77,8 @@ class Scheduler:
             self._schedule_waiting(out, budget)
             while not out.scheduled and self.waiting and self._preempt_parked(out):
                 self._schedule_waiting(out, budget)
-        out.scheduled.sort(key=lambda item: item[1] != 1)  # decodes first, as AttentionMetadata expects
+        # Decodes first, as AttentionMetadata expects; within each, the rows of one adapter side by side (LoRA runs).
+        out.scheduled.sort(key=lambda item: (item[1] != 1, item[0].params.lora or ""))
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
@@ -100,7 +115,7 @@ class Scheduler:
             use_cache = self.use_prefix_cache or seq.index > 0
             hits = bm.lookup_prefix(seq, use_cache)  # waiting sequences hold no blocks
             upcoming = bm.block_hashes(seq)[len(hits):] if use_cache else []
-            if upcoming and upcoming[0] in in_flight:
+            if (upcoming and upcoming[0] in in_flight) or not self.gate.admit(seq, self.running):
                 deferred.append(heapq.heappop(self.waiting))
                 continue
             bm.attach_prefix(seq, hits)

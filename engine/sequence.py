@@ -51,6 +51,9 @@ class Sequence:
         self.num_cached_tokens = 0
         self.num_draft_tokens = 0  # proposed tokens at the end of token_ids, not yet verified (speculative decoding)
         self.block_hashes: list[int] = []  # chained hashes of full blocks, filled in by the block manager
+        # The chain of block hashes starts from the adapter's name: KV computed under one adapter (or none) is
+        # never served to a sequence of another.
+        self.hash_root = -1 if params.lora is None else hash(("lora", params.lora))
         self.num_admissions = 0  # times moved from waiting to running (more than one means it was preempted)
         self.block_table: list[int] = []
         self.status = SequenceStatus.WAITING

@@ -11,6 +11,7 @@ import torch
 from tide.engine.block_manager import BlockManager
 from tide.engine.config import EngineConfig
 from tide.engine.loader import load_config, load_tokenizer, resolve_model
+from tide.engine.lora.registry import LoraRegistry, NoAdapters, build_registry
 from tide.engine.model_loading import load_model
 from tide.engine.model_runner import ModelRunner
 from tide.engine.sampler import Sampler
@@ -28,6 +29,7 @@ class EngineParts:
     block_manager: BlockManager
     runner: ModelRunner
     sampler: Sampler
+    adapters: LoraRegistry | NoAdapters
     vocab_size: int
     load_time_s: float
 
@@ -94,7 +96,8 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         max_model_len = min(config.max_model_len or args.max_position_embeddings,
                             args.max_position_embeddings, args.sliding_window or args.max_position_embeddings)
         num_blocks = _num_kv_blocks(config, model, device, dtype, max_model_len)
-        runner = _make_runner(group, model, num_blocks, config.block_size, max_model_len, device, dtype)
+        adapters = build_registry(config, model, device, dtype)
+        runner = _make_runner(group, model, num_blocks, config.block_size, max_model_len, device, dtype, adapters)
     except BaseException:
         if group is not None:
             group.close()
@@ -113,15 +116,16 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         block_manager=BlockManager(num_blocks, config.block_size, config.enable_prefix_caching),
         runner=runner,
         sampler=Sampler(),
+        adapters=adapters,
         vocab_size=args.vocab_size,
         load_time_s=load_time,
     )
 
 
 def _make_runner(group, model, num_blocks: int, block_size: int, max_model_len: int, device: torch.device,
-                 dtype: torch.dtype) -> ModelRunner:
+                 dtype: torch.dtype, adapters: LoraRegistry | NoAdapters) -> ModelRunner:
     if group is None:
-        return ModelRunner(model, num_blocks, block_size, max_model_len, device, dtype)
+        return ModelRunner(model, num_blocks, block_size, max_model_len, device, dtype, adapters)
     from tide.engine.parallel.runner import TensorParallelRunner
 
     group.start_workers(num_blocks, max_model_len)

@@ -42,7 +42,8 @@ class LocalDispatcher:
 
     def send_plan(self, job_id: str, model: str) -> None:
         ctx = self.shard_context
-        self._pool.submit(self._guarded, plan_created, job_id, ctx.store, self, ctx.storage)
+        self._pool.submit(self._guarded, plan_created, job_id, ctx.store, self, ctx.storage, ctx.clock,
+                          self.finalizer.outbox)
 
     def revoke(self, task_ids: list[str]) -> None:
         self._revoked.update(task_ids)
@@ -83,7 +84,7 @@ def run_embedded(spec: JobSpec, service: EngineClient, *, storage: StorageConfig
     dispatcher.finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=price_per_worker_hour,
                                      outbox=outbox)
     try:
-        job = submit_job(spec, store, dispatcher, storage)
+        job = submit_job(spec, store, dispatcher, storage, outbox=outbox)
         job = wait_for_job(store, job.id, poll_s=0.5, show=show_progress, check=dispatcher.check_failures)
     finally:
         dispatcher.close()

@@ -12,21 +12,27 @@ from __future__ import annotations
 
 from os.path import commonprefix
 
-from tide.jobs.rows import PromptRow
+from tide.jobs.embeddings import EmbedRow
+from tide.jobs.inputs import InputRow
 
 # Prompts sharing fewer characters than this (about one 16-token KV block) gain nothing from sitting together.
 MIN_SHARED_CHARS = 64
 
 
-def prefix_key(row: PromptRow) -> str:
+def prefix_key(row: InputRow) -> str:
+    """The prompt's text behind its LoRA adapter's name: KV is cached per adapter, so only prompts of one adapter
+    share a prefix, and sorting keeps each adapter's rows together (fewer adapters resident at a time)."""
+    if isinstance(row, EmbedRow):
+        return ""  # an embedding keeps no KV cache to share: the rows keep their order
+    adapter = f"{row.params.lora}\x02" if row.params.lora else ""
     if isinstance(row.prompt, str):
-        return row.prompt
+        return adapter + row.prompt
     if row.prompt and isinstance(row.prompt[0], int):  # token ids: five hex digits each, about a text token's width
-        return "\x02" + "".join(f"{t:05x}" for t in row.prompt)
-    return "".join(f"\x00{m['role']}\x01{m['content']}" for m in row.prompt)
+        return adapter + "\x02" + "".join(f"{t:05x}" for t in row.prompt)
+    return adapter + "".join(f"\x00{m['role']}\x01{m['content']}" for m in row.prompt)
 
 
-def group_by_prefix(rows: list[PromptRow]) -> list[PromptRow]:
+def group_by_prefix(rows: list[InputRow]) -> list[InputRow]:
     """Leaders of each shared-prefix group first, then every group's followers, each group kept together."""
     ordered = sorted(rows, key=prefix_key)
     keys = [prefix_key(row) for row in ordered]

@@ -1,33 +1,33 @@
 """One input row -> a prompt with its sampling parameters, or an error row naming the reason.
 
-Row forms: OpenAI batch lines (`custom_id`, `method`, `url`, `body`), plain rows (`prompt` or `messages`, optional
-`id`, optional SamplingParams fields as per-row overrides), and Parquet rows mapped to the same plain form. A
-`prompt` is text or, as OpenAI's completions accept, a list of token ids.
+Row forms: OpenAI batch lines (`custom_id`, `method`, `url`, `body`; the body read per endpoint by batch_lines.py),
+plain rows (`prompt` or `messages`, optional `id`, optional SamplingParams fields as per-row overrides), and Parquet
+rows mapped to the same plain form. A `prompt` is text or, as OpenAI's completions accept, a list of token ids.
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from pydantic import ValidationError
 
-from tide.engine.decoding.guided_params import ANY_JSON_OBJECT
 from tide.engine.sampling_params import SamplingParams
+from tide.jobs.batch_lines import check_model, parse_body
+from tide.jobs.endpoints import CHAT_URL, GENERATION_ENDPOINTS, UnsupportedEndpoint, check_endpoint
+from tide.jobs.messages import Prompt, RowError, prompt_from
 
-Prompt = Union[str, list[dict], list[int]]
-
-CHAT_URL = "/v1/chat/completions"
-COMPLETIONS_URL = "/v1/completions"
 _BATCH_KEYS = {"custom_id", "method", "url", "body"}
 _SAMPLING_KEYS = set(SamplingParams.model_fields)
 _PLAIN_KEYS = {"id", "custom_id", "prompt", "messages"} | _SAMPLING_KEYS
-# OpenAI body fields that map onto SamplingParams under another name, are converted below, or carry no sampling
-# meaning here.
-_BODY_RENAMES = {"max_completion_tokens": "max_tokens"}
-_BODY_IGNORED = {"model", "user", "stream", "top_logprobs", "logprobs", "response_format"}
-_ROLES = {"system", "user", "assistant", "tool", "developer"}
+# Errors that make an OpenAI batch's file invalid, as OpenAI's validation finds them: the batch fails before any
+# request runs, with these in `errors.data`. Other error rows fail their request alone (the error file).
+BATCH_FILE_ERRORS = frozenset({"invalid_json", "invalid_row", "line_too_long", "unknown_line_field",
+                               "missing_custom_id", "missing_body", "invalid_method", "invalid_url",
+                               "mismatched_url", "unsupported_endpoint", "mismatched_model", "unsupported_field",
+                               "duplicate_custom_id"})
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class PromptRow:
     custom_id: str
     prompt: Prompt
     params: SamplingParams
+    echo: str | None = None  # request fields an OpenAI response carries back (JSON text), for /v1/responses lines
 
 
 @dataclass(frozen=True)
@@ -57,45 +58,53 @@ def row_error(row: int, custom_id: str | None, code: str, reason: str, param: st
     return ErrorRow(row, custom_id, code, f"{where}: {reason}", param)
 
 
-class RowError(ValueError):
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.param = code, param
-
-
 def default_id(row: int) -> str:
     return f"row-{row}"
 
 
-def parse_json_line(line: bytes, row: int, defaults: dict[str, Any], endpoint: str | None = None
-                    ) -> PromptRow | ErrorRow:
-    """A JSONL line -> PromptRow or ErrorRow."""
+def parse_json_line(line: bytes, row: int, defaults: dict[str, Any], endpoint: str | None = None,
+                    models: frozenset[str] = frozenset()) -> PromptRow | ErrorRow:
+    """A JSONL line (UTF-8, as JSON Lines are) -> PromptRow or ErrorRow."""
+    raw = decode_line(line, row)
+    return raw if isinstance(raw, ErrorRow) else parse_row(raw, row, defaults, endpoint, models)
+
+
+def decode_line(line: bytes, row: int) -> Any | ErrorRow:
+    """A JSONL line's value, or the error row saying why it is not JSON."""
     try:
-        raw = json.loads(line)
+        # Decoded here rather than by json.loads, which would first guess among UTF-8/16/32 on every line.
+        return json.loads(line.decode("utf-8-sig" if line.startswith(codecs.BOM_UTF8) else "utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return row_error(row, None, "invalid_json", f"not valid JSON ({exc})")
     except RecursionError:
         return row_error(row, None, "invalid_json", "JSON nested too deeply")
-    return parse_row(raw, row, defaults, endpoint)
 
 
-def parse_row(raw: Any, row: int, defaults: dict[str, Any], endpoint: str | None = None) -> PromptRow | ErrorRow:
+def parse_row(raw: Any, row: int, defaults: dict[str, Any], endpoint: str | None = None,
+              models: frozenset[str] = frozenset()) -> PromptRow | ErrorRow:
     """A decoded row (dict) -> PromptRow or ErrorRow; never raises for bad input.
 
-    With `endpoint` (an OpenAI batch), every row must be a batch line whose `url` is that endpoint.
+    With `endpoint` (an OpenAI batch), every row must be a batch line whose `url` is that endpoint and whose
+    `body.model`, if given, is among `models`.
     """
     if not isinstance(raw, dict):
         return row_error(row, None, "invalid_row", "a row must be a JSON object")
     custom_id = row_id(raw, row)
+    echo = None
     try:
         if endpoint is not None or _BATCH_KEYS & (set(raw) - {"custom_id"}):
-            prompt, overrides = _batch_line(raw, endpoint)
+            prompt, overrides, echo = _batch_line(raw, endpoint, models)
         else:
             prompt, overrides = _plain_row(raw)
         params = _params(defaults, overrides)
     except RowError as exc:
         return row_error(row, custom_id, exc.code, str(exc), exc.param)
-    return PromptRow(row, custom_id, prompt, params)
+    return PromptRow(row, custom_id, prompt, params, None if not echo else json.dumps(echo, ensure_ascii=False))
+
+
+def fails_batch(error: ErrorRow) -> bool:
+    """Whether this error makes an OpenAI batch's file invalid (rather than failing its request alone)."""
+    return error.code in BATCH_FILE_ERRORS
 
 
 def row_id(raw: dict, row: int) -> str:
@@ -104,110 +113,41 @@ def row_id(raw: dict, row: int) -> str:
     return default_id(row) if value is None else str(value)
 
 
-def _batch_line(raw: dict, endpoint: str | None) -> tuple[Prompt, dict[str, Any]]:
-    _no_unknown(raw, _BATCH_KEYS)
+def _batch_line(raw: dict, endpoint: str | None, models: frozenset[str]) -> tuple[Prompt, dict, dict | None]:
+    unknown = sorted(set(raw) - _BATCH_KEYS)
+    if unknown:
+        raise RowError("unknown_line_field", f"unknown field(s) {', '.join(unknown)}", unknown[0])
     if "custom_id" not in raw:
-        raise RowError("missing_field", "batch line has no custom_id", "custom_id")
+        raise RowError("missing_custom_id", "batch line has no custom_id", "custom_id")
     if raw.get("method", "POST") != "POST":
-        raise RowError("invalid_field", f"method must be POST, got {raw.get('method')!r}", "method")
+        raise RowError("invalid_method", f"method must be POST, got {raw.get('method')!r}", "method")
     url, body = raw.get("url", endpoint or CHAT_URL), raw.get("body")
-    if url not in (CHAT_URL, COMPLETIONS_URL):
-        raise RowError("invalid_field", f"url must be {CHAT_URL} or {COMPLETIONS_URL}, got {url!r}", "url")
+    try:
+        check_endpoint(url)
+    except UnsupportedEndpoint as exc:
+        code = "unsupported_endpoint" if isinstance(url, str) and url.startswith("/v1/") else "invalid_url"
+        raise RowError(code, str(exc), "url") from None
     if endpoint is not None and url != endpoint:
         raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
+    if url not in GENERATION_ENDPOINTS:
+        raise RowError("invalid_field", f"url must be one of {', '.join(GENERATION_ENDPOINTS)} in a job that "
+                       f"generates, got {url!r} (embeddings lines go in a job with task embed)", "url")
     if not isinstance(body, dict):
-        raise RowError("missing_field", "batch line has no body object", "body")
-    prompt_key = "messages" if url == CHAT_URL else "prompt"
-    _no_unknown(body, {prompt_key} | _SAMPLING_KEYS | set(_BODY_RENAMES) | _BODY_IGNORED, "body.")
-    overrides = {_BODY_RENAMES.get(k, k): v for k, v in body.items()
-                 if k != prompt_key and k not in _BODY_IGNORED}
-    overrides.update(_openai_logprobs(body, chat=url == CHAT_URL))
-    guided = _openai_response_format(body.get("response_format"))
-    if guided is not None:
-        if "guided" in overrides:
-            raise RowError("invalid_field", "give response_format or guided, not both", "body.response_format")
-        overrides["guided"] = guided
-    return _prompt_from({prompt_key: body.get(prompt_key)}), overrides
-
-
-def _openai_logprobs(body: dict, chat: bool) -> dict[str, Any]:
-    """Chat asks `logprobs: true` + `top_logprobs: k`; completions ask `logprobs: k`."""
-    if chat:
-        if not body.get("logprobs"):
-            return {}
-        return {"logprobs": body.get("top_logprobs") or 0}
-    return {} if body.get("logprobs") is None else {"logprobs": body["logprobs"]}
-
-
-def _openai_response_format(response_format: Any) -> dict[str, Any] | None:
-    """`response_format` -> the `guided` parameter: json_schema constrains to its schema (always strictly),
-    json_object to any JSON object, text (or none) to nothing."""
-    if response_format is None:
-        return None
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"json_schema": ANY_JSON_OBJECT}
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise RowError("invalid_field", "response_format.json_schema.schema must be a JSON schema object",
-                           "body.response_format.json_schema.schema")
-        return {"json_schema": schema}
-    raise RowError("invalid_field", f"response_format.type must be text, json_object or json_schema, got {kind!r}",
-                   "body.response_format.type")
+        raise RowError("missing_body", "batch line has no body object", "body")
+    adapter = check_model(body, models)
+    line = parse_body(url, body)
+    if adapter is not None:
+        if line.overrides.get("lora") not in (None, adapter):
+            raise RowError("invalid_field", f"model names adapter {adapter!r} but lora is "
+                           f"{line.overrides['lora']!r}; give one", "body.lora")
+        line.overrides["lora"] = adapter
+    return line.prompt, line.overrides, line.echo
 
 
 def _plain_row(raw: dict) -> tuple[Prompt, dict[str, Any]]:
     _no_unknown(raw, _PLAIN_KEYS)
     overrides = {k: v for k, v in raw.items() if k in _SAMPLING_KEYS}
-    return _prompt_from(raw), overrides
-
-
-def _prompt_from(raw: dict) -> Prompt:
-    prompt, messages = raw.get("prompt"), raw.get("messages")
-    if prompt is not None and messages is not None:
-        raise RowError("invalid_field", "row has both prompt and messages; give one", "messages")
-    if messages is not None:
-        return _messages(messages)
-    if prompt is None:
-        raise RowError("missing_prompt", "row has no prompt or messages", "prompt")
-    if _token_ids(prompt):  # as OpenAI's completions take them: the tokens exactly, no tokenizer in between
-        return list(prompt)
-    if not isinstance(prompt, str) or not prompt:
-        raise RowError("invalid_field", "prompt must be a non-empty string or list of token ids", "prompt")
-    return prompt
-
-
-def _token_ids(prompt: Any) -> bool:
-    return (isinstance(prompt, list) and bool(prompt)
-            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt))
-
-
-def _messages(messages: Any) -> list[dict]:
-    if isinstance(messages, str):  # Parquet columns may hold messages as a JSON string
-        try:
-            messages = json.loads(messages)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise RowError("invalid_field", f"messages is not valid JSON ({exc})", "messages") from exc
-    if not isinstance(messages, list) or not messages:
-        raise RowError("invalid_field", "messages must be a non-empty list of {role, content} objects", "messages")
-    return [_message(m, i) for i, m in enumerate(messages)]
-
-
-def _message(message: Any, index: int) -> dict:
-    if not isinstance(message, dict) or message.get("role") not in _ROLES:
-        raise RowError("invalid_field", f"messages[{index}] needs a role among {sorted(_ROLES)}",
-                       f"messages[{index}].role")
-    content = message.get("content")
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    if not isinstance(content, str):
-        raise RowError("invalid_field", f"messages[{index}].content must be a string or text parts",
-                       f"messages[{index}].content")
-    return {"role": message["role"], "content": content}
+    return prompt_from(raw), overrides
 
 
 @functools.lru_cache(maxsize=64)
@@ -222,6 +162,16 @@ def _frozen(value: Any) -> Any:
     if isinstance(value, list):
         return ("__list__", tuple(_frozen(v) for v in value))
     return value
+
+
+def _defaults_key(defaults: dict[str, Any]) -> tuple:
+    """`_frozen(defaults)`, without the walk when every value is already hashable (the common case, per row)."""
+    key = tuple(sorted(defaults.items()))
+    try:
+        hash(key)
+    except TypeError:
+        return _frozen(defaults)
+    return key
 
 
 def _thawed(value: Any) -> Any:
@@ -241,7 +191,7 @@ def _no_unknown(raw: dict, known: set[str], where: str = "") -> None:
 def _params(defaults: dict[str, Any], overrides: dict[str, Any]) -> SamplingParams:
     try:
         if not overrides:  # most rows of a job: its defaults, validated once (SamplingParams is frozen)
-            return _default_params(_frozen(defaults))
+            return _default_params(_defaults_key(defaults))
         return SamplingParams(**{**defaults, **overrides})
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -4,10 +4,12 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tide.engine.embeddings import EMBED_TASK, GENERATE_TASK
 from tide.engine.sampling_params import SamplingParams
 from tide.jobs import keys
+from tide.jobs.endpoints import EMBEDDINGS_URL, check_endpoint
 from tide.jobs.webhooks.delivery import http_url
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -29,13 +31,19 @@ def window_seconds(window: str | int | float) -> float:
 
 
 class ColumnMap(BaseModel):
-    """Which Parquet columns hold the prompt text, the chat messages and the row id."""
+    """Which Parquet columns hold the prompt text, the chat messages, the text to embed and the row id."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: str = "prompt"
     messages: str = "messages"
+    input: str = "input"
     id: str = "id"
+
+    def fields(self, task: str) -> dict[str, str]:
+        """File column -> row field, for a job of `task`: the text columns it reads, and the id."""
+        text = {self.input: "input"} if task == EMBED_TASK else {self.prompt: "prompt", self.messages: "messages"}
+        return {**text, self.id: "id"}
 
 
 class JobSpec(BaseModel):
@@ -55,9 +63,42 @@ class JobSpec(BaseModel):
     completion_window: str = "24h"
     idempotency_key: str | None = Field(None, min_length=1, max_length=256)
     shard_rows: int = Field(256, ge=1, le=1_000_000, description="rows per shard: a few minutes of work")
-    endpoint: Literal["/v1/chat/completions", "/v1/completions"] | None = Field(
-        None, description="an OpenAI batch: every row is a batch line to this endpoint, and the results are also "
-        "written as OpenAI output and error JSONL")
+    endpoint: str | None = Field(
+        None, description="an OpenAI batch: every row is a batch line to this endpoint (/v1/chat/completions, "
+        "/v1/completions, /v1/responses or /v1/embeddings), a file with invalid lines fails at validation, and the "
+        "results are also written as OpenAI output and error JSONL")
+    requested_model: str | None = Field(None, description="an OpenAI batch: the model name its lines give, when an "
+                                        "alias maps it to `model`; lines may name either")
+    max_requests: int | None = Field(None, ge=1, description="an OpenAI batch: a file with more rows fails at "
+                                     "validation")
+    task: Literal["generate", "embed"] = Field(
+        GENERATE_TASK, description="what the rows ask for: completions (prompt or messages rows) or embeddings "
+        "(input rows); the /v1/embeddings endpoint implies embed")
+
+    def line_models(self) -> frozenset[str]:
+        """The names an OpenAI batch line's `body.model` may give (empty for other jobs: rows name no model)."""
+        if self.endpoint is None:
+            return frozenset()
+        return frozenset({self.model} | ({self.requested_model} if self.requested_model else set()))
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_served(cls, value: str | None) -> str | None:
+        return None if value is None else check_endpoint(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_of_endpoint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("task") is None and data.get("endpoint") == EMBEDDINGS_URL:
+            return {**data, "task": EMBED_TASK}
+        return data
+
+    @model_validator(mode="after")
+    def _task_fits_endpoint(self) -> "JobSpec":
+        if self.endpoint is not None and (self.endpoint == EMBEDDINGS_URL) != (self.task == EMBED_TASK):
+            raise ValueError(f"task {self.task} does not fit endpoint {self.endpoint}: /v1/embeddings batches embed, "
+                             "the others generate")
+        return self
 
     @field_validator("sampling")
     @classmethod

@@ -49,12 +49,21 @@ class Usage(BaseModel):
 
 
 class SampleError(BaseModel):
-    """One row refused at validation, as shown at submit (and in a batch's `errors`)."""
+    """One row refused at validation, as shown at submit (and in a failed batch's `errors`); `line` is None for an
+    error of the whole file."""
 
-    line: int
+    line: int | None
     code: str
     message: str
     param: str | None = None
+
+
+class AdapterUsage(BaseModel):
+    """What one LoRA adapter's rows of a shard used."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class ShardProgress(BaseModel):
@@ -67,6 +76,7 @@ class ShardProgress(BaseModel):
     cached_prompt_tokens: int = 0
     spec_proposed_tokens: int = 0  # draft tokens verified for these rows (speculative decoding)
     spec_accepted_tokens: int = 0
+    adapters: dict[str, AdapterUsage] = Field(default_factory=dict)  # completed rows by LoRA adapter
 
 
 class EngineFigures(BaseModel):
@@ -133,6 +143,9 @@ class Job(BaseModel):
     error: str | None = None
     sample_errors: list[SampleError] = Field(default_factory=list, description="the first few invalid rows")
     summary_uri: str | None = None
+    owner: str | None = Field(None, description="the API key (owner name) that created it; None from the CLI")
+    event_urls: list[str] = Field(default_factory=list, description="endpoints that get its OpenAI-shaped batch "
+                                  "events (configured per API key)")
 
     def moved_to(self, status: JobStatus, now: float, **changes) -> "Job":
         """A copy in `status`, with that status's timestamp set."""

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from tide.jobs.report.cost import job_cost
 from tide.jobs.report.figures import histogram, job_series
 from tide.jobs.report.series import read_series
-from tide.jobs.state import Job, ShardState
+from tide.jobs.state import AdapterUsage, Job, ShardState
 from tide.jobs.storage import Location
 
 _TIMING_COLUMNS = ["ttft_s", "tpot_s", "latency_s"]
@@ -41,6 +41,7 @@ def build_summary(job: Job, shards: list[ShardState], prefix: Location, now: flo
         "num_shards": len(shards),
         "job_prefix_cache_hit_rate": usage.cached_prompt_tokens / usage.prompt_tokens if usage.prompt_tokens else None,
         "speculative": _speculative(shards),
+        "adapters": _adapters(shards),
         "cost": job_cost(shards, usage.completion_tokens, price_per_worker_hour),
         "histograms": {name.removesuffix("_s"): histogram(values) for name, values in timings.items()},
         "series": job_series(read_series(prefix), started, now),
@@ -56,6 +57,17 @@ def _speculative(shards: list[ShardState]) -> dict | None:
     return {"proposed_tokens": proposed, "accepted_tokens": accepted, "acceptance_rate": accepted / proposed}
 
 
+def _adapters(shards: list[ShardState]) -> dict[str, dict] | None:
+    """Requests and tokens per LoRA adapter, summed over the shards; None when no row named an adapter."""
+    totals: dict[str, AdapterUsage] = {}
+    for shard in shards:
+        for name, usage in shard.progress.adapters.items():
+            total = totals.setdefault(name, AdapterUsage())
+            for field in ("requests", "prompt_tokens", "completion_tokens"):
+                setattr(total, field, getattr(total, field) + getattr(usage, field))
+    return {name: usage.model_dump() for name, usage in sorted(totals.items())} or None
+
+
 def _read_timings(prefix: Location) -> dict[str, np.ndarray]:
     """TTFT/TPOT/latency of every result row, read column-wise part by part (three floats per row)."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in _TIMING_COLUMNS}
@@ -63,8 +75,10 @@ def _read_timings(prefix: Location) -> dict[str, np.ndarray]:
         if not (name.startswith("part-") and name.endswith(".parquet")):
             continue
         with prefix.child(name).open_read() as f:
-            table = pq.read_table(f, columns=_TIMING_COLUMNS)
-        for column in _TIMING_COLUMNS:
+            parquet = pq.ParquetFile(f)
+            present = [c for c in _TIMING_COLUMNS if c in parquet.schema_arrow.names]  # embeddings: latency only
+            table = parquet.read(columns=present)
+        for column in present:
             values = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
             parts[column].append(values[~np.isnan(values)])
     return {name: np.concatenate(arrays) if arrays else np.empty(0) for name, arrays in parts.items()}
@@ -140,6 +154,9 @@ def format_report(summary: dict) -> str:
     if spec:
         lines.append(f"  speculative decoding: {spec['acceptance_rate']:.1%} of {spec['proposed_tokens']} draft tokens "
                      "accepted")
+    for name, usage in (summary.get("adapters") or {}).items():
+        lines.append(f"  adapter {name}: {usage['requests']} requests, {usage['prompt_tokens']} prompt + "
+                     f"{usage['completion_tokens']} completion tokens")
     cost = summary.get("cost")
     if cost:
         lines.append(_cost_line(cost))

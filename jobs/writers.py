@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,9 +14,9 @@ import pyarrow.parquet as pq
 from tide.jobs.rows import ErrorRow
 from tide.jobs.storage import Location
 
-_LOGPROB = pa.struct([("token_id", pa.int32()), ("logprob", pa.float32())])
-_TOKEN_LOGPROBS = pa.list_(pa.struct([("token_id", pa.int32()), ("logprob", pa.float32()),
-                                      ("top", pa.list_(_LOGPROB))]))
+# A token as logprobs show it: its id, its text (bytes that end inside a character are shown escaped) and its bytes.
+_TOKEN = [("token_id", pa.int32()), ("logprob", pa.float32()), ("token", pa.string()), ("bytes", pa.list_(pa.uint8()))]
+_TOKEN_LOGPROBS = pa.list_(pa.struct([*_TOKEN, ("top", pa.list_(pa.struct(_TOKEN)))]))
 RESULT_SCHEMA = pa.schema([
     ("custom_id", pa.string()),
     ("row_index", pa.int64()),
@@ -30,6 +31,9 @@ RESULT_SCHEMA = pa.schema([
     ("tpot_s", pa.float64()),
     ("logprobs", _TOKEN_LOGPROBS),
     ("prompt_logprobs", _TOKEN_LOGPROBS),  # null entries: prompt tokens not scored (the first, those before the start)
+    ("finished_at", pa.float64()),  # unix time the request finished
+    ("system_fingerprint", pa.string()),  # the engine that ran it: model, dtype, quantization, Tide version
+    ("echo", pa.string()),  # request fields an OpenAI response carries back (JSON), for /v1/responses lines
 ])
 ERROR_SCHEMA = pa.schema([
     ("line", pa.int64()),
@@ -41,7 +45,7 @@ ERROR_SCHEMA = pa.schema([
 ])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made once per finished sample: slots without frozen's per-field setattr cost a third
 class ResultRow:
     custom_id: str
     row_index: int
@@ -56,6 +60,9 @@ class ResultRow:
     tpot_s: float | None
     logprobs: list[dict] | None
     prompt_logprobs: list[dict | None] | None = None  # the row's prompt_logprobs, on its first sample
+    finished_at: float | None = None
+    system_fingerprint: str | None = None
+    echo: str | None = None
 
 
 def part_name(shard: int) -> str:
@@ -68,8 +75,8 @@ def errors_name(shard: int) -> str:
 
 def write_results(prefix: Location, shard: int, rows: Iterable[ResultRow]) -> None:
     """Commit the shard's results part, sorted by row so parts read back in input order."""
-    ordered = sorted(rows, key=lambda r: (r.row_index, r.sample_index))
-    columns = {name: [getattr(r, name) for r in ordered] for name in RESULT_SCHEMA.names}
+    ordered = sorted(rows, key=attrgetter("row_index", "sample_index"))
+    columns = {name: list(map(attrgetter(name), ordered)) for name in RESULT_SCHEMA.names}
     _commit(prefix.child(part_name(shard)), pa.table(columns, schema=RESULT_SCHEMA))
 
 

@@ -25,7 +25,7 @@ logger = logging.getLogger("tide.kernels")
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
 DISABLE_ENV = "TIDE_NATIVE"  # TIDE_NATIVE=0 turns the native library off
-ISA_ENV = "TIDE_NATIVE_ISA"  # avx512 | avx2: build for less than the CPU has (tests, comparisons)
+ISA_ENV = "TIDE_NATIVE_ISA"  # avx512 (no BF16) | avx2: build for less than the CPU has (tests, comparisons)
 BUILD_TIMEOUT_S = 120
 
 
@@ -36,6 +36,7 @@ class NativeLibrary:
     lib: ctypes.CDLL
     isa: str  # e.g. "avx512+bf16", "avx2+fma"
     vector_width: int  # floats per vector op
+    bf16_dot_products: bool  # bf16 attention on vdpbf16ps (AVX512_BF16) rather than widened to fp32 FMAs
     path: Path
 
 
@@ -63,13 +64,16 @@ def cpu_flags() -> set[str]:
 
 
 def isa_flags(flags: set[str], limit: str | None = None) -> tuple[str, list[str]] | None:
-    """(name, compiler flags) for the best ISA this CPU supports, or None when it has neither AVX-512 nor AVX2+FMA."""
+    """(name, compiler flags) for the best ISA this CPU supports, or None when it has neither AVX-512 nor AVX2+FMA.
+
+    `limit` caps it: "avx512" leaves out AVX512_BF16 (so bf16 attention runs on fp32 FMAs), "avx2" AVX-512 too.
+    """
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     avx2 = ["-mavx2", "-mfma", "-mf16c"]
     if limit != "avx2" and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
         extra = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
-        if "avx512_bf16" in flags:
+        if "avx512_bf16" in flags and limit != "avx512":
             return "avx512+bf16", avx2 + extra + ["-mavx512bf16"]
         return "avx512", avx2 + extra
     if {"avx2", "fma"} <= flags:
@@ -77,16 +81,17 @@ def isa_flags(flags: set[str], limit: str | None = None) -> tuple[str, list[str]
     return None
 
 
-def load(vector_width: int | None = None) -> NativeLibrary | None:
+def load(vector_width: int | None = None, isa: str | None = None) -> NativeLibrary | None:
     """The native library for this CPU, built on first use; None when it cannot be had (see `status()`).
 
-    `vector_width` forces the width of the vector code (tests run the 16-wide code on an AVX2 machine this way).
+    `vector_width` forces the width of the vector code (tests run the 16-wide code on an AVX2 machine this way);
+    `isa` ("avx512" or "avx2", else $TIDE_NATIVE_ISA) builds for less than the CPU has, to compare the paths.
     """
-    key = (vector_width, os.environ.get(ISA_ENV, ""), os.environ.get(DISABLE_ENV, ""))
+    key = (vector_width, isa or os.environ.get(ISA_ENV, ""), os.environ.get(DISABLE_ENV, ""))
     with _lock:
         if key not in _loaded:
             try:
-                _loaded[key] = _build_and_load(vector_width)
+                _loaded[key] = _build_and_load(vector_width, key[1].strip().lower() or None)
                 _reasons[key] = ""
             except _Unavailable as exc:
                 _loaded[key], _reasons[key] = None, str(exc)
@@ -101,17 +106,18 @@ def status(vector_width: int | None = None) -> str:
     if native is None:
         key = (vector_width, os.environ.get(ISA_ENV, ""), os.environ.get(DISABLE_ENV, ""))
         return f"torch twin (native library unavailable: {_reasons[key]})"
-    return f"native C++ ({native.isa}, {native.vector_width} floats per vector op)"
+    dot = ", bf16 attention on vdpbf16ps" if native.bf16_dot_products else ""
+    return f"native C++ ({native.isa}, {native.vector_width} floats per vector op{dot})"
 
 
 class _Unavailable(Exception):
     pass
 
 
-def _build_and_load(vector_width: int | None) -> NativeLibrary:
+def _build_and_load(vector_width: int | None, limit: str | None) -> NativeLibrary:
     if os.environ.get(DISABLE_ENV, "").strip() in ("0", "false", "off", "no"):
         raise _Unavailable(f"{DISABLE_ENV}={os.environ[DISABLE_ENV]}")
-    isa = isa_flags(cpu_flags(), os.environ.get(ISA_ENV, "").strip().lower() or None)
+    isa = isa_flags(cpu_flags(), limit)
     if isa is None:
         raise _Unavailable(f"no AVX-512 or AVX2+FMA on this CPU ({platform.machine()})")
     compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
@@ -124,7 +130,8 @@ def _build_and_load(vector_width: int | None) -> NativeLibrary:
     path = _cached_build(compiler, flags)
     lib = ctypes.CDLL(str(path))
     _declare(lib)
-    return NativeLibrary(lib=lib, isa=name, vector_width=lib.tide_vector_width(), path=path)
+    return NativeLibrary(lib=lib, isa=name, vector_width=lib.tide_vector_width(),
+                         bf16_dot_products=bool(lib.tide_bf16_dot_products()), path=path)
 
 
 def _cached_build(compiler: str, flags: list[str]) -> Path:
@@ -154,6 +161,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.tide_vector_width.restype = i32
     lib.tide_vector_width.argtypes = []
+    lib.tide_bf16_dot_products.restype = i32
+    lib.tide_bf16_dot_products.argtypes = []
     lib.tide_paged_attention.restype = i32
     lib.tide_paged_attention.argtypes = [p, i64, p, p, p, p, p, p, i64, i32, i32, i32, i32, i32, f32, i32, i32]
     lib.tide_add_rms_norm.restype = None

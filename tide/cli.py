@@ -34,13 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         return _fail(f"bad setting: {_validation_message(exc)}")
     args = build_parser(settings).parse_args(argv)
-    configure_logging(args.command, settings.log_format, settings.log_level, args.verbose)
+    redact = settings.redactor()
+    configure_logging(args.command, settings.log_format, settings.log_level, args.verbose, redact)
     try:
         return args.handler(args)
     except ValidationError as exc:
-        return _fail(_validation_message(exc))
+        return _fail(redact(_validation_message(exc)))
     except (UsageError, StorageError, StoreUnavailable, JobNotFound, TimeoutError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        return _fail(redact(str(exc)))
     except KeyboardInterrupt:
         return 130
 

@@ -14,6 +14,7 @@ import threading
 import time
 
 from tide.jobs.log_context import bind, current
+from tide.jobs.redaction import Redactor
 
 JOB_ID = re.compile(r"\b((?:job|batch)_[0-9a-f]{8,})(?:(?:/|\.shard-)(\d+))?")
 PATH_ID = re.compile(r"^/v1/(?:jobs|batches)/((?:job|batch)_[0-9a-f]+)")
@@ -46,13 +47,17 @@ class JsonFormatter(logging.Formatter):
                 "thread": record.threadName, "job_id": ids.get("job_id"), "shard_id": ids.get("shard_id"),
                 "message": message}
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def configure_logging(command: str, log_format: str, log_level: str, verbose: bool) -> None:
+def configure_logging(command: str, log_format: str, log_level: str, verbose: bool,
+                      redactor: Redactor | None = None) -> None:
     """Text: the CLI's usual basicConfig. JSON: one handler on the root logger for every library, and for the worker
-    Celery's own logging setup skipped (it would replace the handler) and ids bound around each task."""
+    Celery's own logging setup skipped (it would replace the handler) and ids bound around each task. Either way
+    every record passes `redactor` first."""
+    if redactor is not None:
+        redactor.install()
     if log_format != "json":
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

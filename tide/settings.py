@@ -4,18 +4,21 @@ Command-line flags override these per run; the README's settings table is checke
 """
 from __future__ import annotations
 
-import hashlib
+import os
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tide.key_policies import HASH_PREFIX, KeyPolicy, hash_key, owner_of, policies_by_owner, policy_for
+
 if TYPE_CHECKING:
+    from tide.jobs.redaction import Redactor
     from tide.jobs.storage import StorageConfig
 
 DEV_API_KEY = "tide-dev-key"
-HASH_PREFIX = "sha256:"
+__all__ = ["DEV_API_KEY", "Settings", "get_settings", "hash_key"]
 
 
 class Settings(BaseSettings):
@@ -48,6 +51,15 @@ class Settings(BaseSettings):
     offload_max_resident_layers: int | None = Field(None, ge=1, description="stream the worker's decoder layers in "
                                                     "from host memory, at most this many on the device at once "
                                                     "(default: all resident)")
+    task: Literal["auto", "generate", "embed"] = Field("auto", description="what a worker's engine serves: auto "
+                                                       "(embed for an encoder or sentence-transformers model, else "
+                                                       "generate), generate, or embed (a decoder model's pooled "
+                                                       "hidden states)")
+    pooling: Literal["mean", "cls", "last", "max"] | None = Field(None, description="an embedding model's pooling, "
+                                                                  "in place of its own (required for a decoder model "
+                                                                  "without sentence-transformers files)")
+    matryoshka: bool = Field(False, description="the embedding model was trained for shorter vectors: rows may ask "
+                             "for fewer `dimensions`")
     max_attempts: int = Field(3, ge=1, description="runs of one shard before its rows fail")
     shard_rows: int = Field(256, ge=1, description="rows per shard for jobs that do not say")
     cache_dir: str | None = Field(None, description="converted models and built kernels (default ~/.cache/tide)")
@@ -66,11 +78,43 @@ class Settings(BaseSettings):
     price_per_worker_hour: float = Field(0.0, ge=0, description="what one worker costs per hour: with the worker-seconds a job used, its cost in summary.json and report.html")
     log_format: Literal["text", "json"] = Field("text", description="log lines of the worker, API and scheduler: text, or one JSON object per line with job_id and shard_id")
 
+    # The OpenAI-compatible API: model names, batch limits, what each key may reach (`tide api`).
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="model names requests may use for served models: a JSON object or "
+        "name=target pairs, comma-separated (e.g. gpt-4o-mini=smollm2-135m)")
+    accept_unserved: bool = Field(False, description="accept batches and jobs naming a model no live worker serves "
+                                  "(they wait for one, and still expire on their completion window); otherwise they "
+                                  "are refused at create")
+    batch_max_requests: int = Field(50_000, ge=1, description="most requests one batch file may hold (OpenAI's "
+                                    "limit); a file with more fails validation")
+    batch_max_file_bytes: int = Field(200 * 2**20, ge=1, description="largest batch input file a batch may be "
+                                      "created from (OpenAI's limit)")
+    api_key_policies: dict[str, KeyPolicy] = Field(
+        default_factory=dict, description="JSON object: per API key (plain, sha256:<hex>, or * for every other "
+        "key) the s3:// prefixes its jobs may read and write, its batch webhook endpoints and signing secret, and "
+        "the eval suites its dashboard shows: {read, write, webhooks, webhook_secret, evals}")
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _aliases(cls, value: object) -> object:
+        from tide.jobs.models import parse_aliases
+
+        return parse_aliases(value) if isinstance(value, (str, dict)) or value is None else value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("lora_adapters")
+    @classmethod
+    def _check_adapters(cls, value: str | None) -> str | None:
+        for pair in (value or "").split(","):
+            name, _, source = pair.partition("=")
+            if pair.strip() and not (name.strip() and source.strip()):
+                raise ValueError(f"{pair!r} is not NAME=SOURCE (an adapter name, '=', a directory or s3:// prefix)")
         return value
 
     def key_hashes(self) -> frozenset[str]:
@@ -83,8 +127,29 @@ class Settings(BaseSettings):
         from tide.jobs.webhooks.courier import WebhookConfig
         from tide.jobs.webhooks.signing import split_secrets
 
-        return WebhookConfig(secrets=split_secrets(self.webhook_secret), schedule=self.webhook_retry_schedule,
-                             allow_private=self.webhook_allow_private, timeout_s=self.webhook_timeout_s)
+        # Each configured key's owner takes its policy's secret, its own or the '*' entry's, as its events go to
+        # that same policy's endpoints.
+        by_owner = self.key_policies()
+        policies = {owner: policy_for(owner, by_owner) for owner in map(owner_of, self.api_keys)}
+        key_secrets = {owner: split_secrets(policy.webhook_secret) for owner, policy in policies.items()
+                       if policy.webhook_secret}
+        return WebhookConfig(secrets=split_secrets(self.webhook_secret), key_secrets=key_secrets,
+                             schedule=self.webhook_retry_schedule, allow_private=self.webhook_allow_private,
+                             timeout_s=self.webhook_timeout_s)
+
+    def key_policies(self) -> dict[str, KeyPolicy]:
+        """`api_key_policies` by owner name (and '*'), the keys themselves not kept."""
+        return policies_by_owner(self.api_key_policies)
+
+    def redactor(self, private_prefixes: tuple[str, ...] = ()) -> Redactor:
+        """The one filter error messages and log lines pass through: every secret this process was given, URL
+        passwords (a Redis URL's among them) and `private_prefixes` (the service's own storage) masked."""
+        from tide.jobs.redaction import Redactor
+
+        secrets = [*self.api_keys, *(self.webhook_secret or "").split(), os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+                   *(s for p in self.api_key_policies.values() for s in (p.webhook_secret or "").split())]
+        return Redactor(secrets=[s for s in secrets if not s.startswith(HASH_PREFIX)],
+                        private_prefixes=private_prefixes)
 
     @field_validator("webhook_retry_schedule")
     @classmethod
@@ -128,9 +193,13 @@ class Settings(BaseSettings):
     spec_max_running: int = Field(2, ge=0, description="speculate only while at most this many sequences run "
                                   "(above it a step is compute-bound and drafts cost more than they save)")
 
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # LoRA adapters the worker's engine serves (`tide worker`, `tide run`); rows name them with "lora".
+    lora_adapters: str | None = Field(None, description="adapters by name: comma-separated NAME=SOURCE pairs, SOURCE "
+                                      "a PEFT adapter directory or s3:// prefix")
+    max_loras: int = Field(8, ge=1, description="LoRA adapters a worker keeps resident; others load on demand and "
+                           "the least recently used is evicted")
+    max_lora_rank: int = Field(16, ge=1, description="the highest LoRA rank a worker accepts (every adapter slot "
+                               "is sized for it)")
 
 
 @lru_cache(maxsize=1)

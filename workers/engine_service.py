@@ -1,7 +1,8 @@
 """One engine per worker process, stepped by one background thread; any thread may submit requests to it.
 
-Each caller hands in a `queue.Queue` as its sink and gets its own finished `RequestOutput`s there, so shard tasks on
-several threads share one continuously refilled batch and each waits only for its own rows.
+Each caller hands in a `queue.Queue` as its sink and gets its own finished `RequestOutput`s there, a list per engine
+step, so shard tasks on several threads share one continuously refilled batch and each waits only for its own rows
+(and wakes once a step, not once a row).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import queue
 import threading
 
 from tide.jobs.state import EngineFigures, EngineLoad
+from tide.workers.token_bytes import TokenBytes
 
 logger = logging.getLogger("tide.worker")
 
@@ -19,8 +21,10 @@ class EngineFailed(RuntimeError):
 
 
 class EngineService:
-    def __init__(self, engine, idle_wait_s: float = 0.2) -> None:
+    def __init__(self, engine, idle_wait_s: float = 0.2, fingerprint: str | None = None) -> None:
         self.engine = engine
+        self._fingerprint = fingerprint  # OpenAI's system_fingerprint, from whoever built the engine
+        self._token_bytes: TokenBytes | None = None
         self._idle_wait_s = idle_wait_s
         self._sinks: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
@@ -42,7 +46,8 @@ class EngineService:
             with self._lock:
                 self._sinks.pop(request_id, None)
             raise
-        self._wake.set()
+        if not self._wake.is_set():  # the flag alone is cheap to read; setting it takes the event's lock
+            self._wake.set()
 
     def abort(self, request_id: str) -> None:
         self.engine.abort(request_id)
@@ -62,6 +67,17 @@ class EngineService:
         return EngineLoad(engine_steps=stats.num_steps, preemptions=stats.preemptions,
                           occupancy_sum=stats.mean_batch_occupancy * stats.num_steps,
                           kv_cache_usage=1.0 - blocks.num_free_blocks / blocks.num_blocks)
+
+    def token_bytes(self, token_ids: list[int]) -> list[bytes]:
+        """Each token's bytes, read from the engine's tokenizer (each id once per process)."""
+        with self._lock:
+            if self._token_bytes is None:
+                self._token_bytes = TokenBytes(self.engine.tokenizer)
+            pieces = self._token_bytes
+        return pieces(token_ids)
+
+    def fingerprint(self) -> str | None:
+        return self._fingerprint
 
     def close(self) -> None:
         self._stop.set()
@@ -84,11 +100,15 @@ class EngineService:
             self._deliver(outputs)
 
     def _deliver(self, outputs) -> None:
+        """Each sink gets its step's outputs as one list."""
+        batches: dict[int, tuple[queue.Queue, list]] = {}
         with self._lock:
-            sinks = [(self._sinks.pop(o.request_id, None), o) for o in outputs]
-        for sink, output in sinks:
-            if sink is not None:
-                sink.put(output)
+            for output in outputs:
+                sink = self._sinks.pop(output.request_id, None)
+                if sink is not None:
+                    batches.setdefault(id(sink), (sink, []))[1].append(output)
+        for sink, batch in batches.values():
+            sink.put(batch)
 
     def _fail(self, exc: BaseException) -> None:
         self._failure = exc

@@ -6,7 +6,7 @@ through the `kernels` ops, so prefill chunks and decodes share one forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import torch
 from torch import nn
@@ -82,6 +82,13 @@ def _rope_parameters(config, head_dim: int) -> tuple[torch.Tensor, float]:
     return inv_freq.float(), float(scaling)
 
 
+class LowRankUpdates(Protocol):
+    """Adds a step's adapter updates to a projection's output, each to the rows of its own sequences
+    (`engine/lora/batch.py`)."""
+
+    def apply(self, linear: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class ForwardContext:
     """Everything a layer needs about this step besides its own weights and cache."""
@@ -90,6 +97,13 @@ class ForwardContext:
     slot_mapping: torch.Tensor  # [T] int64
     attn: AttentionMetadata
     cos_sin_cache: torch.Tensor  # [max_pos, head_dim]
+    lora: LowRankUpdates | None = None  # None: no row of this step uses a LoRA adapter
+
+
+def project(linear: nn.Module, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    """`linear(x)`, plus the step's LoRA updates where rows use an adapter: the one hook LoRA has in the model."""
+    y = linear(x)
+    return y if ctx.lora is None else ctx.lora.apply(linear, x, y)
 
 
 class Attention(nn.Module):
@@ -109,7 +123,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: ForwardContext, k_cache: torch.Tensor, v_cache: torch.Tensor):
         # x: [T, hidden]
         T = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = project(self.qkv_proj, x, ctx).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(T, self.num_heads, self.head_dim)
         k = k.reshape(T, self.num_kv_heads, self.head_dim)
         v = v.reshape(T, self.num_kv_heads, self.head_dim)
@@ -119,7 +133,7 @@ class Attention(nn.Module):
         self.ops.rotary_embedding(ctx.positions, q, k, ctx.cos_sin_cache, True)
         self.ops.write_kv_cache(k, v, k_cache, v_cache, ctx.slot_mapping)
         out = self.ops.paged_attention(q, k_cache, v_cache, ctx.attn, self.scale)  # [T, heads, head_dim]
-        return self.o_proj(out.reshape(T, self.q_size))
+        return project(self.o_proj, out.reshape(T, self.q_size), ctx)
 
 
 class MLP(nn.Module):
@@ -129,8 +143,8 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=args.mlp_bias)
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        return project(self.down_proj, self.ops.silu_and_mul(project(self.gate_up_proj, x, ctx)), ctx)
 
 
 class DecoderLayer(nn.Module):
@@ -147,7 +161,7 @@ class DecoderLayer(nn.Module):
         x, residual = self.ops.fused_add_rms_norm(h, residual, self.input_layernorm, self.eps)
         x = self.self_attn(x, ctx, k_cache, v_cache)
         x, residual = self.ops.fused_add_rms_norm(x, residual, self.post_attention_layernorm, self.eps)
-        return self.mlp(x), residual
+        return self.mlp(x, ctx), residual
 
 
 class LlamaForCausalLM(nn.Module):

@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from tide.engine.embeddings import EMBED_TASK
+from tide.jobs.embedding_output import write_embeddings
 from tide.jobs.leases.book import Lease
 from tide.jobs.metrics import shard_counters
 from tide.jobs.report.series import write_series
@@ -30,7 +32,8 @@ def commit(ctx: ClaimContext, task: ShardTask, outcome: Outcome, lease: Lease, l
         return None
     started = time.perf_counter()
     prefix = resolve(task.output_prefix, ctx.storage)
-    write_results(prefix, task.shard.index, outcome.results)
+    write = write_embeddings if task.spec.task == EMBED_TASK else write_results
+    write(prefix, task.shard.index, outcome.results)
     write_errors(prefix, task.shard.index, outcome.errors)
     if outcome.series.samples:
         write_series(prefix, task.shard.index, ctx.worker, outcome.series)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import queue
 import threading
 
+from tide.jobs.inputs import InputRow
 from tide.jobs.leases.book import Lease
-from tide.jobs.rows import ErrorRow, PromptRow
+from tide.jobs.rows import ErrorRow
 from tide.jobs.shards import error_rows
 from tide.jobs.shards.claim import stop_status
 from tide.jobs.shards.context import ShardContext
@@ -15,7 +16,7 @@ from tide.jobs.specs import ShardTask
 from tide.jobs.state import ShardStatus
 
 
-def generate(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors: list[ErrorRow], lease: Lease,
+def generate(ctx: ShardContext, task: ShardTask, rows: list[InputRow], errors: list[ErrorRow], lease: Lease,
              careful: bool, lost: threading.Event) -> Outcome:
     """Stream the rows into the engine. A re-run after a lapsed lease is careful: one row at a time, alone in the
     engine (`EngineGate`), each marked in flight first, so a row that kills the worker again is named by the reaper
@@ -32,10 +33,10 @@ def generate(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], errors: 
     return expire(outcome, rows) if outcome.status == ShardStatus.EXPIRED else outcome
 
 
-def _run_batch(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], outcome: Outcome, attempt: int,
+def _run_batch(ctx: ShardContext, task: ShardTask, rows: list[InputRow], outcome: Outcome, attempt: int,
                lost: threading.Event) -> None:
     sink: queue.Queue = queue.Queue()
-    by_id: dict[str, PromptRow] = {}
+    by_id: dict[str, InputRow] = {}
     for row in rows:
         request_id = f"{task.job_id}:{task.shard.index}:{attempt}:{row.row}"
         try:
@@ -47,20 +48,21 @@ def _run_batch(ctx: ShardContext, task: ShardTask, rows: list[PromptRow], outcom
     _collect(ctx, task, sink, by_id, outcome, lost)
 
 
-def _collect(ctx: ShardContext, task: ShardTask, sink: queue.Queue, by_id: dict[str, PromptRow],
+def _collect(ctx: ShardContext, task: ShardTask, sink: queue.Queue, by_id: dict[str, InputRow],
              outcome: Outcome, lost: threading.Event) -> None:
     """Wait for this shard's outputs; publish progress and watch for cancel/expiry every `poll_s`."""
     waiting, next_poll = set(by_id), ctx.clock() + ctx.poll_s
     while waiting:
         try:
-            output = sink.get(timeout=ctx.poll_s)
+            outputs = sink.get(timeout=ctx.poll_s)
         except queue.Empty:
-            output = None
-        if isinstance(output, Exception):
-            raise output
-        if output is not None:
+            outputs = []
+        if isinstance(outputs, Exception):
+            raise outputs
+        finished_at = ctx.clock()  # one engine step's outputs finished together
+        for output in outputs:
             waiting.discard(output.request_id)
-            record(outcome, by_id[output.request_id], output)
+            record(outcome, by_id[output.request_id], output, ctx.service, finished_at)
         if ctx.clock() >= next_poll:
             next_poll = ctx.clock() + ctx.poll_s
             _poll(ctx, task, outcome, waiting, lost)

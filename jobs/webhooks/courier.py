@@ -44,6 +44,9 @@ class WebhookConfig(BaseModel):
     """How deliveries are signed and retried (built from Settings by the entry points)."""
 
     secrets: list[str] = Field(default_factory=list, repr=False)
+    # An API key's own signing secrets, by the owner name of the key (events of its batches and jobs are signed with
+    # them instead of `secrets`, so no tenant can sign as another).
+    key_secrets: dict[str, list[str]] = Field(default_factory=dict, repr=False)
     schedule: tuple[float, ...] = DEFAULT_SCHEDULE
     allow_private: bool = False
     timeout_s: float = 15.0
@@ -53,12 +56,19 @@ class WebhookConfig(BaseModel):
     def _schedule(cls, value: Any) -> tuple[float, ...]:
         return parse_schedule(value)
 
+    def secrets_for(self, signer: str | None) -> list[str]:
+        return self.key_secrets.get(signer, self.secrets) if signer else self.secrets
+
 
 def enqueue(outbox: Outbox, owner: str, url: str, type: str, data: dict[str, Any], now: float) -> Delivery:
-    """Queue one event for `url`; its first attempt is due at once."""
-    delivery = new_delivery(owner, url, type, data, now)
+    """Queue one thin event for `url`; its first attempt is due at once."""
+    return queue_delivery(outbox, new_delivery(owner, url, type, data, now))
+
+
+def queue_delivery(outbox: Outbox, delivery: Delivery) -> Delivery:
+    """Queue a delivery made by one of `events.py`'s makers; its first attempt is due at `next_at`."""
     outbox.add(delivery)
-    logger.info("webhook %s (%s) for %s queued", delivery.id, type, owner)
+    logger.info("webhook %s (%s) for %s queued", delivery.id, delivery.type, delivery.owner)
     return delivery
 
 
@@ -122,9 +132,9 @@ class Courier:
             result = AttemptResult(Outcome.GONE, error="endpoint disabled by an earlier 410")
         else:
             try:
-                check_url(delivery.url, self.config.allow_private)
-                headers = sign_headers(self.config.secrets, delivery.id, now, delivery.body)
-                result = self.poster(delivery.url, delivery.body, headers, self.config.timeout_s)
+                address = check_url(delivery.url, self.config.allow_private)
+                headers = sign_headers(self.config.secrets_for(delivery.signer), delivery.id, now, delivery.body)
+                result = self.poster(delivery.url, delivery.body, headers, self.config.timeout_s, address)
             except (WebhookRefused, ValueError) as exc:
                 result = AttemptResult(Outcome.FAILED, error=str(exc))
         state, next_at = self._next(result, number, now)

@@ -1,15 +1,17 @@
 """One delivery attempt over HTTP, and the guard that keeps webhooks off internal addresses.
 
-2xx is success; redirects are not followed; 410 disables the endpoint; 429, 5xx, timeouts and connection errors are
-worth a retry (after `Retry-After` when the receiver sends one); any other answer is final.
+The host is resolved once: the guard checks the addresses, and the attempt connects to the checked address (the
+URL's host still names it for TLS and `Host`), so a DNS answer that changes in between (rebinding) cannot steer the
+request inside. 2xx is success; redirects are not followed; 410 disables the endpoint; 429, 5xx, timeouts and
+connection errors are worth a retry (after `Retry-After` when the receiver sends one); any other answer is final.
 """
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import Enum
@@ -44,43 +46,57 @@ def http_url(field: str, value: str | None) -> str | None:
     return value
 
 
-def check_url(url: str, allow_private: bool) -> None:
-    """Raise `WebhookRefused` unless `url` is http(s) and every address its host resolves to is public."""
+def check_url(url: str, allow_private: bool) -> str:
+    """The address to connect to for `url`: raise `WebhookRefused` unless `url` is http(s) and (unless
+    `allow_private`) every address its host resolves to is public."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused(f"webhook URL {url!r} is not an http(s) URL")
-    if allow_private:
-        return
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise WebhookRefused(f"webhook host {parts.hostname!r} does not resolve: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    for address in addresses if not allow_private else ():
         if not address.is_global or address.is_multicast:
             raise WebhookRefused(f"webhook host {parts.hostname!r} resolves to the internal address {address}; "
                                  "set TIDE_WEBHOOK_ALLOW_PRIVATE=true to allow it")
+    return str(addresses[0])
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # the 3xx surfaces as an HTTPError
+def _dial(address: str):
+    """A connection opener that reaches `address` whatever the host name resolves to now."""
+    def create_connection(host_port, timeout=None, source_address=None):
+        return socket.create_connection((address, host_port[1]), timeout, source_address)
+    return create_connection
 
 
-_opener = urllib.request.build_opener(_NoRedirects)
+def _connection(url: str, address: str, timeout_s: float) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout_s,
+                                                 context=ssl.create_default_context())
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+    connection._create_connection = _dial(address)  # TLS still verifies the certificate against the host name
+    return connection
 
 
-def post(url: str, body: str, headers: dict[str, str], timeout_s: float) -> AttemptResult:
-    request = urllib.request.Request(url, data=body.encode(), method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
+def post(url: str, body: str, headers: dict[str, str], timeout_s: float, address: str) -> AttemptResult:
+    """POST `body` to `url` at the checked `address`."""
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection = _connection(url, address, timeout_s)
     try:
-        with _opener.open(request, timeout=timeout_s) as answer:
-            return AttemptResult(Outcome.DELIVERED, answer.status)
-    except urllib.error.HTTPError as exc:
-        return _judge(exc.code, exc.headers.get("Retry-After") if exc.headers else None)
-    except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        return AttemptResult(Outcome.RETRY, error=str(reason) or type(reason).__name__)
+        connection.request("POST", target, body=body.encode(), headers={
+            "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
+        answer = connection.getresponse()
+        answer.read()
+        return _judge(answer.status, answer.getheader("Retry-After"))
+    except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, a broken answer
+        return AttemptResult(Outcome.RETRY, error=str(exc) or type(exc).__name__)
+    finally:
+        connection.close()
 
 
 def _judge(code: int, retry_after: str | None) -> AttemptResult:

@@ -1,4 +1,6 @@
-"""What a webhook says: thin events `{type, timestamp, data: {id, ...counts}}`, and the record of one delivery.
+"""What a webhook says, and the record of one delivery. Two shapes: Tide's thin events `{type, timestamp, data: {id,
+...counts}}` (a job's `webhook_url`, evals), and OpenAI's `{id, object: "event", created_at, type, data: {id}}` (the
+batch events sent to the endpoints configured for an API key).
 
 The body is serialized once, when the event is queued, so every retry sends (and signs) the same bytes under the
 same `webhook-id`.
@@ -39,6 +41,7 @@ class Delivery(BaseModel):
     attempts: int = 0
     state: DeliveryState = DeliveryState.PENDING
     last_error: str | None = None
+    signer: str | None = Field(None, description="the API key (owner name) whose own secret signs it, if it has one")
 
 
 class LogEntry(BaseModel):
@@ -53,10 +56,22 @@ class LogEntry(BaseModel):
     outcome: str
 
 
-def new_delivery(owner: str, url: str, type: str, data: dict[str, Any], now: float) -> Delivery:
+def new_delivery(owner: str, url: str, type: str, data: dict[str, Any], now: float,
+                 signer: str | None = None) -> Delivery:
+    """A Tide event: `{type, timestamp, data}`."""
     payload = {"type": type, "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat(), "data": data}
     return Delivery(id=f"msg_{uuid.uuid4().hex}", owner=owner, url=url, type=type, created_at=now, next_at=now,
-                    body=json.dumps(payload, separators=(",", ":")))
+                    body=json.dumps(payload, separators=(",", ":")), signer=signer)
+
+
+def openai_delivery(owner: str, url: str, type: str, object_id: str, now: float,
+                    signer: str | None = None) -> Delivery:
+    """An event in OpenAI's shape, `{id: evt_..., object: "event", created_at, type, data: {id}}`; the webhook-id
+    header is the delivery's own id, as OpenAI's differs from the event's."""
+    payload = {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "created_at": int(now), "type": type,
+               "data": {"id": object_id}}
+    return Delivery(id=f"wh_{uuid.uuid4().hex}", owner=owner, url=url, type=type, created_at=now, next_at=now,
+                    body=json.dumps(payload, separators=(",", ":")), signer=signer)
 
 
 def job_event(job) -> tuple[str, dict[str, Any]]:

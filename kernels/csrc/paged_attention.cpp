@@ -4,6 +4,8 @@
 // that the loader picks at run time from the CPU's features: the vector width W is 16 floats with AVX-512, 8 with
 // AVX2, 4 otherwise (GCC vector extensions, so the same code is exercised at every width). TIDE_VECTOR_WIDTH forces
 // a width: the tests build the 16-wide code on an AVX2 machine, where GCC runs each 16-wide op as two 8-wide ones.
+// Built with AVX512_BF16 at the native width, bf16 attention runs on vdpbf16ps instead (the TIDE_DPBF16 section):
+// scores and values straight from the bf16 cache, the probabilities rounded to bf16, the sums in fp32.
 //
 // Work items are (sequence, kv head, query tile, key range): one item reads each K/V block once for every query
 // head of its GQA group and every query row of its tile, with an fp32 online softmax. A single query token (a
@@ -12,6 +14,13 @@
 // decodes are split over key ranges when there are too few items to keep the threads busy; a merge step then
 // combines the splits' partial states by their softmax maxima.
 #include <omp.h>
+
+#if defined(__AVX512BF16__) && !defined(TIDE_VECTOR_WIDTH)
+#include <immintrin.h>
+#define TIDE_DPBF16 1  // bf16 dot products on the CPU's own bf16 arithmetic (vdpbf16ps)
+#else
+#define TIDE_DPBF16 0
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -221,6 +230,8 @@ struct Item {
 struct Scratch {
   std::vector<float> q, acc, m, l, alpha, s, k, v;
   std::vector<int> lim;
+  std::vector<bf16> qb, pb;  // bf16 queries and probabilities of the vdpbf16ps path
+  std::vector<uint32_t> kt, vi;  // a block's keys transposed and values interleaved, in pairs of bf16
 };
 
 // One head's rows [j0, j1) of a cache block as fp32, with the key stride in *stride: the cache itself for fp32,
@@ -413,9 +424,341 @@ inline float softmax_row(float* s, int lo, int hi, int span, float m_floor, floa
   return m;
 }
 
+#if TIDE_DPBF16
+// ---- bf16 attention on vdpbf16ps (AVX512_BF16) ----------------------------------------------------------------------
+// vdpbf16ps adds the products of 16 pairs of bf16 lanes to 16 fp32 lanes, so K and V are read as the cache holds them,
+// with no widened copy and half the instructions of fp32 FMAs. Scores: a query row's 32-lane chunks against a key's,
+// closed by the same transposing reduction as the fp32 path. Values: two keys' rows interleaved lane by lane (one
+// unpack per 32 lanes) against the two keys' probabilities, rounded to bf16, as one broadcast pair. The unpack works
+// inside 128-bit lanes, so the accumulators hold each 32-dim chunk's dims in the order 0-3, 8-11, 16-19, 24-27 (low
+// half) and 4-7, 12-15, 20-23, 28-31 (high half): `unpermute_rows` puts them back once an item's sums are done.
+
+inline __m512i load_bf16x32(const bf16* p) { return _mm512_loadu_si512(p); }
+
+// Scores of R bf16 query rows (D apart at q, nc chunks of 32) against the 4 keys at k + j * ks, scaled, into
+// s[r * ss + 0..3].
+template <int R>
+inline void scores4_dp(const bf16* q, int D, const bf16* k, int64_t ks, float* s, int64_t ss, float scale) {
+  __m512 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int c = 0; c < D; c += 32) {
+    __m512bh qc[R];
+    for (int r = 0; r < R; ++r) qc[r] = (__m512bh)load_bf16x32(q + r * D + c);
+    for (int j = 0; j < 4; ++j) {
+      const __m512bh kj = (__m512bh)load_bf16x32(k + j * ks + c);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], qc[r], kj);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const vf sums = fold<2>(fold<1>((vf)acc[r][0], (vf)acc[r][1]), fold<1>((vf)acc[r][2], (vf)acc[r][3]));
+    v4f t = {};
+    for (int g = 0; g < W; g += 4) t += (v4f){sums[g], sums[g + 1], sums[g + 2], sums[g + 3]};
+    t *= scale;
+    std::memcpy(s + r * ss, &t, sizeof t);
+  }
+}
+
+// Scores of R rows against keys [j0, je) of a block of bs keys, as block_scores.
+template <int R>
+inline void block_scores_dp(const bf16* q, int D, const bf16* kp, int64_t ks, int bs, int j0, int je, float* s,
+                            int64_t ss, float scale, const Ahead& ahead) {
+  int j = j0 / 4 * 4;
+  for (; j + 4 <= bs && j < je; j += 4) {
+    ahead.fetch(j, j + 4, bs);
+    scores4_dp<R>(q, D, kp + j * ks, ks, s + j, ss, scale);
+  }
+  for (j = std::max(j, j0); j < je; ++j)
+    for (int r = 0; r < R; ++r) {
+      float dot = 0.f;
+      for (int d = 0; d < D; ++d) dot += to_float(q[r * D + d]) * to_float(kp[j * ks + d]);
+      s[r * ss + j] = dot * scale;
+    }
+}
+
+// R rows' acc (permuted as above, D apart) += sum over keys j in [j0, je) of p[r * ps + j] * v[j], for the 64 dims
+// [c, c + 64) (CN = 2 chunks of 32) or 32 (CN = 1), p in bf16. Keys go in pairs from an even one; a key outside
+// [j0, je) in a pair counts as a row of zeros (its probability is 0, but its slot may hold anything).
+template <int R, int CN>
+inline void values_dp(float* acc, int D, const bf16* p, int64_t ps, const bf16* v, int64_t ks, int j0, int je,
+                      int c) {
+  __m512 o[R][2 * CN];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 2 * CN; ++i) o[r][i] = _mm512_loadu_ps(acc + r * D + c + 16 * i);
+  for (int j = j0 & ~1; j < je; j += 2) {
+    __m512bh pj[R];
+    for (int r = 0; r < R; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, p + r * ps + j, sizeof pair);
+      pj[r] = (__m512bh)_mm512_set1_epi32(int(pair));
+    }
+    for (int i = 0; i < CN; ++i) {
+      const __m512i a = j >= j0 ? load_bf16x32(v + j * ks + c + 32 * i) : _mm512_setzero_si512();
+      const __m512i b = j + 1 < je ? load_bf16x32(v + (j + 1) * ks + c + 32 * i) : _mm512_setzero_si512();
+      const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(a, b), hi = (__m512bh)_mm512_unpackhi_epi16(a, b);
+      for (int r = 0; r < R; ++r) {
+        o[r][2 * i] = _mm512_dpbf16_ps(o[r][2 * i], pj[r], lo);
+        o[r][2 * i + 1] = _mm512_dpbf16_ps(o[r][2 * i + 1], pj[r], hi);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 2 * CN; ++i) _mm512_storeu_ps(acc + r * D + c + 16 * i, o[r][i]);
+}
+
+template <int R>
+inline void block_values_dp(float* acc, int D, const bf16* p, int64_t ps, const bf16* vp, int64_t ks, int j0, int je,
+                            const Ahead& ahead) {
+  int c = 0;
+  for (; c + 64 <= D; c += 64) {
+    ahead.fetch(c, c + 64, D);
+    values_dp<R, 2>(acc, D, p, ps, vp, ks, j0, je, c);
+  }
+  if (c < D) values_dp<R, 1>(acc, D, p, ps, vp, ks, j0, je, c);
+}
+
+// Puts each row's dims back in order after values_dp.
+inline void unpermute_rows(float* acc, int rows, int D) {
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < D; c += 32) {
+      float* x = acc + size_t(r) * D + c;
+      const __m512 lo = _mm512_loadu_ps(x), hi = _mm512_loadu_ps(x + 16);
+      _mm512_storeu_ps(x, _mm512_permutex2var_ps(lo, first, hi));
+      _mm512_storeu_ps(x + 16, _mm512_permutex2var_ps(lo, second, hi));
+    }
+}
+
+// The softmax numerators of a row of scores s[lo, hi), rounded to bf16 into p[0, span) (zero outside [lo, hi); span
+// a multiple of 16): exp(s - m) with m = max(m_floor, max of s[lo, hi)). Returns m, and the fp32 sum of the
+// numerators in *sum. Tree reductions: the scalar loops of softmax_row keep a fixed order for the fp32 path.
+inline float softmax_bf16(const float* s, int lo, int hi, int span, float m_floor, float* sum, bf16* p) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  auto visible = [&](int j) {
+    const __m512i key = _mm512_add_epi32(lane, _mm512_set1_epi32(j));
+    return __mmask16(_mm512_cmpge_epi32_mask(key, _mm512_set1_epi32(lo)) &
+                     _mm512_cmplt_epi32_mask(key, _mm512_set1_epi32(hi)));
+  };
+  __m512 vmax = _mm512_set1_ps(m_floor);
+  for (int j = lo / 16 * 16; j < hi; j += 16) vmax = _mm512_mask_max_ps(vmax, visible(j), vmax, _mm512_loadu_ps(s + j));
+  const float m = _mm512_reduce_max_ps(vmax);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int j = 0; j < span; j += 16) {
+    const __mmask16 in = visible(j);
+    __m512 e = _mm512_setzero_ps();
+    if (in) e = _mm512_maskz_mov_ps(in, (__m512)vexp((vf)_mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(m))));
+    vsum = _mm512_add_ps(vsum, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+  }
+  *sum = _mm512_reduce_add_ps(vsum);
+  return m;
+}
+
+// The bf16 queries of an item's R rows, unscaled (the scale multiplies the scores).
+inline void load_queries_bf16(const Args& a, const Item& it, Scratch& sc, int R) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, HG = it.nh * G;
+  sc.qb.resize(size_t(R) * D);
+  const bf16* q = static_cast<const bf16*>(a.q);
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = a.query_start_loc[it.seq] + it.q0 + r / HG;
+    std::memcpy(&sc.qb[size_t(r) * D], q + row * a.q_stride + int64_t(it.head * G + r % HG) * D, sizeof(bf16) * D);
+  }
+}
+
+// Walks the blocks holding keys [k0, k1) of an item, as for_each_block, handing fn each kv head's rows as stored.
+template <typename F>
+void for_each_block_bf16(const Args& a, const Item& it, const bf16* cache, F&& fn) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size;
+  const int64_t kv_stride = int64_t(a.num_kv_heads) * D;
+  const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
+  const int kb = it.k0 / BS * BS;
+  for (int key0 = kb; key0 < it.k1; key0 += BS) {
+    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
+    for (int h = 0; h < it.nh; ++h) {
+      const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head + h) * D;
+      const Ahead ahead = key0 + BS < it.k1 ? block_ahead(a, cache, table[key0 / BS + 1], it.head + h) : Ahead();
+      fn(h * G, cache + base, kv_stride, key0 - kb, j0, j1, ahead);
+    }
+  }
+}
+
+// run_single_item for a bf16 cache on vdpbf16ps (head_dim a multiple of 32, even block size).
+void run_single_item_dp(const Args& a, const Item& it, Scratch& sc, float* part) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, R = it.nh * G;
+  const int kb = it.k0 / BS * BS, lo = it.k0 - kb, hi = it.k1 - kb;
+  const int span = (hi + W - 1) / W * W;
+  start_item<bf16>(a, it, sc, R);
+  load_queries_bf16(a, it, sc, R);
+  sc.s.resize(size_t(R) * span);
+  sc.pb.resize(size_t(R) * span);
+  const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
+  const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
+  auto scores = [&](int r0, const bf16* kp, int64_t ks, int off, int j0, int j1, const Ahead& ahead) {
+    for_row_chunks(G, [&](auto rows, int g) {
+      constexpr int n = decltype(rows)::value;
+      block_scores_dp<n>(&sc.qb[size_t(r0 + g) * D], D, kp, ks, BS, j0, j1, &sc.s[size_t(r0 + g) * span + off], span,
+                         a.scale, g == 0 ? ahead : Ahead());
+    });
+  };
+  for_each_block_bf16(a, it, k_cache, scores);
+  for (int h = 0; h < it.nh; ++h)
+    block_ahead(a, v_cache, a.block_tables[int64_t(it.seq) * a.table_stride + kb / BS], it.head + h).fetch(0, 1, 1);
+  for (int r = 0; r < R; ++r)
+    sc.m[r] = softmax_bf16(&sc.s[size_t(r) * span], lo, hi, span, NEG_INF, &sc.l[r], &sc.pb[size_t(r) * span]);
+  auto values = [&](int r0, const bf16* vp, int64_t ks, int off, int j0, int j1, const Ahead& ahead) {
+    for_row_chunks(G, [&](auto rows, int g) {
+      constexpr int n = decltype(rows)::value;
+      block_values_dp<n>(&sc.acc[size_t(r0 + g) * D], D, &sc.pb[size_t(r0 + g) * span + off], span, vp, ks, j0, j1,
+                         g == 0 ? ahead : Ahead());
+    });
+  };
+  for_each_block_bf16(a, it, v_cache, values);
+  unpermute_rows(sc.acc.data(), R, D);
+  finish_item<bf16>(a, it, sc, part, R);
+}
+
+
+// Keys [16c, 16c + 16) of one head's block as dim pairs: kt[(c * D / 2 + p) * 16 + j] holds dims 2p, 2p + 1 of key
+// 16c + j, so one vdpbf16ps scores a query row's dim pair against 16 keys with no reduction. Keys outside [0, n)
+// (past the visible ones, or the block) are zero.
+inline void transpose_keys(const bf16* kp, int64_t ks, int n, int D, uint32_t* kt) {
+  const int np = D / 2;
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(int(ks / 2)));
+  for (int c = 0; 16 * c < n; ++c) {
+    const __mmask16 valid = n - 16 * c >= 16 ? 0xffff : __mmask16((1u << (n - 16 * c)) - 1);
+    const void* base = kp + int64_t(16 * c) * ks;
+    for (int p = 0; p < np; ++p)
+      _mm512_storeu_si512(kt + (size_t(c) * np + p) * 16,
+                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid,
+                                                      _mm512_add_epi32(rows, _mm512_set1_epi32(p)), base, 4));
+  }
+}
+
+// Value rows [0, n) of one head's block as key pairs: vi[jp * D + d] holds dim d of keys 2jp and 2jp + 1 (a key past
+// n as zero), so one vdpbf16ps adds two keys' weighted values to 16 dims.
+inline void interleave_values(const bf16* vp, int64_t ks, int n, int D, uint32_t* vi) {
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int j = 0; j < n; j += 2)
+    for (int c = 0; c < D; c += 32) {
+      const __m512i a = load_bf16x32(vp + j * ks + c);
+      const __m512i b = j + 1 < n ? load_bf16x32(vp + (j + 1) * ks + c) : _mm512_setzero_si512();
+      const __m512i lo = _mm512_unpacklo_epi16(a, b), hi = _mm512_unpackhi_epi16(a, b);
+      _mm512_storeu_si512(vi + size_t(j / 2) * D + c, _mm512_permutex2var_epi32(lo, first, hi));
+      _mm512_storeu_si512(vi + size_t(j / 2) * D + c + 16, _mm512_permutex2var_epi32(lo, second, hi));
+    }
+}
+
+// Scaled scores of R query rows (bf16 pairs, D / 2 per row at q) against 16 transposed keys, into s[r * ss + 0..15].
+// Two accumulators per row halve the chain of dependent vdpbf16ps.
+template <int R>
+inline void tile_scores(const uint32_t* q, int np, const uint32_t* kt, float* s, int64_t ss, float scale) {
+  __m512 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int p = 0; p < np; p += 2)
+    for (int h = 0; h < 2; ++h) {
+      const __m512bh k = (__m512bh)_mm512_loadu_si512(kt + (p + h) * 16);
+      for (int r = 0; r < R; ++r)
+        acc[r][h] = _mm512_dpbf16_ps(acc[r][h], (__m512bh)_mm512_set1_epi32(int(q[r * np + p + h])), k);
+    }
+  for (int r = 0; r < R; ++r)
+    _mm512_storeu_ps(s + r * ss, _mm512_mul_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_set1_ps(scale)));
+}
+
+// R rows' acc[r] (64 dims at c, D apart) = acc * alpha[r] + sum over key pairs jp < npairs of p pair * vi[jp].
+template <int R>
+inline void tile_values(float* acc, int D, int c, const float* alpha, const uint32_t* p, int64_t ps,
+                        const uint32_t* vi, int npairs) {
+  __m512 o[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 4; ++i)
+      o[r][i] = _mm512_mul_ps(_mm512_loadu_ps(acc + r * D + c + 16 * i), _mm512_set1_ps(alpha[r]));
+  for (int jp = 0; jp < npairs; ++jp)
+    for (int i = 0; i < 4; ++i) {
+      const __m512bh v = (__m512bh)_mm512_loadu_si512(vi + size_t(jp) * D + c + 16 * i);
+      for (int r = 0; r < R; ++r)
+        o[r][i] = _mm512_dpbf16_ps(o[r][i], (__m512bh)_mm512_set1_epi32(int(p[r * ps + jp])), v);
+    }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + r * D + c + 16 * i, o[r][i]);
+}
+
+// Calls fn(std::integral_constant<int, R>(), first) over rows [0, n) in chunks of up to 6.
+template <typename F>
+inline void for_six_rows(int n, F&& fn) {
+  int r = 0;
+  for (; r + 6 <= n; r += 6) fn(std::integral_constant<int, 6>(), r);
+  switch (n - r) {
+    case 5: fn(std::integral_constant<int, 5>(), r); break;
+    case 4: fn(std::integral_constant<int, 4>(), r); break;
+    case 3: fn(std::integral_constant<int, 3>(), r); break;
+    case 2: fn(std::integral_constant<int, 2>(), r); break;
+    case 1: fn(std::integral_constant<int, 1>(), r); break;
+    default: break;
+  }
+}
+
+// run_tile_item for a bf16 cache on vdpbf16ps (head_dim a multiple of 64): each block's K is transposed and its V
+// interleaved once for all the tile's rows, so scores come 16 keys to a vector and values two keys per instruction.
+void run_tile_item_dp(const Args& a, const Item& it, Scratch& sc, float* part) {
+  const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, np = D / 2;
+  const int BSP = (BS + 15) / 16 * 16, R = (it.q1 - it.q0) * G;
+  const int64_t kv_stride = int64_t(a.num_kv_heads) * D;
+  start_item<bf16>(a, it, sc, R);
+  load_queries_bf16(a, it, sc, R);
+  sc.s.resize(size_t(R) * BSP);
+  sc.pb.resize(size_t(R) * BSP);
+  sc.kt.resize(size_t(BSP) * np);
+  sc.vi.resize(size_t(BSP / 2) * D);
+  const uint32_t* q = reinterpret_cast<const uint32_t*>(sc.qb.data());
+  const uint32_t* pb = reinterpret_cast<const uint32_t*>(sc.pb.data());
+  const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
+  const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
+  const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
+  for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += BS) {
+    const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head) * D;
+    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
+    if (key0 + BS < it.k1) {
+      block_ahead(a, k_cache, table[key0 / BS + 1], it.head).fetch(0, 1, 1);
+      block_ahead(a, v_cache, table[key0 / BS + 1], it.head).fetch(0, 1, 1);
+    }
+    transpose_keys(k_cache + base, kv_stride, j1, D, sc.kt.data());
+    interleave_values(v_cache + base, kv_stride, j1, D, sc.vi.data());
+    const int visible = std::min(j1, sc.lim[R - 1] - key0);  // the tile's last row sees the most keys
+    for_six_rows(R, [&](auto rows, int r0) {
+      constexpr int n = decltype(rows)::value;
+      for (int c = 0; 16 * c < visible; ++c)
+        tile_scores<n>(q + size_t(r0) * np, np, sc.kt.data() + size_t(c) * np * 16, &sc.s[size_t(r0) * BSP + 16 * c],
+                       BSP, a.scale);
+      for (int r = r0; r < r0 + n; ++r) {
+        const int je = std::min(j1, sc.lim[r] - key0);
+        const float m_old = sc.m[r];
+        float sum;
+        sc.m[r] = softmax_bf16(&sc.s[size_t(r) * BSP], j0, std::max(je, j0), BSP, m_old, &sum, &sc.pb[size_t(r) * BSP]);
+        sc.alpha[r] = m_old == NEG_INF ? 0.f : std::exp(m_old - sc.m[r]);
+        sc.l[r] = sc.l[r] * sc.alpha[r] + sum;
+      }
+      for (int c = 0; c < D; c += 64)
+        tile_values<n>(&sc.acc[size_t(r0) * D], D, c, &sc.alpha[r0], pb + size_t(r0) * BSP / 2, BSP / 2,
+                       sc.vi.data(), (visible + 1) / 2);
+    });
+  }
+  finish_item<bf16>(a, it, sc, part, R);
+}
+
+// The vdpbf16ps paths read bf16 pairs: 64-dim chunks of each row, and pairs of keys from an even one.
+inline bool dp_serves(const Args& a) { return a.head_dim % 64 == 0 && a.block_size % 2 == 0; }
+#endif  // TIDE_DPBF16
+
 // A tile of query rows over its causal keys, block by block with an online softmax.
 template <typename T>
 void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
+#if TIDE_DPBF16
+  if constexpr (std::is_same_v<T, bf16>)
+    if (dp_serves(a)) return run_tile_item_dp(a, it, sc, part);
+#endif
   const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, nc = D / W;
   const int BSP = (BS + W - 1) / W * W, R = (it.q1 - it.q0) * G;
   const int64_t kv_stride = int64_t(a.num_kv_heads) * D;  // elements between keys of one block
@@ -488,6 +831,10 @@ void for_each_block(const Args& a, const Item& it, const T* cache, float* scratc
 // else, where an online softmax rescales per block and row.
 template <typename T>
 void run_single_item(const Args& a, const Item& it, Scratch& sc, float* part) {
+#if TIDE_DPBF16
+  if constexpr (std::is_same_v<T, bf16>)
+    if (dp_serves(a)) return run_single_item_dp(a, it, sc, part);
+#endif
   const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, nc = D / W, R = it.nh * G;
   const int kb = it.k0 / BS * BS, lo = it.k0 - kb, hi = it.k1 - kb;  // scores of row r: s[r * span + key - kb]
   const int span = (hi + W - 1) / W * W;
@@ -702,6 +1049,9 @@ extern "C" {
 
 // What the library was compiled for: the vector width in floats.
 int tide_vector_width() { return W; }
+
+// Whether bf16 attention runs on vdpbf16ps (built with AVX512_BF16 at the native width).
+int tide_bf16_dot_products() { return TIDE_DPBF16; }
 
 // Attention of q [T, Hq, D] (row stride q_stride elements) over the paged cache; writes out [T, Hq, D].
 // dtype: 0 = float32, 1 = bfloat16 (q, caches and out share it). Returns 0, or -1 for arguments it cannot serve.

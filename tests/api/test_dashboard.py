@@ -1,5 +1,6 @@
-"""The dashboard's data behind the keys: the caller's jobs with progress, queue depths, workers from heartbeats,
-and eval suites' last score and trend (the page itself is driven in a real browser in tests/integration/)."""
+"""The dashboard's data behind the keys: the caller's jobs with progress, the depth of its models' queues, workers
+from heartbeats, and the last score and trend of the eval suites its policy shows; nothing of another key's (the
+page itself is driven in a real browser in tests/integration/)."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,14 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers.api import KEY
+from tests.helpers.api import KEY, OTHER_KEY
 from tide.jobs import keys
 from tide.jobs.state import EngineFigures
+from tide.key_policies import KeyPolicy
 from tide.workers.registry import WorkerInfo
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
+OTHER = {"Authorization": f"Bearer {OTHER_KEY}"}
 
 
 @pytest.fixture
@@ -41,6 +44,10 @@ def test_dashboard_lists_the_callers_jobs_workers_and_evals(client, api_app, tmp
     batch = client.post("/v1/batches", headers=AUTH, json={"input_file_id": batch_file["id"],
                                                            "completion_window": "24h",
                                                            "endpoint": "/v1/chat/completions"}).json()
+    other_file = client.post("/v1/files", headers=OTHER, data={"purpose": "batch"},
+                             files={"file": ("o.jsonl", b'{"prompt": "secret"}\n')}).json()
+    other_job = client.post("/v1/jobs", headers=OTHER, json={"input": other_file["id"],
+                                                             "model": "other-teams-model"}).json()
     svc = api_app.state.services
     beat = time.time()
     info = WorkerInfo(name="w-dash", model="dash-model", host="h", pid=1, concurrency=2, started_at=beat - 60,
@@ -55,16 +62,19 @@ def test_dashboard_lists_the_callers_jobs_workers_and_evals(client, api_app, tmp
     suites = tmp_path / "suites.yaml"
     suites.write_text("suites:\n  smoke:\n    model: m\n    dataset: d.jsonl\n    history: history/\n")
     saved = svc.settings
-    svc.settings = saved.model_copy(update={"evals_config": str(suites)})
+    svc.settings = saved.model_copy(update={"evals_config": str(suites), "api_key_policies": {
+        **saved.api_key_policies, KEY: KeyPolicy(evals=["smoke"])}})
     try:
         data = client.get("/v1/dashboard", headers=AUTH).json()
+        others = client.get("/v1/dashboard", headers=OTHER).json()
     finally:
         svc.settings = saved
         svc.store.redis.delete(keys.worker(info.name))
     mine = [j for j in data["jobs"] if j["id"] == job["id"]]
     assert mine and mine[0]["progress"]["total"] in (0, 2) and mine[0]["model"] == "dash-model"
     assert [j["kind"] for j in data["jobs"] if j["id"] == batch["id"]] == ["batch"]
-    assert data["queues"].get("tide.dash-model", 0) >= 0
+    assert "tide.dash-model" in data["queues"]  # its plan tasks wait there: no worker serves it
+    assert "tide.other-teams-model" not in data["queues"]  # another key's model is none of this key's business
     worker = next(w for w in data["workers"] if w["name"] == "w-dash")
     assert worker["batch_occupancy"] == 0.5 and worker["tokens_per_s"] == pytest.approx(40.0)
     assert data["evals"] == [{"suite": "smoke", "model": "m", "runs": 3, "last_score": 1.0, "last_status": "passed",
@@ -72,5 +82,7 @@ def test_dashboard_lists_the_callers_jobs_workers_and_evals(client, api_app, tmp
     assert mine[0]["report"] is False  # no summary until it ends: its report is not there yet
     assert client.get(f"/v1/jobs/{job['id']}/report", headers=AUTH).status_code == 404
     assert client.get(f"/v1/jobs/{job['id']}/report").status_code == 401
-    other = client.get("/v1/dashboard", headers={"Authorization": "Bearer nobody"})
-    assert other.status_code == 401
+    assert client.get("/v1/dashboard", headers={"Authorization": "Bearer nobody"}).status_code == 401
+    assert [j["id"] for j in others["jobs"]] == [other_job["id"]]
+    assert other_job["id"] not in {j["id"] for j in data["jobs"]}
+    assert set(others["queues"]) == {"tide.other-teams-model"} and others["evals"] == []

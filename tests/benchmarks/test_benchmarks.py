@@ -31,7 +31,7 @@ def test_each_benchmark_runs_as_a_module_and_prints_its_usage(name, capsys):
         module.main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    prog = {"engine": "tide bench", "control_plane": "tide bench --control-plane"}.get(name)
+    prog = {"engine": "tide bench", "control_plane": "tide bench --control-plane", "embed": "tide bench --embed"}.get(name)
     assert usage.startswith("usage: " + (prog or f"python -P -m tide.benchmarks.{name}"))
 
 

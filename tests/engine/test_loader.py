@@ -166,6 +166,6 @@ def test_tiny_models_have_their_architecture_features(tiny_model_dir):
 
 
 def test_alias_with_missing_package_says_how_to_install():
-    alias = loader.PackagedGGUF(package="tide_no_such_package", filename="x.gguf", install_hint="pip install x==1")
+    alias = loader.PackagedModel(package="tide_no_such_package", filename="x.gguf", install_hint="pip install x==1")
     with pytest.raises(ValueError, match=r"pip install x==1"):
         alias.path()

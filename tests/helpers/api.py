@@ -1,3 +1,4 @@
-"""The API key the API tests use."""
+"""The API keys the API tests use: two tenants."""
 
 KEY = "test-key"
+OTHER_KEY = "other-test-key"

@@ -25,10 +25,21 @@ def expected_text(prompt, max_tokens: int | None) -> str:
     return " ".join(words[:max_tokens] if max_tokens else words)
 
 
+class FakeTokenizer:
+    """Token `i` reads `t<i>` (the fake's tokens are positions, not a vocabulary)."""
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [f"t{i}" for i in ids]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f"t{i}" for i in ids)
+
+
 class FakeEngine:
     def __init__(self, max_num_seqs: int = 4, max_model_len: int = 64, step_delay_s: float = 0.0) -> None:
         self.max_num_seqs, self.max_model_len, self.step_delay_s = max_num_seqs, max_model_len, step_delay_s
         self.stats = EngineStats()
+        self.tokenizer = FakeTokenizer()
         self.block_manager = SimpleNamespace(num_blocks=64, num_free_blocks=64)  # what EngineService.load reads
         self.added: list[str] = []  # request ids in the order they arrived
         self._lock = threading.Lock()

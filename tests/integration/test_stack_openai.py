@@ -1,5 +1,9 @@
 """The service path as a newcomer takes it: `tide stack up --s3` (real redis-server, S3 endpoint, API and worker
-processes), then the official `openai` client through the whole Batch flow; `tide stack down` leaves nothing."""
+processes), then the official `openai` client, unchanged, through the whole Batch flow: chat, completions with
+logprobs and responses batches whose every output line validates against the client's own types, an OpenAI model
+name mapped by an alias, an unserved one refused at once (or, through a second API opted in to
+TIDE_ACCEPT_UNSERVED, expired on its window and cancelled at once), an invalid file failed at validation, and the
+key's batch webhooks in OpenAI's shape; `tide stack down` leaves nothing."""
 from __future__ import annotations
 
 import json
@@ -11,23 +15,54 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
+from standardwebhooks import Webhook
 
+from tests.helpers.openai_types import strictly
+from tests.helpers.receiver import SECRET, Receiver
 from tests.helpers.services import tide
 from tests.helpers.stack import running_stack
-from tide.workers.processes import free_port
+from tide.workers.processes import free_port, start_api, stop
 
 SERVED = "tiny-llama"
+OPENAI_NAME = "gpt-4o-mini"  # what the unchanged pipeline's lines say; an alias maps it to SERVED
 KEY, OTHER_KEY = "tide-dev-key", "another-teams-key"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_model_dir):
-    env = {**os.environ, "TIDE_API_KEYS": f"{KEY},{OTHER_KEY}", "TIDE_SHARD_ROWS": "8"}
-    env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+def hook():
+    """The dev key's batch webhook endpoint (a real receiver on loopback)."""
+    receiver = Receiver(free_port()).start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model_dir, hook):
+    policies = {KEY: {"webhooks": [hook.url], "webhook_secret": SECRET}}
+    env = {**os.environ, "TIDE_API_KEYS": f"{KEY},{OTHER_KEY}", "TIDE_SHARD_ROWS": "8",
+           "TIDE_MODEL_ALIASES": f"{OPENAI_NAME}={SERVED}", "TIDE_API_KEY_POLICIES": json.dumps(policies),
+           "TIDE_WEBHOOK_ALLOW_PRIVATE": "true", "TIDE_REAPER_INTERVAL_S": "1"}
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_") and k != "TIDE_ACCEPT_UNSERVED"}
     with running_stack(tmp_path_factory.mktemp("stack"), env, tiny_model_dir("llama"), SERVED, "--s3", "--s3-port",
                        str(free_port())) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def waiting_client(stack, tmp_path_factory) -> openai.OpenAI:
+    """The client of a second real API on the stack's Redis and storage, opted in to TIDE_ACCEPT_UNSERVED."""
+    env = {**stack.env, **{k: v for k, v in stack.exports.items() if k != "TIDE_API_URL"},
+           "TIDE_ACCEPT_UNSERVED": "true"}
+    port = free_port()
+    process = start_api(env, port, tmp_path_factory.mktemp("waiting-api") / "api.log")
+    try:
+        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    finally:
+        stop(process)
 
 
 def _alive(pid: int) -> bool:
@@ -73,36 +108,152 @@ def _jsonl(client: openai.OpenAI, file_id: str | None) -> list[dict]:
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
 
 
-def test_a_batch_runs_from_upload_to_output_and_error_files(client, tmp_path):
-    good = _lines(20)
-    bad = ["{not json", {**_lines(1, start=100)[0], "url": "/v1/completions"}]
-    uploaded = _upload(client, tmp_path, good + bad)
-    assert uploaded.purpose == "batch" and uploaded.bytes > 0 and uploaded.id.startswith("file-")
-    assert client.files.retrieve(uploaded.id).filename == "batch.jsonl"
+def _openai_lines(url: str, n: int, **body) -> list[dict]:
+    """Lines as an OpenAI pipeline writes them, naming OpenAI's model."""
+    def line(i: int) -> dict:
+        if url == "/v1/chat/completions":
+            payload = {"messages": [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": f"Question {i}: say hi"}]}
+        elif url == "/v1/completions":
+            payload = {"prompt": f"Question {i}: say hi"}
+        else:
+            payload = {"input": f"Question {i}: say hi", "instructions": "Be brief.", "metadata": {"i": str(i)}}
+        return {"custom_id": f"{url.rsplit('/', 1)[1]}-{i}", "method": "POST", "url": url,
+                "body": {"model": OPENAI_NAME, "temperature": 0, **payload, **body}}
+    return [line(i) for i in range(n)]
 
-    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h", metadata={"team": "evals"})
-    assert batch.status in ("validating", "in_progress") and batch.metadata == {"team": "evals"}
-    batch = _wait(client, batch.id)
 
-    assert batch.status == "completed", batch
+def _run(client: openai.OpenAI, tmp_path: Path, lines: list, endpoint: str):
+    uploaded = _upload(client, tmp_path, lines, name=f"{endpoint.rsplit('/', 1)[1]}.jsonl")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")
+    return batch, _wait(client, batch.id)
+
+
+def test_a_chat_batch_runs_from_upload_to_output_and_error_files(client, hook, tmp_path):
+    good = _openai_lines("/v1/chat/completions", 20, max_completion_tokens=8, logprobs=True, top_logprobs=2)
+    bad = _openai_lines("/v1/chat/completions", 2, max_tokens=8)
+    bad[0]["custom_id"], bad[0]["body"]["temperature"] = "bad-temperature", -1
+    bad[1]["custom_id"], bad[1]["body"]["frobnicate"] = "bad-field", True
+    created, batch = _run(client, tmp_path, good + bad, "/v1/chat/completions")
+    assert created.status in ("validating", "in_progress") and created.model == SERVED
+
+    assert batch.status == "completed" and batch.errors is None, batch
     assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (22, 20, 2)
     assert batch.completed_at >= batch.finalizing_at >= batch.in_progress_at >= batch.created_at
-    assert batch.usage.input_tokens > 0 and batch.usage.output_tokens > 0
-    assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens
-    assert {(e.line, e.code) for e in batch.errors.data} == {(21, "invalid_json"), (22, "mismatched_url")}
-    assert next(e for e in batch.errors.data if e.line == 22).param == "url"
+    assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens > 0
 
     output, errors = _jsonl(client, batch.output_file_id), _jsonl(client, batch.error_file_id)
     assert sorted(line["custom_id"] for line in output) == sorted(line["custom_id"] for line in good)
     assert len({line["custom_id"] for line in output + errors}) == 22  # every request exactly once
-    body = output[0]["response"]["body"]
-    assert output[0]["response"]["status_code"] == 200 and output[0]["error"] is None
-    assert body["object"] == "chat.completion" and body["model"] == SERVED
-    assert body["choices"][0]["message"]["role"] == "assistant" and body["choices"][0]["message"]["content"]
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
-    assert {line["response"]["status_code"] for line in errors} == {400}
+    fingerprints = set()
+    for line in output:
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        completion = strictly(ChatCompletion, line["response"]["body"])
+        assert completion.model == SERVED and completion.choices[0].message.role == "assistant"
+        assert batch.in_progress_at <= completion.created <= batch.completed_at
+        usage = completion.usage
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+        content = completion.choices[0].logprobs.content
+        assert len(content) == usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in content)
+        assert all(isinstance(t.token, str) and t.bytes is not None for t in content)
+        fingerprints.add(completion.system_fingerprint)
+    assert len(fingerprints) == 1 and next(iter(fingerprints)).startswith("fp_")
+    assert sorted((e["custom_id"], e["response"]["status_code"], e["response"]["body"]["error"]["param"])
+                  for e in errors) == [("bad-field", 400, "body.frobnicate"), ("bad-temperature", 400, "temperature")]
     assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
+    deadline = time.monotonic() + 30
+    while not (mine := [e for e in _events(hook) if e["data"]["id"] == batch.id]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [e["type"] for e in mine] == ["batch.completed"] and mine[0]["object"] == "event"
+
+
+def _events(hook: Receiver) -> list[dict]:
+    return [Webhook(SECRET).verify(body, headers) for headers, body, _ in hook.received]
+
+
+def test_a_completions_batch_with_logprobs(client, tmp_path):
+    lines = _openai_lines("/v1/completions", 6, max_tokens=6, logprobs=3)
+    _, batch = _run(client, tmp_path, lines, "/v1/completions")
+    assert batch.status == "completed" and batch.request_counts.completed == 6, batch
+    for line in _jsonl(client, batch.output_file_id):
+        completion = strictly(Completion, line["response"]["body"])
+        choice = completion.choices[0]
+        logprobs = choice.logprobs
+        assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.text_offset)
+        assert len(logprobs.tokens) == completion.usage.completion_tokens
+        assert all(len(top) <= 3 and top for top in logprobs.top_logprobs)
+        assert logprobs.text_offset == sorted(logprobs.text_offset) and logprobs.text_offset[0] == 0
+
+
+def test_a_responses_batch(client, tmp_path):
+    lines = _openai_lines("/v1/responses", 4, max_output_tokens=6)
+    _, batch = _run(client, tmp_path, lines, "/v1/responses")
+    assert batch.status == "completed" and batch.request_counts.completed == 4, batch
+    output = _jsonl(client, batch.output_file_id)
+    for line in output:
+        response = strictly(Response, line["response"]["body"])
+        assert response.object == "response" and response.model == SERVED
+        assert response.status in ("completed", "incomplete") and response.output[0].content[0].type == "output_text"
+        assert response.instructions == "Be brief." and response.metadata == {"i": line["custom_id"].split("-")[1]}
+        assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+        assert response.usage.output_tokens <= 6
+
+
+def test_an_invalid_file_fails_the_batch_before_anything_runs(client, tmp_path):
+    lines = _openai_lines("/v1/chat/completions", 3, max_tokens=4)
+    lines[1]["body"]["tools"] = [{"type": "function", "function": {"name": "lookup"}}]
+    lines[2]["body"]["model"] = "gpt-4o"
+    _, batch = _run(client, tmp_path, [*lines, "{not json"], "/v1/chat/completions")
+    assert batch.status == "failed" and batch.failed_at is not None and batch.output_file_id is None
+    assert [(e.line, e.code, e.param) for e in batch.errors.data] == [
+        (2, "unsupported_field", "body.tools"), (3, "mismatched_model", "body.model"), (4, "invalid_json", None)]
+    assert batch.request_counts.completed == 0
+
+
+def test_a_batch_naming_an_unserved_model_is_refused_at_create_in_under_a_second(client, tmp_path):
+    lines = _openai_lines("/v1/chat/completions", 2)
+    for line in lines:
+        line["body"]["model"] = "gpt-4.1"
+    uploaded = _upload(client, tmp_path, lines)
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert time.monotonic() - started < 1.0
+    assert refused.value.code == "model_not_found" and "gpt-4.1" in refused.value.message
+    assert SERVED in refused.value.message
+    with pytest.raises(openai.BadRequestError, match="/v1/moderations"):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/moderations", completion_window="24h")
+
+
+def test_opted_in_an_unserved_batch_waits_then_expires_on_its_window_or_cancels_at_once(waiting_client, hook,
+                                                                                       tmp_path):
+    lines = _openai_lines("/v1/chat/completions", 2)
+    for line in lines:
+        line["body"]["model"] = "gpt-4.1"
+    uploaded = _upload(waiting_client, tmp_path, lines)
+    expiring = waiting_client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                             completion_window="3s")  # Tide takes any duration; OpenAI only 24h
+    waiting = waiting_client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+    assert expiring.status == waiting.status == "validating" and expiring.model == "gpt-4.1"
+    started = time.monotonic()
+    cancelled = waiting_client.batches.cancel(waiting.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None  # no worker would ever end it
+    assert time.monotonic() - started < 1.0
+    expired = _wait(waiting_client, expiring.id, timeout_s=30)
+    assert expired.status == "expired" and expired.errors is None
+    assert 3 <= expired.expired_at - expired.created_at <= 3 + 1 + 3  # its window, a reaper interval, a margin
+    counts = expired.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (2, 0, 2)
+    assert _jsonl(waiting_client, expired.output_file_id) == []
+    errors = _jsonl(waiting_client, expired.error_file_id)  # each request listed once, as OpenAI lists them
+    assert sorted((e["custom_id"], e["error"]["code"], e["response"]) for e in errors) == [
+        (line["custom_id"], "batch_expired", None) for line in lines]
+    deadline, ids = time.monotonic() + 30, {expiring.id, waiting.id}
+    while len(mine := {e["data"]["id"]: e["type"] for e in _events(hook) if e["data"]["id"] in ids}) < 2:
+        assert time.monotonic() < deadline, mine
+        time.sleep(0.2)
+    assert mine == {expiring.id: "batch.expired", waiting.id: "batch.cancelled"}
 
 
 def test_finished_shards_are_readable_while_running_and_cancel_keeps_them(client, stack, tmp_path):

@@ -51,6 +51,12 @@ class Held:
     def load(self):
         return self.service.load()
 
+    def token_bytes(self, token_ids):
+        return self.service.token_bytes(token_ids)
+
+    def fingerprint(self):
+        return self.service.fingerprint()
+
 
 @pytest.fixture
 def world(tmp_path, service):

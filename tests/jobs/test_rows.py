@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from tide.jobs.models import split_model
 from tide.jobs.rows import ErrorRow, PromptRow, parse_json_line, parse_row
 
 
@@ -49,7 +50,7 @@ def test_token_id_prompts_pass_through_as_given_with_scoring_options():
                                                                 "frobnicate": 1}}, "unknown_field", "frobnicate"),
     ({"id": "x", "prompt": "p", "temperature": -1}, "invalid_field", "temperature"),
     ({"id": "x", "messages": [{"role": "wizard", "content": "a"}]}, "invalid_field", "messages[0]"),
-    ({"custom_id": "x", "url": "/v1/embeddings", "body": {}}, "invalid_field", "/v1/embeddings"),
+    ({"custom_id": "x", "url": "/v1/embeddings", "body": {}}, "invalid_field", "a job with task embed"),
     ([1, 2], "invalid_row", "JSON object"),
     ({"id": "x", "prompt": [5, -1]}, "invalid_field", "list of token ids"),
     ({"id": "x", "prompt": []}, "invalid_field", "non-empty"),
@@ -67,3 +68,35 @@ def test_invalid_json_line():
     error = parse_json_line(b'{"prompt": "unterminated', 0, {})
     assert isinstance(error, ErrorRow) and error.code == "invalid_json" and error.line == 1
     assert isinstance(parse_json_line(json.dumps({"prompt": "ok"}).encode(), 0, {}), PromptRow)
+
+
+def test_json_lines_are_read_as_utf8_with_or_without_a_byte_order_mark():
+    line = '{"id": "é", "prompt": "naïve"}'.encode()
+    assert parse_json_line(line, 0, {}).prompt == "naïve"
+    assert parse_json_line(b"\xef\xbb\xbf" + line, 0, {}).custom_id == "é"
+    error = parse_json_line(b'{"prompt": "\xff"}', 3, {})
+    assert isinstance(error, ErrorRow) and error.code == "invalid_json" and error.message.startswith("line 4")
+
+
+def test_rows_name_lora_adapters_by_field_by_model_or_by_job_default():
+    plain = parse({"prompt": "hi", "lora": "support-v3"}, defaults={"lora": "legal"})
+    assert plain.params.lora == "support-v3"  # the row's own adapter beats the job's default
+    assert parse({"prompt": "hi"}, defaults={"lora": "legal"}).params.lora == "legal"
+    assert parse({"prompt": "hi"}).params.lora is None
+    line = parse({"custom_id": "a", "url": "/v1/completions",
+                  "body": {"model": "smollm2-135m:support-v3", "prompt": "hi"}})
+    assert line.params.lora == "support-v3"
+    assert parse({"custom_id": "b", "body": {"model": "smollm2-135m", "messages": [
+        {"role": "user", "content": "hi"}]}}).params.lora is None
+
+
+def test_a_line_naming_two_different_adapters_is_an_error_row():
+    row = parse({"custom_id": "a", "url": "/v1/completions",
+                 "body": {"model": "m:one", "lora": "two", "prompt": "hi"}})
+    assert isinstance(row, ErrorRow) and row.param == "body.lora" and "'one'" in row.message
+
+
+def test_split_model():
+    assert split_model("smollm2-135m:support-v3") == ("smollm2-135m", "support-v3")
+    assert split_model("smollm2-135m") == ("smollm2-135m", None)
+    assert split_model("m:") == ("m:", None)

@@ -69,6 +69,40 @@ def test_many_decodes_read_every_head_at_once(paged_batch, dtype, vector_width, 
     torch.testing.assert_close(out.double(), reference(batch), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
 
 
+BF16_CPU = "avx512_bf16" in native.cpu_flags() and {"avx512f", "avx512bw"} <= native.cpu_flags()
+
+
+@pytest.mark.skipif(not BF16_CPU, reason="needs a CPU with AVX512_BF16")
+def test_bf16_dot_products_are_picked_at_run_time():
+    """On an AVX512_BF16 CPU the default build runs bf16 attention on vdpbf16ps; isa="avx512" keeps the fp32 path."""
+    assert LIBRARY.isa == "avx512+bf16" and LIBRARY.bf16_dot_products
+    assert "vdpbf16ps" in native.status()
+    plain = native.load(isa="avx512")
+    assert plain.isa == "avx512" and not plain.bf16_dot_products
+    assert not native.load(vector_width=16).bf16_dot_products  # the forced-width build stays generic
+
+
+@pytest.mark.skipif(not BF16_CPU, reason="needs a CPU with AVX512_BF16")
+@pytest.mark.parametrize("head_dim", [64, 128, 96])  # 96: not a multiple of 64, so the fp32 path serves it
+@pytest.mark.parametrize("block_size", [16, 7])  # 7: odd, so the fp32 path serves it
+@pytest.mark.parametrize("group", [1, 3, 8])
+def test_bf16_dot_products_match_the_fp32_path(paged_batch, head_dim, block_size, group):
+    """vdpbf16ps scores and values (probabilities rounded to bf16) against the reference and the fp32-FMA build,
+    over decodes (single pass, many at once, split) and prefill tiles; NaN in unused slots must never be read."""
+    num_kv_heads = 2 if group < 8 else 1
+    decodes, prefills = [1, 2, 33, 300, 1100] + [1 + (37 * i) % 211 for i in range(30)], [(40, 7), (150, 37), (61, 61)]
+    batch = paged_batch(decodes, prefills, group * num_kv_heads, num_kv_heads, head_dim, block_size, torch.bfloat16,
+                        float("nan"), seed=head_dim + block_size + group)
+    expected = reference(batch)
+    for threads in (1, 2):
+        out = run_native(batch, num_threads=threads)
+        torch.testing.assert_close(out.double(), expected, atol=TOLERANCE[torch.bfloat16],
+                                   rtol=TOLERANCE[torch.bfloat16])
+    plain = native_ops.paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale,
+                                       library=native.load(isa="avx512"))
+    torch.testing.assert_close(out, plain, atol=TOLERANCE[torch.bfloat16], rtol=TOLERANCE[torch.bfloat16])
+
+
 @pytest.mark.parametrize("num_threads", [1, 2, 8])
 def test_split_decodes_equal_one_pass(paged_batch, num_threads):
     """Few long decodes are split over key ranges (more threads, more splits) and merged."""

@@ -15,7 +15,8 @@ FOLDERS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptoo
 # A floor may import its own and lower floors only; `tide` (entry points) composes everything below.
 FLOORS = {"tide.kernels": 1, "tide.engine": 2, "tide.jobs": 3, "tide.workers": 4, "tide.benchmarks": 5, "tide": 6}
 # All that jobs/ and workers/ take from the engine: its request and output vocabulary, plain data without torch.
-ENGINE_VOCABULARY = {"tide.engine.sampling_params", "tide.engine.decoding.guided_params", "tide.engine.outputs"}
+ENGINE_VOCABULARY = {"tide.engine.sampling_params", "tide.engine.decoding.guided_params", "tide.engine.outputs",
+                     "tide.engine.embeddings"}
 
 
 def modules() -> dict[str, Path]:

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from tide.cli import build_parser, main
+from tide.key_policies import owner_of
 from tide.settings import Settings, hash_key
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -48,7 +49,7 @@ def test_the_readme_table_lists_every_setting_with_its_default():
     rows = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\| `(TIDE_[A-Z_]+)` \|([^|]*)\|", table, re.M)}
     for name, field in Settings.model_fields.items():
         default = field.default if field.default_factory is None else field.default_factory()
-        shown = "" if default is None or default == [] else f"`{default}`"
+        shown = "" if default is None or default in ([], {}) else f"`{default}`"
         assert rows.get(f"TIDE_{name.upper()}") == shown, f"README settings table: TIDE_{name.upper()}"
     assert len(rows) == len(Settings.model_fields)
 
@@ -69,3 +70,16 @@ def test_worker_takes_tensor_parallel_and_offload_from_settings():
     assert (args.tensor_parallel_size, args.offload_max_resident_layers) == (2, 3)
     args = build_parser(Settings(_env_file=None)).parse_args(["worker", "--tensor-parallel-size", "4"])
     assert (args.tensor_parallel_size, args.offload_max_resident_layers) == (4, None)
+
+
+def test_each_key_signs_its_events_with_its_own_policys_secret_or_the_every_key_entrys():
+    settings = Settings(_env_file=None, api_keys=["key-a", f"sha256:{hash_key('key-b')}", "key-c"],
+                        webhook_secret="service-secret", api_key_policies={
+                            "key-a": {"webhook_secret": "a-secret"}, "key-c": {"read": ["s3://b/c/"]},
+                            "*": {"webhook_secret": "every-key-secret"}})
+    config = settings.webhook_config()
+    a, b, c = map(owner_of, ("key-a", "key-b", "key-c"))
+    assert config.secrets_for(a) == ["a-secret"]
+    assert config.secrets_for(b) == ["every-key-secret"]  # no policy of its own: the '*' entry's, as its endpoints
+    assert config.secrets_for(c) == ["service-secret"]  # its own policy names no secret
+    assert config.secrets_for(None) == ["service-secret"]

@@ -1,7 +1,8 @@
 """The dashboard: `GET /` serves the page (no data in it), `GET /v1/dashboard` what it shows, behind the same keys.
 
 The page polls `/v1/dashboard` every two seconds with the caller's key: the caller's jobs and batches (status,
-progress, tokens/s, ETA), queue depth per model, live workers from their heartbeats, and eval suites' last scores.
+progress, tokens/s, ETA), the depth of the queues of the models they use, live workers from their heartbeats, and
+the last scores of the eval suites the key's policy lets it see. Nothing of another key's shows.
 A finished job's report.html comes from `GET /v1/jobs/{id}/report` (the page fetches it with the key).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tide.api.services import Services, owner, services
 from tide.jobs.evals.history import History
 from tide.jobs.evals.suites import load_suites
 from tide.jobs.report.html import render_report
+from tide.jobs.specs import queue_for
 from tide.jobs.storage import resolve
 from tide.jobs.store import JobNotFound
 from tide.workers.registry import WorkerInfo, live_workers
@@ -37,8 +39,11 @@ def page() -> HTMLResponse:
 @router.get("/v1/dashboard")
 def dashboard(request: Request, who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
     now = time.time()
-    return {"now": now, "jobs": _jobs(svc, who, now), "queues": _queue_depths(svc.store.redis),
-            "workers": _workers(request, live_workers(svc.store.redis), now), "evals": _evals(svc)}
+    jobs = _jobs(svc, who, now)
+    models = {queue_for(j["model"]) for j in jobs}
+    queues = {name: depth for name, depth in _queue_depths(svc.store.redis).items() if name in models}
+    return {"now": now, "jobs": jobs, "queues": queues,
+            "workers": _workers(request, live_workers(svc.store.redis), now), "evals": _evals(svc, who)}
 
 
 @router.get("/v1/jobs/{job_id}/report", response_class=HTMLResponse)
@@ -60,7 +65,7 @@ def _jobs(svc: Services, who: str, now: float) -> list[dict]:
             job = svc.store.get_job(job_id)
         except JobNotFound:
             continue
-        view = job_object(job, now)
+        view = job_object(job, now, redact=svc.redact)
         rows.append({"id": job.id, "kind": "batch" if kind == "batches" else "job", "status": job.status.value,
                      "model": job.spec.model, "created_at": job.created_at, "progress": view["progress"],
                      "output_tokens_per_s": view["throughput"]["output_tokens_per_s"], "eta_s": view["eta_s"],
@@ -87,19 +92,22 @@ def _workers(request: Request, workers: list[WorkerInfo], now: float) -> list[di
     return rows
 
 
-def _evals(svc: Services) -> list[dict]:
-    if not svc.settings.evals_config:
+def _evals(svc: Services, who: str) -> list[dict]:
+    policy = svc.policy(who)
+    if not svc.settings.evals_config or not policy.evals:
         return []
     try:
         suites = load_suites(svc.settings.evals_config)
     except Exception as exc:  # a broken suites file shows on the page instead of breaking it
-        return [{"suite": "(suites file)", "error": str(exc)}]
+        return [{"suite": "(suites file)", "error": svc.redact(str(exc))}]
     rows = []
     for name, suite in sorted(suites.items()):
+        if not policy.sees_suite(name):
+            continue
         try:
             runs = History(suite.history, name, svc.storage_config).index()
         except Exception as exc:
-            rows.append({"suite": name, "model": suite.model, "error": str(exc)})
+            rows.append({"suite": name, "model": suite.model, "error": svc.redact(str(exc))})
             continue
         last = runs[-1] if runs else None
         rows.append({"suite": name, "model": suite.model, "runs": len(runs),

@@ -13,7 +13,8 @@ from tide.jobs.store import JobNotFound, StoreUnavailable
 
 logger = logging.getLogger("tide.api")
 
-_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+          404: "invalid_request_error",
           405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
           422: "invalid_request_error", 503: "server_error"}
 
@@ -42,17 +43,24 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
+def _redacted(request: Request, message: str) -> str:
+    """The message with secrets and the service's storage prefix masked (`Services.redact`)."""
+    services = getattr(request.app.state, "services", None)
+    return message if services is None else services.redact(message)
+
+
 def install(app: FastAPI) -> None:
-    """Route every failure through the OpenAI error shape."""
+    """Route every failure through the OpenAI error shape, its message through the redactor."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.message, exc.param, exc.code, headers)
+        return error_response(exc.status, _redacted(request, exc.message), exc.param, exc.code, headers)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), code=_HTTP_CODES.get(exc.status_code))
+        return error_response(exc.status_code, _redacted(request, str(exc.detail)),
+                              code=_HTTP_CODES.get(exc.status_code))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -62,7 +70,7 @@ def install(app: FastAPI) -> None:
         param = ".".join(loc) or None
         message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
                             for e in errors[:5])
-        return error_response(400, message, param, "invalid_value")
+        return error_response(400, _redacted(request, message), param, "invalid_value")
 
     @app.exception_handler(JobNotFound)
     async def _no_job(request: Request, exc: JobNotFound):
@@ -70,12 +78,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def _no_store(request: Request, exc: StoreUnavailable):
-        return error_response(503, f"job store unavailable: {exc}", code="unavailable")
+        return error_response(503, _redacted(request, f"job store unavailable: {exc}"), code="unavailable")
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError):
         logger.error("storage failure on %s: %s", request.url.path, exc)
-        return error_response(503, f"storage unavailable: {exc}", code="storage_unavailable")
+        return error_response(503, _redacted(request, f"storage unavailable: {exc}"), code="storage_unavailable")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
+from tide.api.admission import admit_input, admit_model, admit_output, admit_webhook, scoped_idempotency_key
 from tide.api.errors import APIError, not_found
 from tide.api.files import owned_file
 from tide.api.services import Services, owner, services
@@ -29,44 +31,52 @@ def submit(body: Annotated[dict[str, Any], Body(description="a JobSpec; `input` 
            who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
     spec = _spec(body, who, idempotency_key, svc)
     job_id = new_job_id()
-    job = create_job(spec, svc.store, job_id, svc.storage_config)
+    job = create_job(spec, svc.store, job_id, svc.storage_config, owner=who)
     if job.id == job_id:  # a new job, not the idempotency key's earlier one
         svc.catalog.own(who, "jobs", job.id, job.created_at)
         svc.dispatcher.send_plan(job.id, spec.model)
-    return job_object(job)
+    return job_object(job, redact=svc.redact)
 
 
 def _spec(body: dict[str, Any], who: str, idempotency_key: str | None, svc: Services) -> JobSpec:
     fields = dict(body)
+    results = svc.storage.child("results").uri
     source = fields.get("input")
     if isinstance(source, str) and source.startswith("file-"):
         fields["input"] = owned_file(svc, who, source).uri
-    elif isinstance(source, str) and not source.startswith("s3://"):
+    elif isinstance(source, str) and source.startswith("s3://"):
+        admit_input(svc, who, source)
+    elif isinstance(source, str):
         raise APIError(400, "input must be an s3:// URI or an uploaded file id (file-...)", "input", "invalid_value")
-    output = fields.setdefault("output", svc.storage.child("results").uri)
-    if isinstance(output, str) and not output.startswith("s3://") and output != svc.storage.child("results").uri:
+    output = fields.setdefault("output", results)
+    if isinstance(output, str) and output.startswith("s3://") and output != results:
+        admit_output(svc, who, output)
+    elif isinstance(output, str) and output != results:
         raise APIError(400, "output must be an s3:// prefix (or left out for the service's storage)", "output",
                        "invalid_value")
-    fields.setdefault("model", svc.settings.model)
+    if isinstance(fields.get("model", svc.settings.model), str):
+        fields["model"] = admit_model(svc, fields.get("model", svc.settings.model), "model")
     fields.setdefault("shard_rows", svc.settings.shard_rows)
-    if idempotency_key:  # keys are per caller: two callers' equal keys are different jobs
-        fields["idempotency_key"] = f"{who}:{idempotency_key}"
+    fields["idempotency_key"] = scoped_idempotency_key(who, idempotency_key, fields.get("idempotency_key"))
     try:
-        return JobSpec.model_validate(fields)
+        spec = JobSpec.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(map(str, first["loc"]))
         raise APIError(400, f"{param}: {first['msg']}", param or None, "invalid_value") from exc
+    admit_webhook(svc, spec.webhook_url)
+    return spec
 
 
 @router.get("/{job_id}")
 def retrieve(job_id: str, who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
-    return job_object(job_status(svc.store, _owned(svc, who, job_id)))
+    return job_object(job_status(svc.store, _owned(svc, who, job_id)), redact=svc.redact)
 
 
 @router.post("/{job_id}/cancel")
 def cancel(job_id: str, who: str = Depends(owner), svc: Services = Depends(services)) -> dict:
-    return job_object(cancel_job(svc.store, svc.dispatcher, _owned(svc, who, job_id)))
+    return job_object(cancel_job(svc.store, svc.dispatcher, _owned(svc, who, job_id), finalizer=svc.finalizer),
+                      redact=svc.redact)
 
 
 @router.get("/{job_id}/results")
@@ -86,8 +96,9 @@ def _owned(svc: Services, who: str, job_id: str) -> str:
     return job_id
 
 
-def job_object(job: Job, now: float | None = None) -> dict:
-    """The job as stored, plus progress, throughput and an ETA from the rate so far."""
+def job_object(job: Job, now: float | None = None, redact: Callable[[str], str] = str) -> dict:
+    """The job as stored (its caller's own idempotency key, messages through `redact`), plus progress, throughput
+    and an ETA from the rate so far."""
     now = time.time() if now is None else now
     counts = job.request_counts
     done = counts.completed + counts.failed
@@ -95,7 +106,12 @@ def job_object(job: Job, now: float | None = None) -> dict:
     elapsed = max((job.finalizing_at or now) - started, 1e-9) if started else 0.0
     rate = done / elapsed if elapsed else 0.0
     remaining = max(counts.total - done, 0)
-    view = json.loads(job.model_dump_json())
+    view = json.loads(job.model_dump_json(exclude={"owner", "event_urls"}))
+    if job.spec.idempotency_key:
+        view["spec"]["idempotency_key"] = job.spec.idempotency_key.partition(":")[2]
+    view["error"] = None if job.error is None else redact(job.error)
+    for error in view["sample_errors"]:
+        error["message"] = redact(error["message"])
     view.update(object="job", progress={"done": done, "total": counts.total,
                                         "fraction": done / counts.total if counts.total else 0.0},
                 throughput={"rows_per_s": rate,

@@ -7,11 +7,12 @@ from fastapi import Request
 
 from tide.api.errors import APIError
 from tide.jobs.catalog.store import Catalog
+from tide.jobs.lifecycle import Finalizer
+from tide.jobs.redaction import Redactor
 from tide.jobs.storage import Location, StorageConfig, resolve
 from tide.jobs.store import RedisJobStore
-from tide.settings import Settings, hash_key
-
-OWNER_CHARS = 16  # an owner is named by the first hex digits of its key's hash, never by the key
+from tide.key_policies import OWNER_CHARS, KeyPolicy, hash_key, policy_for
+from tide.settings import Settings
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Services:
     storage_config: StorageConfig  # every path or URI this process resolves goes through it
     storage: Location  # the service's own files and default results
     key_hashes: frozenset[str]
+    finalizer: Finalizer  # ends a batch cancelled before any worker planned it
+    redact: Redactor  # every error message answered passes it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -30,9 +33,16 @@ class Services:
 
         store, dispatcher = connect(settings.redis_url)
         config = settings.storage_config()
+        storage = resolve(settings.storage.rstrip("/"), config)
         return cls(settings=settings, store=store, dispatcher=dispatcher, catalog=Catalog(store.redis),
-                   storage_config=config, storage=resolve(settings.storage.rstrip("/"), config),
-                   key_hashes=settings.key_hashes())
+                   storage_config=config, storage=storage, key_hashes=settings.key_hashes(),
+                   finalizer=Finalizer(store=store, storage=config,
+                                       price_per_worker_hour=settings.price_per_worker_hour),
+                   redact=settings.redactor(private_prefixes=(storage.uri,)))
+
+    def policy(self, owner: str) -> KeyPolicy:
+        """What the key named `owner` may reach (read each call: tests and reloads swap `settings`)."""
+        return policy_for(owner, self.settings.key_policies())
 
 
 def services(request: Request) -> Services:

@@ -13,7 +13,8 @@ from tide.wiring import connect
 def add_parser(sub, settings: Settings) -> None:
     _add_submit(sub, settings)
     for name, handler, text in (("status", cmd_status, "show a job's status and counts"),
-                                ("cancel", cmd_cancel, "cancel a job, keeping finished results")):
+                                ("cancel", lambda args: cmd_cancel(args, settings),
+                                 "cancel a job, keeping finished results")):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
         add_redis_option(p, settings)
@@ -46,13 +47,19 @@ def _add_submit(sub, settings: Settings) -> None:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from tide.jobs.inputs import input_hints
     from tide.jobs.lifecycle import submit_job
+    from tide.jobs.storage import resolve
 
     metadata = dict(_key_value(item) for item in args.metadata)
-    spec = spec_from_args(args, args.output, priority=args.priority, metadata=metadata, webhook_url=args.webhook,
+    storage = settings.storage_config()
+    hints = input_hints(resolve(args.input, storage))  # the workers know what a model serves; the file may say
+    task = args.task if args.task != "auto" else hints.task or "generate"
+    spec = spec_from_args(args, args.output, args.model or hints.model or settings.model, task,
+                          priority=args.priority, metadata=metadata, webhook_url=args.webhook,
                           completion_window=args.completion_window, idempotency_key=args.idempotency_key)
     store, dispatcher = connect(args.redis_url)
-    job = submit_job(spec, store, dispatcher, settings.storage_config())
+    job = submit_job(spec, store, dispatcher, storage)
     if job.error:
         raise UsageError(f"job {job.id} failed: {job.error}")
     print(job.id)
@@ -95,11 +102,13 @@ def _wait(store, job_id: str, timeout: float | None) -> int:
     return 0 if job.status == JobStatus.COMPLETED else 1
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
-    from tide.jobs.lifecycle import cancel_job
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from tide.jobs.lifecycle import Finalizer, cancel_job
 
     store, dispatcher = connect(args.redis_url)
-    job = cancel_job(store, dispatcher, args.job_id)
+    finalizer = Finalizer(store=store, storage=settings.storage_config(),
+                          price_per_worker_hour=settings.price_per_worker_hour)
+    job = cancel_job(store, dispatcher, args.job_id, finalizer=finalizer)  # ends it here if no worker planned it
     print(f"{job.id} {job.status.value}")
     return 0
 

@@ -1,4 +1,7 @@
-"""`tide run FILE`: a prompt file through the whole pipeline (plan, shards, engine, Parquet, report) in this process."""
+"""`tide run FILE`: a prompt file through the whole pipeline (plan, shards, engine, Parquet, report) in this process.
+
+The model and the task default to what the file's first batch line names (its `body.model`, its url), else to the
+configured model and what it serves, so a file of `/v1/embeddings` lines runs as it is."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +12,8 @@ from tide.options import (
     UsageError,
     add_engine_options,
     add_job_options,
+    embedding_config,
+    lora_config,
     spec_from_args,
     speculative_config,
 )
@@ -29,17 +34,22 @@ def add_parser(sub, settings: Settings) -> None:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.embedded import run_embedded
+    from tide.jobs.inputs import input_hints
     from tide.jobs.storage import resolve
     from tide.jobs.summary import format_report
 
     if not os.path.exists(args.input) and not args.input.startswith("s3://"):
         raise UsageError(f"input file {args.input!r} does not exist")
-    defaults = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
-    args.sampling = {**defaults, **args.sampling}
-    spec = spec_from_args(args, os.path.abspath(args.output), webhook_url=args.webhook)
-    service = engine_service(spec.model, args.dtype, quantization=args.quantization, **speculative_config(args))
     storage = settings.storage_config()
+    hints = input_hints(resolve(args.input, storage))
+    model = args.model or hints.model or settings.model
+    service = engine_service(model, args.dtype, task=args.task, storage=storage, quantization=args.quantization,
+                             **speculative_config(args), **lora_config(args), **embedding_config(args))
+    task = args.task if args.task != "auto" else hints.task or service.engine.task
+    if task == "generate":
+        args.sampling = {"temperature": 0.7, "top_p": 0.9, "seed": 0, **args.sampling}
     try:
+        spec = spec_from_args(args, os.path.abspath(args.output), model, task, webhook_url=args.webhook)
         job = run_embedded(spec, service, storage=storage, webhooks=settings.webhook_config(),
                            price_per_worker_hour=settings.price_per_worker_hour,
                            shards_in_flight=args.shards_in_flight, show_progress=not args.no_progress)

@@ -99,6 +99,8 @@ def _env(config: dict, settings: Settings) -> dict[str, str]:
            "TIDE_MODEL": config["served"], "TIDE_STORAGE": _storage(config)}
     if not settings.api_keys:
         env["TIDE_API_KEYS"] = DEV_API_KEY
+        if not settings.api_key_policies:  # the one development key sees every eval suite on its dashboard
+            env["TIDE_API_KEY_POLICIES"] = json.dumps({DEV_API_KEY: {"evals": ["*"]}})
     if config["s3"]:
         env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{config['s3_port']}", AWS_ACCESS_KEY_ID="tide",
                    AWS_SECRET_ACCESS_KEY="tide-secret", AWS_DEFAULT_REGION="us-east-1")

@@ -6,7 +6,14 @@ import logging
 import os
 import socket
 
-from tide.options import UsageError, add_engine_options, add_redis_option, speculative_config
+from tide.options import (
+    UsageError,
+    add_engine_options,
+    add_redis_option,
+    embedding_config,
+    lora_config,
+    speculative_config,
+)
 from tide.settings import Settings
 from tide.wiring import connect, engine_service
 
@@ -33,6 +40,9 @@ def add_parser(sub, settings: Settings) -> None:
                    help="keep decoder layers in host memory and stream them in, at most this many on the device")
     p.add_argument("--max-attempts", type=int, default=settings.max_attempts,
                    help="runs of one shard before its rows fail")
+    p.add_argument("--task", choices=["auto", "generate", "embed"], default=settings.task,
+                   help="what the engine serves: auto (embed for an encoder or sentence-transformers model, else "
+                        "generate), or embed for a decoder model's pooled hidden states")
     p.add_argument("--loglevel", default=settings.log_level)
     p.add_argument("--engine", choices=["tide", "null"], default="tide",
                    help="null: no model, every request completes at once (to measure and test the control plane; "
@@ -52,6 +62,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.lifecycle import Finalizer
     from tide.jobs.shards.context import ShardContext
     from tide.jobs.specs import queue_for
+    from tide.workers.collector import settle_after_startup
     from tide.workers.registry import Heartbeat
     from tide.workers.tasks import register_tasks
 
@@ -63,9 +74,10 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     # share this one engine (and its batch); prefork would load one copy per child, solo would run one shard at
     # a time and leave nothing to refill the batch with.
     service = _null_service(args) if args.engine == "null" else engine_service(
-        args.model, args.dtype, quantization=args.quantization, max_num_seqs=args.max_num_seqs,
+        args.model, args.dtype, task=args.task, quantization=args.quantization, max_num_seqs=args.max_num_seqs,
         kv_cache_bytes=args.kv_cache_bytes, num_threads=args.threads, tensor_parallel_size=args.tensor_parallel_size,
-        offload_max_resident_layers=args.offload_max_resident_layers, **speculative_config(args))
+        offload_max_resident_layers=args.offload_max_resident_layers, storage=storage, **speculative_config(args),
+        **lora_config(args), **embedding_config(args))
     leases = LeaseBook(store.redis, settings.lease_ttl_s)
     keeper = LeaseKeeper(leases, settings.lease_renew_s).start()
     finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=settings.price_per_worker_hour)
@@ -76,6 +88,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     register_tasks(dispatcher.app, context, finalizer)
     heartbeat = Heartbeat(store.redis, name, served, args.concurrency, service.figures).start()
     reaper = Reaper(store, dispatcher, leases, finalizer).start(settings.reaper_interval_s)
+    settle_after_startup()
     try:
         dispatcher.app.worker_main(["worker", "--pool=threads", f"--concurrency={args.concurrency}",
                                     "-Q", queue_for(served), "-n", name, f"--loglevel={args.loglevel}",
@@ -123,3 +136,9 @@ class _ExitOnPrompt:
 
     def load(self):
         return self.service.load()
+
+    def token_bytes(self, token_ids):
+        return self.service.token_bytes(token_ids)
+
+    def fingerprint(self):
+        return self.service.fingerprint()
