@@ -59,17 +59,17 @@ class Probe:
 
     def install(self, llm: LLM) -> None:
         runner = llm.engine.runner
-        run = runner.run
+        forward = runner.forward
 
-        def counted_run(scheduled):
+        def counted_forward(scheduled, hidden_rows):
             started = time.perf_counter()
-            logits, sampling = run(scheduled)
+            logits, sampling, hidden = forward(scheduled, hidden_rows)
             self.forward_s += time.perf_counter() - started
             self.tokens_computed += sum(n for _, n in scheduled)
             self.rows_sampled += len(sampling)
-            return logits, sampling
+            return logits, sampling, hidden
 
-        runner.run = counted_run
+        runner.forward = counted_forward
         for layer in runner.model.layers:
             attn = layer.self_attn
             attn.ops = dataclasses.replace(attn.ops, paged_attention=self._timed(attn.ops.paged_attention))

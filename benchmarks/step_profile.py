@@ -82,7 +82,7 @@ def install(llm: LLM, timers: Timers) -> None:
     # phases of a step, each including the ops above that run inside it
     model.forward = timers.wrap("phase: forward", model.forward)
     runner._prepare = timers.wrap("phase: step metadata", runner._prepare)
-    runner.run = timers.wrap("phase: runner total", runner.run)
+    runner.forward = timers.wrap("phase: runner total", runner.forward)
     engine.scheduler.schedule = timers.wrap("phase: schedule", engine.scheduler.schedule)
     engine.sampler = timers.wrap("phase: sample", engine.sampler)
     engine._postprocess = timers.wrap("phase: postprocess", engine._postprocess)

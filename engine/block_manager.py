@@ -69,11 +69,12 @@ class BlockManager:
         return hashes
 
     def lookup_prefix(self, seq: Sequence, use_cache: bool) -> list[int]:
-        """Longest run of cached full blocks that prefixes `seq`, leaving its last token to be recomputed."""
+        """Longest run of cached full blocks that prefixes `seq`, leaving its last token (and any a prompt logprob needs)
+        to be recomputed."""
         hits: list[int] = []
         if not use_cache:
             return hits
-        usable = (seq.num_tokens - 1) // self.block_size
+        usable = seq.num_cacheable_tokens // self.block_size
         for i, block_hash in enumerate(self.block_hashes(seq)[:usable]):
             block_id = self.hash_to_block.get(block_hash)
             tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])

@@ -9,6 +9,7 @@ from itertools import count
 
 import torch
 
+from tide.engine import prompt_logprobs
 from tide.engine.config import EngineConfig
 from tide.engine.decoding.beam_search import BeamSearch
 from tide.engine.decoding.guided import GuidedDecoding, GuidedError
@@ -106,8 +107,11 @@ class LLMEngine:
         if not out.is_empty:
             started = time.monotonic()
             self._mark_scheduled(out.scheduled, started)
-            logits, sampling = self.runner.run(out.scheduled)
+            scoring = prompt_logprobs.plan(out.scheduled)
+            logits, sampling, hidden = self.runner.forward(out.scheduled, scoring.rows)
             self._mark_computed(out.scheduled)
+            prompt_logprobs.record(scoring, hidden, self.runner.compute_logits)
+            logits, sampling = self._finish_score_only(logits, sampling)
             if sampling:
                 logits, sampling = self._take_beams(logits, sampling)
             if sampling:
@@ -138,6 +142,9 @@ class LLMEngine:
             state.error = (f"prompt has {n_prompt} tokens, but this engine holds at most {limit - 1} prompt tokens "
                            f"per sequence (max_model_len={self.max_model_len}, KV cache "
                            f"{self.block_manager.num_blocks * self.config.block_size} tokens)")
+        start = state.params.prompt_logprobs_start
+        if state.error is None and state.params.prompt_logprobs is not None and start >= n_prompt:
+            state.error = f"prompt_logprobs_start ({start}) must be less than the prompt's {n_prompt} tokens"
         if state.error is None and state.params.guided is not None:
             try:
                 self.guided.compile(state.params.guided)
@@ -172,6 +179,16 @@ class LLMEngine:
         for seq, num_new in scheduled:
             seq.num_computed_tokens += num_new
             self.block_manager.register_full_blocks(seq)
+
+    def _finish_score_only(self, logits: torch.Tensor, sampling: list[Sequence]
+                           ) -> tuple[torch.Tensor, list[Sequence]]:
+        """`max_tokens=0` requests end once their prompt is computed (and scored); the other rows go on to sampling."""
+        logits, sampling, done = prompt_logprobs.split_score_only(logits, sampling)
+        for seq in done:
+            seq.finish_reason = "length"
+            self.scheduler.finish(seq)
+            self._finish_request(self._requests[seq.request_id])
+        return logits, sampling
 
     def _take_beams(self, logits: torch.Tensor, sampling: list[Sequence]) -> tuple[torch.Tensor, list[Sequence]]:
         """Beam groups choose their tokens from their rows; the rows left are sampled as usual."""

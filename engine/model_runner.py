@@ -50,15 +50,27 @@ class ModelRunner:
         dst = torch.tensor([d for _, d in pairs], dtype=torch.int64, device=self.device)
         self.kv_cache.index_copy_(2, dst, self.kv_cache.index_select(2, src))
 
-    @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
         """Compute the scheduled tokens; return fp32 logits for the sequences that reach their end: one row each, or
         1 + num_draft_tokens consecutive rows for a sequence carrying draft tokens."""
+        logits, sampling, _ = self.forward(scheduled, [])
+        return logits, sampling
+
+    @torch.inference_mode()
+    def forward(self, scheduled: list[tuple[Sequence, int]], hidden_rows: list[int]
+                ) -> tuple[torch.Tensor, list[Sequence], torch.Tensor]:
+        """`run`, also returning the final hidden states at `hidden_rows` (rows of the step's flat token batch, in
+        `scheduled` order) for what scores prompt tokens (engine/prompt_logprobs.py)."""
         input_ids, ctx, logits_indices, sampling = self._prepare(scheduled)
         hidden = self.model(input_ids, ctx, self.kv_caches)
+        asked = hidden[torch.tensor(hidden_rows, dtype=torch.long, device=hidden.device)]
         if not sampling:
-            return torch.empty(0), []
-        return self.model.compute_logits(hidden[logits_indices]).float(), sampling
+            return torch.empty(0), [], asked
+        return self.model.compute_logits(hidden[logits_indices]).float(), sampling, asked
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary scores of final hidden states (any rows of any step)."""
+        return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
     def hidden_states(self, input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:

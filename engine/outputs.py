@@ -70,6 +70,9 @@ class RequestOutput:
     metrics: RequestMetrics
     error: str | None = None
     error_code: str | None = None  # what kind of error, where the engine knows (e.g. invalid_guided)
+    # one entry per prompt token when `prompt_logprobs` was asked: None where nothing was scored (the first token,
+    # those before `prompt_logprobs_start`)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def text(self) -> str:

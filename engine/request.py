@@ -106,4 +106,5 @@ class RequestState:
             ))
         self.metrics.completion_tokens = sum(len(o.token_ids) for o in outputs)
         self.metrics.cached_prompt_tokens = self.seqs[0].num_cached_tokens if self.seqs else 0
-        return RequestOutput(self.request_id, self.prompt_token_ids, outputs, self.metrics)
+        return RequestOutput(self.request_id, self.prompt_token_ids, outputs, self.metrics,
+                             prompt_logprobs=self.seqs[0].prompt_logprobs if self.seqs else None)

@@ -12,7 +12,13 @@ class SamplingParams(BaseModel):
     """How to sample one request's completion(s).
 
     Validation errors name the offending field, so a bad row in a batch file can be reported precisely.
-    `max_tokens=None` means: generate until a stop condition or the model's context is full.
+    `max_tokens=None` means: generate until a stop condition or the model's context is full; `max_tokens=0` scores
+    the prompt only (with `prompt_logprobs`) and generates nothing.
+
+    Prompt logprobs (`prompt_logprobs=k`, as vLLM's): the logprob of each prompt token given the ones before it, plus
+    its k most likely alternatives, computed during prefill. Tokens before `prompt_logprobs_start` (and the first,
+    which nothing predicts) get None, so a context shared by many requests may come from the prefix cache while only
+    the tokens after it are scored (engine/prompt_logprobs.py).
 
     Beam search (`use_beam_search=True`, HF `num_beams` semantics, as vLLM's former `use_beam_search`): `best_of`
     beams (default `n`) advance together and the `n` best finished beams are returned, best first. A beam's score is
@@ -32,12 +38,14 @@ class SamplingParams(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)
     min_tokens: int = Field(0, ge=0)
     stop: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)  # logprobs of the prompt's tokens (+ top alternatives)
+    prompt_logprobs_start: int = Field(0, ge=0)  # first prompt token scored; earlier ones may come from the cache
     skip_special_tokens: bool = True
     guided: GuidedParams | None = None  # constrain the output to a JSON schema, regex or choice
     use_beam_search: bool = False
@@ -74,6 +82,14 @@ class SamplingParams(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _scoring_options(self) -> "SamplingParams":
+        if self.prompt_logprobs is None and self.prompt_logprobs_start:
+            raise ValueError("prompt_logprobs_start is only used with prompt_logprobs")
+        if self.max_tokens == 0 and (self.n > 1 or self.use_beam_search):
+            raise ValueError("max_tokens=0 scores the prompt only: n must be 1, without use_beam_search")
+        return self
+
+    @model_validator(mode="after")
     def _beam_search_options(self) -> "SamplingParams":
         check_beam_search_options(self)
         return self
@@ -90,7 +106,8 @@ class SamplingParams(BaseModel):
 
 # Options that beam search (a deterministic search over logprobs) cannot honour, with the value that turns each off.
 _NOT_WITH_BEAMS = {"top_k": -1, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
-                   "frequency_penalty": 0.0, "stop": [], "guided": None}
+                   "frequency_penalty": 0.0, "stop": [], "guided": None,
+                 "prompt_logprobs": None}
 _BEAM_ONLY = {"best_of": None, "length_penalty": 1.0, "early_stopping": False}
 
 

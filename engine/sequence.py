@@ -61,6 +61,9 @@ class Sequence:
         self.stop_reason: str | int | None = None
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0
+        # the first sample scores the prompt for its request (engine/prompt_logprobs.py), one entry per prompt token
+        scores = params.prompt_logprobs is not None and index == 0
+        self.prompt_logprobs: list[TokenLogprob | None] | None = [None] * len(prompt_token_ids) if scores else None
         self.generator: torch.Generator | None = None
         self.guide = None  # engine.guided.Guide of a guided request, set when the engine admits it
         if params.seed is not None:
@@ -79,6 +82,21 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def prompt_scoring_start(self) -> int | None:
+        """First position whose logits score a prompt token (that position's next token); None once nothing is left
+        to score (no prompt logprobs asked, or the prompt is done and output began)."""
+        if self.prompt_logprobs is None or self.output_token_ids:
+            return None
+        return max(self.params.prompt_logprobs_start, 1) - 1
+
+    @property
+    def num_cacheable_tokens(self) -> int:
+        """Leading tokens whose KV may come from the prefix cache: all but the last (its logits are needed), and none
+        at or past the first position a prompt logprob needs computed."""
+        start = self.prompt_scoring_start
+        return self.num_tokens - 1 if start is None else min(self.num_tokens - 1, start)
 
     @property
     def is_finished(self) -> bool:

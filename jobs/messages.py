@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Union
 
-Prompt = Union[str, list[dict]]
+Prompt = Union[str, list[dict], list[int]]
 
 ROLES = ("system", "developer", "user", "assistant")
 # Content part types that carry text: chat's `text`, the Responses API's `input_text` and `output_text`.
@@ -28,7 +28,7 @@ def unsupported(param: str, what: str) -> RowError:
 
 
 def prompt_from(raw: dict, where: str = "") -> Prompt:
-    """The row's `prompt` (a non-empty string) or `messages` (a non-empty list), exactly one of them."""
+    """The row's `prompt` (a non-empty string or list of token ids) or `messages` (a non-empty list), exactly one."""
     prompt, messages = raw.get("prompt"), raw.get("messages")
     if prompt is not None and messages is not None:
         raise RowError("invalid_field", "row has both prompt and messages; give one", where + "messages")
@@ -36,11 +36,21 @@ def prompt_from(raw: dict, where: str = "") -> Prompt:
         return chat_messages(messages, where + "messages")
     if prompt is None:
         raise RowError("missing_prompt", "row has no prompt or messages", where + "prompt")
-    if isinstance(prompt, list):
-        raise unsupported(where + "prompt", "a list of prompts or of token ids (one string per request)")
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return token_ids(prompt, where + "prompt")
+    if isinstance(prompt, list) and prompt:
+        raise unsupported(where + "prompt", "a list of prompts (one prompt per request)")
     if not isinstance(prompt, str) or not prompt:
-        raise RowError("invalid_field", "prompt must be a non-empty string", where + "prompt")
+        raise RowError("invalid_field", "prompt must be a non-empty string or list of token ids", where + "prompt")
     return prompt
+
+
+def token_ids(prompt: list, where: str) -> list[int]:
+    """A prompt of token ids, as OpenAI's completions take them: the tokens exactly, no tokenizer in between."""
+    if any(isinstance(t, bool) or t < 0 for t in prompt):
+        raise RowError("invalid_field", f"{where} must be a non-empty string or list of token ids (integers >= 0)",
+                       where)
+    return list(prompt)
 
 
 def chat_messages(messages: Any, where: str) -> list[dict]:

@@ -27,6 +27,8 @@ def prefix_key(row: InputRow) -> str:
     adapter = f"{row.params.lora}\x02" if row.params.lora else ""
     if isinstance(row.prompt, str):
         return adapter + row.prompt
+    if row.prompt and isinstance(row.prompt[0], int):  # token ids: five hex digits each, about a text token's width
+        return adapter + "\x02" + "".join(f"{t:05x}" for t in row.prompt)
     return adapter + "".join(f"\x00{m['role']}\x01{m['content']}" for m in row.prompt)
 
 

@@ -2,7 +2,7 @@
 
 Row forms: OpenAI batch lines (`custom_id`, `method`, `url`, `body`; the body read per endpoint by batch_lines.py),
 plain rows (`prompt` or `messages`, optional `id`, optional SamplingParams fields as per-row overrides), and Parquet
-rows mapped to the same plain form.
+rows mapped to the same plain form. A `prompt` is text or, as OpenAI's completions accept, a list of token ids.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from tide.jobs.storage import Location
 
 # A token as logprobs show it: its id, its text (bytes that end inside a character are shown escaped) and its bytes.
 _TOKEN = [("token_id", pa.int32()), ("logprob", pa.float32()), ("token", pa.string()), ("bytes", pa.list_(pa.uint8()))]
+_TOKEN_LOGPROBS = pa.list_(pa.struct([*_TOKEN, ("top", pa.list_(pa.struct(_TOKEN)))]))
 RESULT_SCHEMA = pa.schema([
     ("custom_id", pa.string()),
     ("row_index", pa.int64()),
@@ -28,7 +29,8 @@ RESULT_SCHEMA = pa.schema([
     ("ttft_s", pa.float64()),
     ("latency_s", pa.float64()),
     ("tpot_s", pa.float64()),
-    ("logprobs", pa.list_(pa.struct([*_TOKEN, ("top", pa.list_(pa.struct(_TOKEN)))]))),
+    ("logprobs", _TOKEN_LOGPROBS),
+    ("prompt_logprobs", _TOKEN_LOGPROBS),  # null entries: prompt tokens not scored (the first, those before the start)
     ("finished_at", pa.float64()),  # unix time the request finished
     ("system_fingerprint", pa.string()),  # the engine that ran it: model, dtype, quantization, Tide version
     ("echo", pa.string()),  # request fields an OpenAI response carries back (JSON), for /v1/responses lines
@@ -57,6 +59,7 @@ class ResultRow:
     latency_s: float | None
     tpot_s: float | None
     logprobs: list[dict] | None
+    prompt_logprobs: list[dict | None] | None = None  # the row's prompt_logprobs, on its first sample
     finished_at: float | None = None
     system_fingerprint: str | None = None
     echo: str | None = None

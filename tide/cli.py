@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from tide.commands import COMMANDS
 from tide.commands.bench import run_bench
+from tide.commands.lm_eval import run_lm_eval
 from tide.jobs.storage import StorageError
 from tide.jobs.store import JobNotFound, StoreUnavailable
 from tide.logs import configure_logging
@@ -23,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark owns its own arguments
         return run_bench(argv[1:])
+    if argv[:1] == ["lm-eval"]:  # so does lm-eval's command line
+        try:
+            return run_lm_eval(argv[1:])
+        except UsageError as exc:
+            return _fail(str(exc))
     try:
         settings = get_settings()
     except ValidationError as exc:

@@ -173,6 +173,9 @@ class Settings(BaseSettings):
                                      "--config is not given")
     beat_grace_s: float = Field(3600.0, ge=0, description="a scheduled eval run missed by at most this many "
                                 "seconds runs once when `tide beat` starts")
+    api_url: str | None = Field(None, description="a Tide API (`tide stack up` exports it) that `tide lm-eval` sends "
+                                "its jobs to when TIDE_REDIS_URL is not set")
+    api_key: str | None = Field(None, description="bearer key `tide lm-eval` sends to TIDE_API_URL")
     webhook_retry_schedule: str = Field("0,5,300,1800,7200,18000,36000,36000", description="seconds before each "
                                         "webhook attempt, comma-separated (Standard Webhooks' schedule)")
     webhook_allow_private: bool = Field(False, description="allow webhook URLs that resolve to loopback, private "

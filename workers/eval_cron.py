@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from tide.jobs.evals.runner import Executor, run_suite
+from tide.jobs.evals.runner import Executor, Harness, run_suite
 from tide.jobs.evals.schedule import RedisLock, SlotClaims, SlotPicker, recent_slots, scheduled_run_id
 from tide.jobs.evals.suites import Suite
 from tide.jobs.storage import StorageConfig
@@ -25,8 +25,9 @@ logger = logging.getLogger("tide.beat")
 class EvalCron:
     def __init__(self, suites: dict[str, Suite], client, executor: Executor, storage: StorageConfig, outbox: Outbox,
                  courier: Courier, grace_s: float = 3600.0, tick_s: float = 1.0, lock_ttl_s: float = 15.0,
-                 max_runs: int = 4, clock: Callable[[], float] = time.time) -> None:
+                 max_runs: int = 4, clock: Callable[[], float] = time.time, harness: Harness | None = None) -> None:
         self.suites, self.redis, self.executor, self.outbox, self.courier = suites, client, executor, outbox, courier
+        self.harness = harness  # runs the suites made of lm-eval tasks
         self.storage = storage
         self.picker = SlotPicker(suites, grace_s)
         self.lock = RedisLock(client, lock_ttl_s)
@@ -95,7 +96,7 @@ class EvalCron:
         logger.info("eval %s: run %s starts", name, run_id)
         try:
             record = run_suite(name, self.suites[name], self.executor, self.storage, self.outbox,
-                               scheduled_for=slot, run_id=run_id, clock=self.clock)
+                               scheduled_for=slot, run_id=run_id, clock=self.clock, harness=self.harness)
         except Exception as exc:  # a broken dataset or storage: logged, and the slot counts as done
             logger.error("eval %s: run %s failed: %s", name, run_id, exc)
         else:

@@ -18,9 +18,10 @@ class TensorParallelRunner(ModelRunner):
     # Forked beams copy KV blocks, and only rank 0 would copy its share: beam search is refused per request.
     copies_blocks = False
 
-    def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
+    def forward(self, scheduled: list[tuple[Sequence, int]], hidden_rows: list[int]
+                ) -> tuple[torch.Tensor, list[Sequence], torch.Tensor]:
         try:
-            return super().run(scheduled)
+            return super().forward(scheduled, hidden_rows)
         except (RuntimeError, BrokenPipeError, OSError) as exc:
             raise self.group.failure(exc) from exc
 

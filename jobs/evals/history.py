@@ -54,6 +54,7 @@ class RunRecord(BaseModel):
     max_regressions: int | None = None
     status: Literal["passed", "failed_threshold"]
     results: str
+    lm_eval: dict[str, Any] | None = Field(None, description="an lm-eval suite's task metrics, versions and jobs")
 
 
 class ResultRow(BaseModel):

@@ -46,6 +46,7 @@ def record(outcome: Outcome, row: InputRow, output: RequestOutput | EmbeddingOut
             completion_tokens=len(sample.token_ids), cached_prompt_tokens=metrics.cached_prompt_tokens,
             ttft_s=metrics.ttft, latency_s=metrics.e2e_latency, tpot_s=metrics.tpot,
             logprobs=_logprobs(sample.logprobs, engine) if row.params.logprobs is not None else None,
+            prompt_logprobs=_logprobs(output.prompt_logprobs, engine) if sample.index == 0 else None,
             finished_at=now, system_fingerprint=engine.fingerprint(), echo=row.echo))
     progress = outcome.progress
     progress.completed += 1
@@ -84,17 +85,20 @@ def expire(outcome: Outcome, rows: list[InputRow]) -> Outcome:
     return outcome
 
 
-def _logprobs(logprobs: list[TokenLogprob] | None, engine: EngineClient) -> list[dict] | None:
+def _logprobs(logprobs: list[TokenLogprob | None] | None, engine: EngineClient) -> list[dict | None] | None:
+    """Each token's logprob with its text and bytes; a None entry (an unscored prompt token) stays None."""
     if logprobs is None:
         return None
-    ids = sorted({lp.token_id for lp in logprobs} | {t for lp in logprobs for t, _ in lp.top})
+    scored = [lp for lp in logprobs if lp is not None]
+    ids = sorted({lp.token_id for lp in scored} | {t for lp in scored for t, _ in lp.top})
     pieces = dict(zip(ids, engine.token_bytes(ids)))
 
     def token(token_id: int, logprob: float) -> dict:
         piece = pieces[token_id]
         return {"token_id": token_id, "logprob": logprob, "token": token_text(piece), "bytes": list(piece)}
 
-    return [{**token(lp.token_id, lp.logprob), "top": [token(t, p) for t, p in lp.top]} for lp in logprobs]
+    return [None if lp is None else {**token(lp.token_id, lp.logprob), "top": [token(t, p) for t, p in lp.top]}
+            for lp in logprobs]
 
 
 def token_text(piece: bytes) -> str:

@@ -26,7 +26,7 @@ def suite(schedule: str, zone: str = "UTC") -> Suite:
 def runs(monkeypatch):
     done: list[tuple[str, float]] = []
 
-    def fake_run_suite(name, suite, executor, storage, outbox, scheduled_for, run_id, clock):
+    def fake_run_suite(name, suite, executor, storage, outbox, scheduled_for, run_id, clock, harness):
         done.append((run_id, scheduled_for))
         return SimpleNamespace(status="passed", score=1.0, regressions=[])
 

@@ -124,7 +124,7 @@ def test_ten_megabyte_strings_and_absurd_values_are_error_rows_or_plain_rows():
     huge = json.dumps({"id": "big", "prompt": "x" * 10_000_000}).encode()
     assert isinstance(parse_json_line(huge, 0, {}), PromptRow)  # the engine refuses it later, by its length
     for bad, field in [({"prompt": "p", "temperature": -1}, "temperature"),
-                       ({"prompt": "p", "max_tokens": 0}, "max_tokens"), ({"prompt": "p", "n": -3}, "n"),
+                       ({"prompt": "p", "max_tokens": -1}, "max_tokens"), ({"prompt": "p", "n": -3}, "n"),
                        (b'{"prompt": "p", "top_p": NaN}', "top_p"),
                        (b'{"prompt": "p", "temperature": Infinity}', "temperature"),
                        ({"prompt": "p", "frobnicate": 1}, "frobnicate")]:

@@ -26,3 +26,9 @@ def test_chat_prompts_group_by_their_messages_in_order():
 def test_short_common_prefixes_do_not_form_groups():
     rows = [row(i, f"Tell me about item {i}") for i in (3, 1, 2)]
     assert [r.row for r in group_by_prefix(rows)] == [1, 2, 3]
+
+
+def test_token_id_prompts_group_by_their_leading_tokens():
+    shared = list(range(100, 100 + MIN_SHARED_CHARS // 4))
+    rows = [row(0, shared + [5]), row(1, [9, 9, 9]), row(2, shared + [4]), row(3, shared + [6])]
+    assert [r.row for r in group_by_prefix(rows)] == [1, 2, 0, 3]  # leaders (by token order), then followers

@@ -35,6 +35,14 @@ def test_plain_rows_default_ids_and_row_overrides_beat_job_defaults():
     assert content_parts.custom_id == "12" and content_parts.prompt[0]["content"] == "yo"
 
 
+def test_token_id_prompts_pass_through_as_given_with_scoring_options():
+    row = parse({"id": "s", "prompt": [7, 8, 9], "max_tokens": 0, "prompt_logprobs": 1, "prompt_logprobs_start": 2})
+    assert row.prompt == [7, 8, 9]
+    assert (row.params.max_tokens, row.params.prompt_logprobs, row.params.prompt_logprobs_start) == (0, 1, 2)
+    batch = parse({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": [3, 4], "max_tokens": 2}})
+    assert batch.prompt == [3, 4]
+
+
 @pytest.mark.parametrize("raw, code, words", [
     ({"id": "x"}, "missing_prompt", "no prompt"),
     ({"id": "x", "prompt": "p", "colour": 1}, "unknown_field", "colour"),
@@ -44,6 +52,9 @@ def test_plain_rows_default_ids_and_row_overrides_beat_job_defaults():
     ({"id": "x", "messages": [{"role": "wizard", "content": "a"}]}, "invalid_field", "messages[0]"),
     ({"custom_id": "x", "url": "/v1/embeddings", "body": {}}, "invalid_field", "a job with task embed"),
     ([1, 2], "invalid_row", "JSON object"),
+    ({"id": "x", "prompt": [5, -1]}, "invalid_field", "list of token ids"),
+    ({"id": "x", "prompt": []}, "invalid_field", "non-empty"),
+    ({"id": "x", "prompt": [1, True]}, "invalid_field", "list of token ids"),
 ])
 def test_bad_rows_become_error_rows_naming_line_id_and_reason(raw, code, words):
     error = parse(raw)

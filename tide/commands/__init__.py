@@ -5,6 +5,7 @@ from tide.commands import (
     bench,
     evals,
     jobs,
+    lm_eval,
     report,
     run,
     stack,
@@ -13,4 +14,4 @@ from tide.commands import (
     worker,
 )
 
-COMMANDS = (run, jobs, worker, api, stack, evals, beat, webhooks, report, tune, bench)
+COMMANDS = (run, jobs, worker, api, stack, evals, beat, lm_eval, webhooks, report, tune, bench)

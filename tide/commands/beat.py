@@ -28,6 +28,7 @@ def add_parser(sub, settings: Settings) -> None:
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
+    from tide.commands.evals import lm_eval_harness
     from tide.jobs.evals.runner import QueuedExecutor
     from tide.jobs.evals.scorers import ScorerError, get_scorer
     from tide.jobs.evals.suites import SuiteError, load_suites
@@ -45,15 +46,17 @@ def cmd_beat(args: argparse.Namespace) -> int:
     try:
         suites = load_suites(args.config) if args.config else {}
         for suite in suites.values():
-            get_scorer(suite.scorer)
+            if suite.lm_eval is None:
+                get_scorer(suite.scorer)
     except (SuiteError, ScorerError) as exc:
         raise UsageError(str(exc)) from None
+    harness = lm_eval_harness(suites)
     store, dispatcher = connect(args.redis_url)
     outbox = RedisOutbox(store.redis)
     scheduler = EvalCron({n: s for n, s in suites.items() if s.schedule}, store.redis,
                          QueuedExecutor(store, dispatcher, storage, chat_template_of, args.timeout), storage, outbox,
                          Courier(outbox, settings.webhook_config()), grace_s=args.grace, tick_s=args.tick,
-                         lock_ttl_s=args.lock_ttl)
+                         lock_ttl_s=args.lock_ttl, harness=harness)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -60,6 +60,17 @@ def _suites(args: argparse.Namespace):
     return load_suites(args.config)
 
 
+def lm_eval_harness(suites: dict) -> object | None:
+    """What runs suites made of lm-eval tasks (`tide eval run`, `tide beat`); None when no suite has any."""
+    if not any(suite.lm_eval is not None for suite in suites.values()):
+        return None
+    try:
+        from tide.lmeval.suite import LmEvalHarness
+    except ImportError as exc:  # the evals extra is not installed
+        raise UsageError(str(exc)) from None
+    return LmEvalHarness()
+
+
 def _queued(args: argparse.Namespace) -> bool:
     if args.local or args.queue:
         return args.queue
@@ -89,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor = EmbeddedExecutor(service, storage, settings.price_per_worker_hour,
                                     service.engine.tokenizer.chat_template)
         try:
-            record = run_suite(args.suite, suite, executor, storage, outbox)
+            record = run_suite(args.suite, suite, executor, storage, outbox, harness=lm_eval_harness({"": suite}))
         finally:
             service.close()
         Courier(outbox, webhooks).drain()
@@ -108,7 +119,7 @@ def _run_queued(args: argparse.Namespace, suite, webhooks, storage):
     store, dispatcher = connect(args.redis_url)
     outbox = RedisOutbox(store.redis)
     executor = QueuedExecutor(store, dispatcher, storage, chat_template_of, args.timeout)
-    record = run_suite(args.suite, suite, executor, storage, outbox)
+    record = run_suite(args.suite, suite, executor, storage, outbox, harness=lm_eval_harness({"": suite}))
     Courier(outbox, webhooks).pump()  # the first attempt now; `tide beat` makes any retries
     return record
 
@@ -128,7 +139,10 @@ def _print_record(record) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     for name, suite in sorted(_suites(args).items()):
         schedule = f"{suite.schedule} {suite.timezone}" if suite.schedule else "manual"
-        print(f"{name}\t{suite.model}\t{suite.scorer}\t{schedule}\t{suite.dataset}")
+        if suite.lm_eval is None:
+            print(f"{name}\t{suite.model}\t{suite.scorer}\t{schedule}\t{suite.dataset}")
+        else:
+            print(f"{name}\t{suite.model}\tlm-eval\t{schedule}\t{','.join(suite.lm_eval.tasks)}")
     return 0
 
 
