@@ -21,7 +21,7 @@ def test_bench_prints_ratios_for_both_workloads(tiny_model_dir, capsys) -> None:
 
 FAKE_PEER = """#!{python}
 import json, sys
-spec = json.load(open(sys.argv[2]))
+spec = json.load(open(sys.argv[-1]))  # called as: python -P peer_vllm.py SPEC
 tokens = [[7] * spec["max_tokens"] for _ in spec["prompts"]]
 print("TIDE_PEER_RESULT " + json.dumps(dict(seconds=2.0, token_ids=tokens, load_seconds=1.0)))
 """
