@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import torch
 
-from tide import kernels
 from tide.engine.loader import checkpoint_quantization, iter_weights
 from tide.engine.models import build_model
 from tide.engine.models.cpu_linear import can_pack, pack_linears
 from tide.engine.models.quant_linear import quantize_weights, use_int8_linears
 from tide.engine.parallel.sharding import TensorShard
+from tide.kernels import get_ops
 
 
 def load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, shard: TensorShard | None = None,
                max_resident_layers: int | None = None, quantization: str = "none"):
     """Build the model and load its weights: all of it, or one tensor-parallel `shard` of it, or with its decoder
     layers kept in host memory and streamed in, `max_resident_layers` at a time; int8 linears with `quantization`."""
-    ops = kernels.get_ops(device)
+    ops = get_ops(device)
     model = build_model(hf_config, ops, shard and shard.shard_args)
     model = model.to(dtype)  # cast while still on meta: no throwaway fp32 copy
     weights = iter_weights(model_dir)

@@ -6,9 +6,9 @@ from typing import Protocol
 
 import torch
 
-from tide import kernels
 from tide.engine.models.llama import ForwardContext, LlamaForCausalLM, LowRankUpdates
 from tide.engine.sequence import Sequence
+from tide.kernels import build_cos_sin_cache
 from tide.kernels.metadata import AttentionMetadata
 
 
@@ -31,7 +31,7 @@ class ModelRunner:
         shape = (args.num_layers, 2, num_blocks, block_size, args.num_kv_heads, args.head_dim)
         self.kv_cache = _zeroed_cache(shape, dtype, device)
         self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
-        self.cos_sin_cache = kernels.build_cos_sin_cache(
+        self.cos_sin_cache = build_cos_sin_cache(
             args.inv_freq, max_model_len, args.attention_scaling, dtype).to(device)
 
     @staticmethod
