@@ -13,7 +13,7 @@ from typing import Any
 
 from tide.engine.decoding.guided_params import ANY_JSON_OBJECT
 from tide.engine.sampling_params import SamplingParams
-from tide.jobs.endpoints import CHAT_URL, COMPLETIONS_URL, RESPONSES_URL
+from tide.jobs.endpoints import CHAT_URL, COMPLETIONS_URL, RESPONSES_URL, UnsupportedEndpoint, check_endpoint
 from tide.jobs.messages import Prompt, RowError, chat_messages, message, prompt_from, unsupported
 from tide.jobs.models import split_model
 
@@ -50,6 +50,30 @@ class Line:
     prompt: Prompt
     overrides: dict[str, Any] = field(default_factory=dict)
     echo: dict[str, Any] | None = None  # request fields a Response object carries back
+
+
+BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
+
+
+def line_envelope(raw: dict, endpoint: str | None, default_url: str) -> tuple[str, object]:
+    """A batch line's `url` and `body`, after the checks every endpoint shares: no unknown line field, a
+    `custom_id`, POST, an endpoint Tide knows, and the batch's own endpoint (when it has one)."""
+    unknown = sorted(set(raw) - BATCH_KEYS)
+    if unknown:
+        raise RowError("unknown_line_field", f"unknown field(s) {', '.join(unknown)}", unknown[0])
+    if "custom_id" not in raw:
+        raise RowError("missing_custom_id", "batch line has no custom_id", "custom_id")
+    if raw.get("method", "POST") != "POST":
+        raise RowError("invalid_method", f"method must be POST, got {raw.get('method')!r}", "method")
+    url = raw.get("url", endpoint or default_url)
+    try:
+        check_endpoint(url)
+    except UnsupportedEndpoint as exc:
+        code = "unsupported_endpoint" if isinstance(url, str) and url.startswith("/v1/") else "invalid_url"
+        raise RowError(code, str(exc), "url") from None
+    if endpoint is not None and url != endpoint:
+        raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
+    return url, raw.get("body")
 
 
 def parse_body(url: str, body: dict) -> Line:

@@ -12,14 +12,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from tide.engine.embeddings import EmbedParams
-from tide.jobs.batch_lines import check_model
-from tide.jobs.endpoints import EMBEDDINGS_URL, UnsupportedEndpoint, check_endpoint
+from tide.jobs.batch_lines import BATCH_KEYS, check_model, line_envelope
+from tide.jobs.endpoints import EMBEDDINGS_URL
 from tide.jobs.messages import RowError
 from tide.jobs.rows import ErrorRow, row_error, row_id
 
 ENCODING_FORMATS = ("float", "base64")
 MAX_INPUTS = 2048  # OpenAI's limit on one request's list of inputs
-_BATCH_KEYS = {"custom_id", "method", "url", "body"}
 _PARAM_KEYS = set(EmbedParams.model_fields)
 _BODY_KEYS = {"input", "model", "encoding_format", "user"} | _PARAM_KEYS
 _NATIVE_KEYS = {"id", "custom_id", "input"} | _PARAM_KEYS
@@ -44,7 +43,7 @@ def parse_embedding_row(raw: Any, row: int, endpoint: str | None = None, models:
         return row_error(row, None, "invalid_row", "a row must be a JSON object")
     custom_id = row_id(raw, row)
     try:
-        if endpoint is not None or _BATCH_KEYS & (set(raw) - {"custom_id"}):
+        if endpoint is not None or BATCH_KEYS & (set(raw) - {"custom_id"}):
             fields, where = _batch_body(raw, endpoint, models), "body."
         else:
             if "prompt" in raw or "messages" in raw:
@@ -65,21 +64,7 @@ def parse_embedding_row(raw: Any, row: int, endpoint: str | None = None, models:
 
 def _batch_body(raw: dict, endpoint: str | None, models: frozenset[str]) -> dict:
     """The body of a batch line, checked as jobs/rows.py checks a generation line (the same codes)."""
-    unknown = sorted(set(raw) - _BATCH_KEYS)
-    if unknown:
-        raise RowError("unknown_line_field", f"unknown field(s) {', '.join(unknown)}", unknown[0])
-    if "custom_id" not in raw:
-        raise RowError("missing_custom_id", "batch line has no custom_id", "custom_id")
-    if raw.get("method", "POST") != "POST":
-        raise RowError("invalid_method", f"method must be POST, got {raw.get('method')!r}", "method")
-    url, body = raw.get("url", endpoint or EMBEDDINGS_URL), raw.get("body")
-    try:
-        check_endpoint(url)
-    except UnsupportedEndpoint as exc:
-        code = "unsupported_endpoint" if isinstance(url, str) and url.startswith("/v1/") else "invalid_url"
-        raise RowError(code, str(exc), "url") from None
-    if endpoint is not None and url != endpoint:
-        raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
+    url, body = line_envelope(raw, endpoint, EMBEDDINGS_URL)
     if url != EMBEDDINGS_URL:
         raise RowError("invalid_field", f"url must be {EMBEDDINGS_URL} in a job that embeds (task embed), got "
                        f"{url!r}", "url")

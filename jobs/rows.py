@@ -15,11 +15,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from tide.engine.sampling_params import SamplingParams
-from tide.jobs.batch_lines import check_model, parse_body
-from tide.jobs.endpoints import CHAT_URL, GENERATION_ENDPOINTS, UnsupportedEndpoint, check_endpoint
+from tide.jobs.batch_lines import BATCH_KEYS, check_model, line_envelope, parse_body
+from tide.jobs.endpoints import CHAT_URL, GENERATION_ENDPOINTS
 from tide.jobs.messages import Prompt, RowError, prompt_from
 
-_BATCH_KEYS = {"custom_id", "method", "url", "body"}
 _SAMPLING_KEYS = set(SamplingParams.model_fields)
 _PLAIN_KEYS = {"id", "custom_id", "prompt", "messages"} | _SAMPLING_KEYS
 # Errors that make an OpenAI batch's file invalid, as OpenAI's validation finds them: the batch fails before any
@@ -92,7 +91,7 @@ def parse_row(raw: Any, row: int, defaults: dict[str, Any], endpoint: str | None
     custom_id = row_id(raw, row)
     echo = None
     try:
-        if endpoint is not None or _BATCH_KEYS & (set(raw) - {"custom_id"}):
+        if endpoint is not None or BATCH_KEYS & (set(raw) - {"custom_id"}):
             prompt, overrides, echo = _batch_line(raw, endpoint, models)
         else:
             prompt, overrides = _plain_row(raw)
@@ -114,21 +113,7 @@ def row_id(raw: dict, row: int) -> str:
 
 
 def _batch_line(raw: dict, endpoint: str | None, models: frozenset[str]) -> tuple[Prompt, dict, dict | None]:
-    unknown = sorted(set(raw) - _BATCH_KEYS)
-    if unknown:
-        raise RowError("unknown_line_field", f"unknown field(s) {', '.join(unknown)}", unknown[0])
-    if "custom_id" not in raw:
-        raise RowError("missing_custom_id", "batch line has no custom_id", "custom_id")
-    if raw.get("method", "POST") != "POST":
-        raise RowError("invalid_method", f"method must be POST, got {raw.get('method')!r}", "method")
-    url, body = raw.get("url", endpoint or CHAT_URL), raw.get("body")
-    try:
-        check_endpoint(url)
-    except UnsupportedEndpoint as exc:
-        code = "unsupported_endpoint" if isinstance(url, str) and url.startswith("/v1/") else "invalid_url"
-        raise RowError(code, str(exc), "url") from None
-    if endpoint is not None and url != endpoint:
-        raise RowError("mismatched_url", f"url {url!r} is not the batch's endpoint {endpoint!r}", "url")
+    url, body = line_envelope(raw, endpoint, CHAT_URL)
     if url not in GENERATION_ENDPOINTS:
         raise RowError("invalid_field", f"url must be one of {', '.join(GENERATION_ENDPOINTS)} in a job that "
                        f"generates, got {url!r} (embeddings lines go in a job with task embed)", "url")
