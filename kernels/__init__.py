@@ -6,7 +6,7 @@
 - `torch`: PyTorch twins, the reference and the fallback anywhere.
 
     ops = get_ops(device)   # TIDE_KERNELS=triton|native|torch overrides the choice
-    ops.write_kv_cache / paged_attention / fused_add_rms_norm / rms_norm / rotary_embedding / silu_and_mul
+    ops.write_kv_cache / paged_attention / fused_add_rms_norm / rms_norm / rotary_embedding / silu_and_mul / add_lora
 
 Triton is imported only when the Triton backend is chosen, so this package imports on machines without it.
 """

@@ -25,6 +25,7 @@ _OP_NAMES = (
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",
+    "add_lora",
 )
 
 
@@ -39,6 +40,7 @@ class KernelOps:
     rms_norm: Callable[..., torch.Tensor]
     rotary_embedding: Callable[..., None]
     silu_and_mul: Callable[..., torch.Tensor]
+    add_lora: Callable[..., None]
 
     @classmethod
     def from_module(cls, backend: str, module: ModuleType) -> "KernelOps":

@@ -1,4 +1,5 @@
-"""Describes one mixed batch (prefill chunks and decodes) to the paged-attention op."""
+"""Describes one mixed batch (prefill chunks and decodes) to the ops: its attention layout, and which rows use which
+LoRA adapter slot."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,3 +34,31 @@ class AttentionMetadata:
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_host)
+
+
+@dataclass(frozen=True)
+class LoraRows:
+    """The rows of a step that use LoRA adapters, grouped by adapter slot, for `add_lora`.
+
+    order:    int32 [N], row indices, the rows of each slot together (rows of no adapter left out).
+    segments: int32 [S, 3], (slot, start, end): order[start:end] are the rows of `slot`.
+    spans:    the same segments as Python ints, so CPU code needs no device sync.
+    """
+
+    order: torch.Tensor
+    segments: torch.Tensor
+    spans: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def from_slots(cls, row_slots: list[tuple[int, int, int]], device: torch.device) -> "LoraRows":
+        """From (slot, first row, row after the last) runs of consecutive rows, in any order."""
+        by_slot: dict[int, list[int]] = {}
+        for slot, start, end in row_slots:
+            by_slot.setdefault(slot, []).extend(range(start, end))
+        order: list[int] = []
+        spans = []
+        for slot in sorted(by_slot):
+            spans.append((slot, len(order), len(order) + len(by_slot[slot])))
+            order.extend(by_slot[slot])
+        return cls(torch.tensor(order, dtype=torch.int32, device=device),
+                   torch.tensor(spans, dtype=torch.int32, device=device).view(-1, 3), tuple(spans))

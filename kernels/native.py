@@ -1,4 +1,5 @@
-"""Builds and loads the native CPU library (kernels/csrc/paged_attention.cpp) on first use, cached on disk.
+"""Builds and loads the native CPU library (kernels/csrc: paged attention and element-wise ops, LoRA updates) on
+first use, cached on disk.
 
 The library is a plain C ABI called through ctypes: no torch headers, so one compile takes about a second. The
 compiler flags follow the CPU's features, read at run time (AVX-512 with or without BF16, else AVX2 + FMA), and the
@@ -23,7 +24,8 @@ from pathlib import Path
 
 logger = logging.getLogger("tide.kernels")
 
-SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = (CSRC / "paged_attention.cpp", CSRC / "lora.cpp")  # one library; both include csrc/vector.h
 DISABLE_ENV = "TIDE_NATIVE"  # TIDE_NATIVE=0 turns the native library off
 ISA_ENV = "TIDE_NATIVE_ISA"  # avx512 (no BF16) | avx2: build for less than the CPU has (tests, comparisons)
 BUILD_TIMEOUT_S = 120
@@ -135,17 +137,17 @@ def _build_and_load(vector_width: int | None, limit: str | None) -> NativeLibrar
 
 
 def _cached_build(compiler: str, flags: list[str]) -> Path:
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in (*SOURCES, CSRC / "vector.h"))
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     digest = hashlib.sha256(source + " ".join([compiler, version, *flags]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"tide_attention_{digest}.so"
+    target = cache_dir() / f"tide_kernels_{digest}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+        proc = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True,
                               timeout=BUILD_TIMEOUT_S)
         if proc.returncode != 0:
             raise _Unavailable(f"build failed: {' '.join([compiler, *flags])}: {proc.stderr.strip()[-500:]}")
@@ -171,5 +173,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tide_silu_and_mul.argtypes = [p, p, i64, i32, i32, i32]
     lib.tide_rotary_neox.restype = None
     lib.tide_rotary_neox.argtypes = [p, p, i64, i64, i32, i32, p, i32, i32]
+    lib.tide_lora_apply.restype = i32
+    lib.tide_lora_apply.argtypes = [p, i64, p, i64, p, p, p, p, i32, i32, i32, i32, p, i32, i32]
     lib.tide_write_kv_cache.restype = i32
     lib.tide_write_kv_cache.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64, i32]

@@ -1,5 +1,5 @@
 """The CPU backend: the native C++ library's paged attention, KV write, fused add + RMSNorm, rotary embedding and
-SiLU-and-mul, with the same signatures and rounding as the PyTorch twins.
+SiLU-and-mul, with the same signatures and rounding as the PyTorch twins, and the LoRA updates of a step's rows.
 
 Each op checks that the library can serve its arguments (CPU tensors, fp32 or bf16, widths that are multiples of
 the vector width, the layouts below) and hands anything else to its twin, so the backend never fails where the
@@ -7,13 +7,15 @@ twins would not.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from tide.kernels import native, torch_ops
-from tide.kernels.metadata import AttentionMetadata
+from tide.kernels.metadata import AttentionMetadata, LoraRows
 from tide.kernels.torch_ops import rms_norm
 
-__all__ = ["fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
+__all__ = ["add_lora", "fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
            "write_kv_cache"]
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -135,3 +137,33 @@ def _heads_served(x: torch.Tensor, dtype: torch.dtype) -> bool:
     """x [T, heads, D] with contiguous heads inside each token (a view into the qkv projection is fine)."""
     return (x.dim() == 3 and x.dtype == dtype and x.device.type == "cpu" and x.stride(2) == 1
             and x.stride(1) == x.shape[2])
+
+
+def add_lora(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: LoraRows,
+             part_columns: tuple[int, ...], library: native.NativeLibrary | None = None,
+             num_threads: int | None = None) -> None:
+    """Same contract as kernels.torch_ops.add_lora; `part_columns` are the output columns where each part of the
+    fused projection starts, then its width (q, k, v: (0, q, q + kv, q + 2 kv)). One native call for the projection,
+    reading only b's diagonal blocks and keeping the low-rank product in fp32."""
+    library = library or native.load()
+    columns = None if library is None else _columns(part_columns, a.shape[2], library.vector_width)
+    if not (columns is not None and x.dtype == y.dtype == a.dtype == b.dtype and x.dtype in _DTYPES
+            and x.device.type == "cpu" and x.stride(1) == 1 and y.stride(1) == 1 and a.is_contiguous()
+            and b.is_contiguous()):
+        torch_ops.add_lora(x, y, a, b, rows, part_columns)
+        return
+    parts = len(part_columns) - 1
+    library.lib.tide_lora_apply(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), a.data_ptr(), b.data_ptr(),
+                                rows.order.data_ptr(), rows.segments.data_ptr(), len(rows.spans), x.shape[1],
+                                a.shape[2] // parts, parts, columns.data_ptr(), _DTYPES[x.dtype],
+                                num_threads or torch.get_num_threads())
+
+
+@lru_cache(maxsize=None)
+def _columns(part_columns: tuple[int, ...], rank_columns: int, vector_width: int) -> torch.Tensor | None:
+    """A projection's part columns as the int32 tensor the library reads, made once per shape (a handful per
+    model); None when the widths are not whole vectors (the twin serves those)."""
+    widths = [end - start for start, end in zip(part_columns, part_columns[1:])]
+    if rank_columns % vector_width or any(width % vector_width for width in widths):
+        return None
+    return torch.tensor(part_columns, dtype=torch.int32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tide.kernels.metadata import LoraRows
 from tide.kernels.torch_attention import paged_attention
 
 
@@ -54,3 +55,17 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """silu(x[:, :I]) * x[:, I:] for x [T, 2I]."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def add_lora(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: LoraRows,
+             part_columns: tuple[int, ...]) -> None:
+    """y[i] += (x[i] @ a[slot]) @ b[slot] in place for each row i of each slot in `rows`.
+
+    x [T, in], y [T, out]; a [slots, in, parts * block] and b [slots, parts * block, out], block-diagonal by part
+    (engine/lora/adapter.py): part p's rows of b write only output columns part_columns[p]..part_columns[p + 1].
+    The twin multiplies the whole of b (its zero blocks add nothing); the native op reads only the diagonal blocks.
+    """
+    for slot, start, end in rows.spans:
+        index = rows.order[start:end].long()
+        delta = (x.index_select(0, index) @ a[slot]) @ b[slot]
+        y.index_copy_(0, index, y.index_select(0, index) + delta)

@@ -49,6 +49,7 @@ class LoraRegistry:
         self.max_loras, self.max_rank = max_loras, max_rank
         self.fetch = fetch
         self.keys = projection_keys(model)
+        self.add_lora = model.ops.add_lora
         self.slots = LoraSlots(self.args, max_loras, max_rank, dtype, device)
         self._lock = threading.Lock()
         self._checked: set[str] = set()
@@ -103,7 +104,7 @@ class LoraRegistry:
         if not self._resident:
             return None
         runs = row_runs(scheduled, self._resident)
-        return LoraBatch(self.slots, self.keys, runs, sum(n for _, n in scheduled)) if runs else None
+        return LoraBatch(self.slots, self.keys, runs, self.add_lora) if runs else None
 
     @property
     def resident(self) -> list[str]:

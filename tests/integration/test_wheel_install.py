@@ -60,3 +60,15 @@ def test_tide_run_completes_the_example_job_from_outside_the_checkout(installed,
     assert "completed" in out and "x 0/h" not in out
     (summary,) = (tmp_path / "out").glob("*/summary.json")
     assert json.loads(summary.read_text())["request_counts"] == {"total": 24, "completed": 24, "failed": 0}
+
+
+def test_the_installed_sources_build_the_native_kernels(installed, tmp_path):
+    """Every C++ source and header the library compiles from ships in the wheel (a missing one would leave the
+    engine on the slower PyTorch twins without failing)."""
+    from tide.kernels import native
+
+    if native.load() is None:
+        pytest.skip(f"no native library here either: {native.status()}")
+    env = {**os.environ, "TIDE_CACHE_DIR": str(tmp_path / "cache")}
+    code = "from tide.kernels import native; print(native.status())"
+    assert run([str(installed / "python"), "-c", code], cwd=tmp_path, env=env).startswith("native C++")
