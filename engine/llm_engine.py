@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from itertools import count
@@ -15,6 +14,7 @@ from tide.engine.decoding.beam_search import BeamSearch
 from tide.engine.decoding.guided import GuidedDecoding, GuidedError
 from tide.engine.decoding.speculative import build_speculator
 from tide.engine.embeddings import GENERATE_TASK
+from tide.engine.intake import Intake
 from tide.engine.outputs import RequestOutput
 from tide.engine.stats import EngineStats
 from tide.engine.request import Prompt, RequestState
@@ -55,10 +55,7 @@ class LLMEngine:
                                       self.eos_token_ids)
         self.speculator = build_speculator(self.config, parts, self.max_model_len, self.scheduler.watermark_blocks)
         self.stats = EngineStats(load_time_s=parts.load_time_s)
-        self._lock = threading.Lock()
-        self._intake: list[RequestState] = []
-        self._aborts: list[str] = []
-        self._live_ids: set[str] = set()
+        self._intake: Intake[RequestState] = Intake()
         self._requests: dict[str, RequestState] = {}
         self._done: list[RequestOutput] = []
         self._arrivals = count()
@@ -77,20 +74,14 @@ class LLMEngine:
             raise ValueError(f"stop_token_ids {bad} are outside the vocabulary (size {self.vocab_size})")
         self.adapters.check(params)  # an unknown or unusable adapter is refused here, by name
         state = RequestState.create(request_id, prompt, params, priority, self.tokenizer)
-        with self._lock:
-            if request_id in self._live_ids:
-                raise ValueError(f"request id {request_id!r} is already in the engine")
-            self._live_ids.add(request_id)
-            self._intake.append(state)
+        self._intake.add(request_id, state)
 
     def abort(self, request_id: str) -> None:
         """Stop a request; it comes back from `step()` with finish_reason "abort"."""
-        with self._lock:
-            self._aborts.append(request_id)
+        self._intake.abort(request_id)
 
     def has_unfinished(self) -> bool:
-        with self._lock:
-            return bool(self._live_ids)
+        return self._intake.has_live()
 
     def close(self) -> None:
         """Stop the engine's helper processes (tensor-parallel ranks), if it has any; it cannot step afterwards."""
@@ -122,9 +113,7 @@ class LLMEngine:
         return self._collect_done()
 
     def _take_intake(self) -> None:
-        with self._lock:
-            intake, self._intake = self._intake, []
-            aborts, self._aborts = self._aborts, []
+        intake, aborts = self._intake.take()
         for state in intake:
             self._admit(state)
         for request_id in aborts:
@@ -154,8 +143,7 @@ class LLMEngine:
             state.error = self.beam_search.check(state, limit, self.config.max_num_seqs)
         if state.error is not None:
             self._done.append(state.to_output(error=True))
-            with self._lock:
-                self._live_ids.discard(state.request_id)
+            self._intake.release(state.request_id)
             return
         self._requests[state.request_id] = state
         self.stats.prompt_tokens += n_prompt
@@ -243,8 +231,7 @@ class LLMEngine:
         state.metrics.finished_time = time.monotonic()
         self._requests.pop(state.request_id, None)
         self._done.append(self.beam_search.finish(state) or state.to_output(error=False))
-        with self._lock:
-            self._live_ids.discard(state.request_id)
+        self._intake.release(state.request_id)
 
     def _collect_done(self) -> list[RequestOutput]:
         done, self._done = self._done, []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 from tide.jobs.state import EngineFigures, EngineLoad
 from tide.workers.token_bytes import TokenBytes
@@ -116,3 +117,18 @@ class EngineService:
             sinks, self._sinks = list(self._sinks.values()), {}
         for sink in sinks:
             sink.put(EngineFailed(f"the engine loop stopped: {exc!r}"))
+
+
+class BeforeSubmit:
+    """An engine service that calls `hook(prompt)` before each row enters the engine, where fault tests freeze or
+    kill a worker; everything else is the wrapped service's."""
+
+    def __init__(self, service, hook: Callable[[object], None]) -> None:
+        self.service, self.hook = service, hook
+
+    def submit(self, request_id: str, prompt, params, priority: int, sink) -> None:
+        self.hook(prompt)
+        self.service.submit(request_id, prompt, params, priority, sink)
+
+    def __getattr__(self, name: str):
+        return getattr(self.service, name)

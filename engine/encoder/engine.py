@@ -8,7 +8,6 @@ device. A request of several inputs finishes when its last input is embedded.
 from __future__ import annotations
 
 import bisect
-import threading
 import time
 from dataclasses import dataclass, field
 from itertools import count
@@ -16,6 +15,7 @@ from itertools import count
 import numpy as np
 import torch
 
+from tide.engine.intake import Intake
 from tide.engine.embeddings import EMBED_TASK, EmbeddingOutput, EmbedParams
 from tide.engine.encoder.config import EncoderConfig
 from tide.engine.encoder.packing import PackedBatch, choose_batch
@@ -65,10 +65,7 @@ class EmbeddingEngine:
         self.stats = EngineStats(load_time_s=parts.load_time_s)
         self.padded_tokens = 0  # tokens attention saw, padding included (prompt_tokens in stats: the real ones)
         self.block_manager = NoBlocks()  # nothing is kept between steps
-        self._lock = threading.Lock()
-        self._intake: list[_Request] = []
-        self._aborts: list[str] = []
-        self._live_ids: set[str] = set()
+        self._intake: Intake[_Request] = Intake()
         self._requests: dict[str, _Request] = {}
         self._waiting: list[_Text] = []  # sorted by length
         self._done: list[EmbeddingOutput] = []
@@ -86,20 +83,14 @@ class EmbeddingEngine:
         self._check_dimensions(params)
         inputs = self._inputs(prompt)
         request = _Request(request_id, inputs, params, (-priority, next(self._arrivals)), time.monotonic())
-        with self._lock:
-            if request_id in self._live_ids:
-                raise ValueError(f"request id {request_id!r} is already in the engine")
-            self._live_ids.add(request_id)
-            self._intake.append(request)
+        self._intake.add(request_id, request)
 
     def abort(self, request_id: str) -> None:
         """Stop a request; it comes back from `step()` with finish_reason "abort"."""
-        with self._lock:
-            self._aborts.append(request_id)
+        self._intake.abort(request_id)
 
     def has_unfinished(self) -> bool:
-        with self._lock:
-            return bool(self._live_ids)
+        return self._intake.has_live()
 
     def close(self) -> None:
         """Nothing runs outside this process."""
@@ -146,9 +137,7 @@ class EmbeddingEngine:
         return done
 
     def _take_intake(self) -> None:
-        with self._lock:
-            intake, self._intake = self._intake, []
-            aborts, self._aborts = self._aborts, []
+        intake, aborts = self._intake.take()
         if intake:
             self._admit(intake)
         for request_id in aborts:
@@ -207,8 +196,7 @@ class EmbeddingEngine:
             embeddings=np.stack(request.vectors) if ok else np.empty((0, self.dimensions), np.float32),
             num_tokens=request.num_tokens if ok else [], latency_s=time.monotonic() - request.arrival_time,
             error=error, error_code=error_code, finish_reason=finish_reason if error is None else "error"))
-        with self._lock:
-            self._live_ids.discard(request.request_id)
+        self._intake.release(request.request_id)
 
     def _account(self, texts: list[_Text], seconds: float) -> None:
         stats = self.stats

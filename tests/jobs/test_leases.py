@@ -18,6 +18,7 @@ from tide.jobs.lifecycle import Finalizer, job_status, submit_job
 from tide.jobs.shards.context import ShardContext
 from tide.jobs.shards.runner import run_shard
 from tide.jobs.specs import JobSpec
+from tide.workers.engine_service import BeforeSubmit
 from tide.jobs.state import JobStatus, ShardStatus
 from tide.jobs.store import RedisJobStore
 
@@ -32,32 +33,6 @@ class Clock:
         return self.now
 
 
-class Held:
-    """The engine service, with each row's submit first calling `before(prompt)` (where a test freezes a worker)."""
-
-    def __init__(self, service, before) -> None:
-        self.service, self.before = service, before
-
-    def submit(self, request_id, prompt, params, priority, sink) -> None:
-        self.before(prompt)
-        self.service.submit(request_id, prompt, params, priority, sink)
-
-    def abort(self, request_id) -> None:
-        self.service.abort(request_id)
-
-    def figures(self):
-        return self.service.figures()
-
-    def load(self):
-        return self.service.load()
-
-    def token_bytes(self, token_ids):
-        return self.service.token_bytes(token_ids)
-
-    def fingerprint(self):
-        return self.service.fingerprint()
-
-
 @pytest.fixture
 def world(tmp_path, service):
     clock, dispatcher = Clock(), Recorder()
@@ -70,7 +45,7 @@ def world(tmp_path, service):
 
     def context(before=None) -> ShardContext:
         return ShardContext(store=store, dispatcher=dispatcher, storage=LOCAL, worker="w", poll_s=0.02, clock=clock,
-                            leases=book, service=service if before is None else Held(service, before))
+                            leases=book, service=service if before is None else BeforeSubmit(service, before))
 
     return clock, dispatcher, store, book, job, finalizer, context, tmp_path / "out" / job.id
 

@@ -63,6 +63,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.shards.context import ShardContext
     from tide.jobs.specs import queue_for
     from tide.workers.collector import settle_after_startup
+    from tide.workers.engine_service import BeforeSubmit
     from tide.workers.registry import Heartbeat
     from tide.workers.tasks import register_tasks
 
@@ -83,7 +84,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     finalizer = Finalizer(store=store, storage=storage, price_per_worker_hour=settings.price_per_worker_hour)
     poison = os.environ.get(EXIT_ON_PROMPT_HOOK)
     context = ShardContext(store=store, dispatcher=dispatcher, storage=storage, worker=name,
-                           service=_ExitOnPrompt(service, poison) if poison else service,
+                           service=BeforeSubmit(service, _exit_on(poison)) if poison else service,
                            max_attempts=args.max_attempts, leases=leases, keeper=keeper)
     register_tasks(dispatcher.app, context, finalizer)
     heartbeat = Heartbeat(store.redis, name, served, args.concurrency, service.figures).start()
@@ -116,29 +117,10 @@ def _null_service(args: argparse.Namespace):
     return EngineService(engine, idle_wait_s=0.01)
 
 
-class _ExitOnPrompt:
-    """The poison-row fault test's hook around the engine service: the worker process dies the moment a row with
-    this prompt would enter its engine."""
-
-    def __init__(self, service, prompt: str) -> None:
-        self.service, self.prompt = service, prompt
-
-    def submit(self, request_id: str, prompt, params, priority: int, sink) -> None:
-        if prompt == self.prompt:
+def _exit_on(poison: str):
+    """The poison-row fault test's hook: the worker process dies the moment a row with this prompt would enter its
+    engine."""
+    def hook(prompt) -> None:
+        if prompt == poison:
             os._exit(POISON_EXIT_STATUS)
-        self.service.submit(request_id, prompt, params, priority, sink)
-
-    def abort(self, request_id: str) -> None:
-        self.service.abort(request_id)
-
-    def figures(self):
-        return self.service.figures()
-
-    def load(self):
-        return self.service.load()
-
-    def token_bytes(self, token_ids):
-        return self.service.token_bytes(token_ids)
-
-    def fingerprint(self):
-        return self.service.fingerprint()
+    return hook
