@@ -41,6 +41,10 @@ void expand_tile(const float* t, int ld_t, int block, const T* b, int64_t ld_b, 
   for (int k = 0; k < block; ++k) {
     vf bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = load(b + k * ld_b + v * W);
+    // B's rows are `out` apart: too many strided streams for the hardware prefetcher, and a decode step reads each
+    // adapter's B from memory. Fetch this row's part of the tile after next (a prefetch past the end is harmless).
+    for (int byte = 0; byte < NV * W * int(sizeof(T)); byte += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(b + k * ld_b + 2 * NV * W) + byte);
     for (int r = 0; r < NR; ++r) {
       const vf tb = splat(t[r * ld_t + k]);
       for (int v = 0; v < NV; ++v) acc[r][v] += tb * bv[v];
