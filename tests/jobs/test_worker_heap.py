@@ -1,0 +1,78 @@
+import subprocess
+import sys
+
+import pytest
+
+from tide.workers.heap import bound_native_heap
+
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+
+# Allocates and frees the same 8 MiB block twice and prints whether the second one was mapped (not carved from the
+# heap) and unmapped again, from glibc's own counters; then which pool Arrow allocates from and oneDNN's cache size.
+BOUND_PROBE = """
+import ctypes, os, sys
+import pyarrow
+from tide.workers.heap import bound_native_heap
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = Info, ctypes.c_void_p, [ctypes.c_void_p]
+if sys.argv[1] == "bound":
+    assert bound_native_heap()
+size = 8 << 20
+for _ in range(2):
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(size)
+    mapped = libc.mallinfo2().hblkhd - before
+    libc.free(block)
+print(mapped >= size, libc.mallinfo2().hblkhd == before, pyarrow.default_memory_pool().backend_name,
+      os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
+"""
+
+# Fills 128 MiB of small heap blocks, frees all but the last (which pins the heap's top, so free() alone cannot
+# shrink it), and prints the RSS freed by one round of the trimmer.
+TRIM_PROBE = """
+import ctypes, time
+from pathlib import Path
+from tide.workers.heap import bound_native_heap, start_heap_trimmer
+def rss_mib():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+bound_native_heap()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+blocks = [libc.malloc(64 << 10) for _ in range(2048)]
+for block in blocks:
+    ctypes.memset(block, 1, 64 << 10)
+for block in blocks[:-1]:
+    libc.free(block)
+held = rss_mib()
+trimmer = start_heap_trimmer(interval_s=0.05)
+time.sleep(0.5)
+trimmer.stop()
+print(held - rss_mib())
+"""
+
+
+def _probe(source: str, *args: str) -> list[str]:
+    # A fresh interpreter: the settings are process-wide and must not leak into the test process.
+    return subprocess.run([sys.executable, "-P", "-c", source, *args], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+@glibc_only
+def test_a_bounded_heap_maps_every_large_block_and_unmaps_it_when_freed():
+    # glibc's default: freeing the first mapped block raises the threshold, so the second comes from the heap.
+    assert _probe(BOUND_PROBE, "default")[:2] == ["False", "True"]
+    assert _probe(BOUND_PROBE, "bound") == ["True", "True", "system", "64"]
+
+
+@glibc_only
+def test_the_trimmer_hands_free_pages_inside_the_heap_back_to_the_os():
+    assert float(_probe(TRIM_PROBE)[0]) > 100
+
+
+def test_a_threshold_past_glibcs_limit_is_refused_before_reaching_malloc():
+    with pytest.raises(ValueError, match=r"mmap threshold 1073741824 must be in \(0, 33554432\]"):
+        bound_native_heap(mmap_threshold=1 << 30)
