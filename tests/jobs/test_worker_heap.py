@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -43,9 +44,11 @@ print(held - rss_mib())
 
 
 def _probe(source: str, *args: str) -> list[str]:
-    # A fresh interpreter: the settings are process-wide and must not leak into the test process.
+    # A fresh interpreter: the settings are process-wide and must not leak into the test process (nor the cache
+    # size an in-process `tide run` test left in this one's environment into the probe).
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     return subprocess.run([sys.executable, "-P", "-c", source, *args], capture_output=True, text=True,
-                          check=True).stdout.split()
+                          check=True, env=env).stdout.split()
 
 
 @glibc_only
