@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 CHAT_MIN_TOKENS, CHAT_MAX_TOKENS, CHAT_NEW_TOKENS = 20, 400, 128
@@ -123,18 +124,24 @@ def grounded_prompts(tokenizer, num_prompts: int, seed: int) -> list[list[int]]:
 
 # (share, fewest words, most words): queries, sentences, passage chunks, and long documents past a 256-token limit.
 EMBEDDING_MIX = ((0.30, 3, 16), (0.40, 16, 60), (0.25, 60, 180), (0.05, 200, 500))
+SHORT_EMBEDDING_MIX = ((1.0, 3, 16),)  # the mix's query-length share alone (search queries, titles)
 
 
-def embedding_texts(count: int, seed: int) -> list[str]:
-    """`count` texts in the `EMBEDDING_MIX` of lengths, cut from runs of the filler sentences."""
+def embedding_texts(count: int, seed: int, mix: tuple[tuple[float, int, int], ...] = EMBEDDING_MIX) -> list[str]:
+    """`count` texts in a `mix` of lengths (share, fewest words, most words), cut from runs of the filler
+    sentences."""
+    return list(iter_embedding_texts(count, seed, mix))
+
+
+def iter_embedding_texts(count: int, seed: int,
+                         mix: tuple[tuple[float, int, int], ...] = EMBEDDING_MIX) -> Iterator[str]:
+    """The texts of `embedding_texts`, one at a time (a million need not sit in memory at once)."""
     rng = random.Random(seed)
-    shares = [share for share, _, _ in EMBEDDING_MIX]
-    texts = []
+    shares = [share for share, _, _ in mix]
     for _ in range(count):
-        _, low, high = rng.choices(EMBEDDING_MIX, weights=shares)[0]
+        _, low, high = rng.choices(mix, weights=shares)[0]
         words: list[str] = []
         target = rng.randint(low, high)
         while len(words) < target:
             words += rng.choice(FILLER).split()
-        texts.append(" ".join(words[:target]))
-    return texts
+        yield " ".join(words[:target])

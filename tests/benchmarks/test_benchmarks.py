@@ -9,8 +9,17 @@ import random
 import pytest
 
 from tests.helpers.paths import REPO
+from tide.benchmarks.embed_memory import Sample, at_tenths
 from tide.benchmarks.quant import memory_figures
-from tide.benchmarks.workloads import CHAT_MAX_TOKENS, build_workload, grounded_prompts, random_token_prompts
+from tide.benchmarks.workloads import (
+    CHAT_MAX_TOKENS,
+    SHORT_EMBEDDING_MIX,
+    build_workload,
+    embedding_texts,
+    grounded_prompts,
+    iter_embedding_texts,
+    random_token_prompts,
+)
 from tide.engine.loader import load_tokenizer
 
 LIBRARY = {"__init__", "workloads"}  # modules of the package that are not benchmarks themselves
@@ -53,3 +62,17 @@ def test_the_quantization_memory_probe_runs_in_a_fresh_process(tiny_model_dir):
     figures = memory_figures(str(tiny_model_dir("llama")), configs)
     assert figures["int8 (fp32 rest)"]["layers"] < figures["fp32"]["layers"] / 3
     assert all(0 < f["rss"] <= f["peak_rss"] for f in figures.values())
+
+
+def test_the_embedding_memory_series_takes_the_first_sample_past_each_tenth_of_the_rows():
+    samples = [Sample(float(s), done, 500.0 + s) for s, done in enumerate([0, 5, 10, 19, 31, 100])]
+    marks = at_tenths(samples, total=100)
+    assert [(percent, s.done) for percent, s in marks] == [(10, 10), (20, 31), (30, 31)] + [
+        (p, 100) for p in range(40, 101, 10)]
+    assert at_tenths(samples[:3], total=100) == [(10, samples[2])]  # a run cut short reports what it reached
+
+
+def test_short_embedding_texts_are_query_length_and_stream_the_same_texts():
+    short = embedding_texts(200, seed=3, mix=SHORT_EMBEDDING_MIX)
+    assert all(3 <= len(t.split()) <= 16 for t in short)
+    assert list(iter_embedding_texts(200, 3, SHORT_EMBEDDING_MIX)) == short != embedding_texts(200, seed=3)
