@@ -33,31 +33,24 @@ TRIM_EVERY_S = 1.0  # a trim costs about a millisecond here; a forward frees hun
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
-def bound_native_heap(arenas: int = ARENAS) -> bool:
-    """Cap glibc's arena count for this process, send Arrow's allocations to the same heap, and cap oneDNN's
-    primitive cache (unless the environment already sets ONEDNN_PRIMITIVE_CACHE_CAPACITY). Call before the engine
-    loads. Returns False, changing nothing, where the C library is not glibc (musl, macOS): their allocators
-    differ."""
+def bound_native_heap(arenas: int = ARENAS, trim_every_s: float = TRIM_EVERY_S) -> Periodic | None:
+    """Cap glibc's arena count for this process, send Arrow's allocations to the same heap, cap oneDNN's primitive
+    cache (unless the environment already sets ONEDNN_PRIMITIVE_CACHE_CAPACITY) and start a thread handing the
+    heap's free pages back every `trim_every_s`. Call before the engine loads; returns that thread (`.stop()` it when
+    the process is done), or None, changing nothing, where the C library is not glibc (musl, macOS): their
+    allocators differ."""
     if arenas < 1:
         raise ValueError(f"arenas must be at least 1, got {arenas}")
     libc = _glibc()
     if libc is None:
-        return False
+        return None
     if not libc.mallopt(_M_ARENA_MAX, arenas):
         raise RuntimeError(f"glibc's mallopt refused {arenas} arenas")
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVES))
     import pyarrow
 
     pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    return True
-
-
-def start_heap_trimmer(interval_s: float = TRIM_EVERY_S) -> Periodic | None:
-    """A thread handing the heap's free pages back every `interval_s` (stop it with `.stop()`); None without glibc."""
-    libc = _glibc()
-    if libc is None:
-        return None
-    return Periodic(lambda: libc.malloc_trim(0), interval_s, "tide-heap-trim", logger, "heap not trimmed").start()
+    return Periodic(lambda: libc.malloc_trim(0), trim_every_s, "tide-heap-trim", logger, "heap not trimmed").start()
 
 
 def _glibc() -> ctypes.CDLL | None:

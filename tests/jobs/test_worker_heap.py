@@ -14,20 +14,21 @@ import os, sys
 import pyarrow
 from tide.workers.heap import bound_native_heap
 if sys.argv[1] == "bound":
-    assert bound_native_heap()
+    bound_native_heap().stop()
 print(pyarrow.default_memory_pool().backend_name, os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
 """
 
 # Fills 128 MiB of small heap blocks, frees all but the last (which pins the heap's top, so free() alone cannot
-# shrink it), and prints the RSS freed by one round of the trimmer.
+# shrink it), bounds the heap (which starts the trimmer) and prints the RSS the trimmer freed. pyarrow is imported
+# first so that the bound's own import does not refill the freed pages.
 TRIM_PROBE = """
 import ctypes, time
 from pathlib import Path
-from tide.workers.heap import bound_native_heap, start_heap_trimmer
+import pyarrow
+from tide.workers.heap import bound_native_heap
 def rss_mib():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS"))
     return int(line.split()[1]) / 1024
-bound_native_heap()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
 blocks = [libc.malloc(64 << 10) for _ in range(2048)]
@@ -36,7 +37,7 @@ for block in blocks:
 for block in blocks[:-1]:
     libc.free(block)
 held = rss_mib()
-trimmer = start_heap_trimmer(interval_s=0.05)
+trimmer = bound_native_heap(trim_every_s=0.05)
 time.sleep(0.5)
 trimmer.stop()
 print(held - rss_mib())

@@ -37,11 +37,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.inputs import input_hints
     from tide.jobs.storage import resolve
     from tide.jobs.summary import format_report
-    from tide.workers.heap import bound_native_heap, start_heap_trimmer
+    from tide.workers.heap import bound_native_heap
 
     if not os.path.exists(args.input) and not args.input.startswith("s3://"):
         raise UsageError(f"input file {args.input!r} does not exist")
-    bound_native_heap()  # a long job is a long-running process too
+    trimmer = bound_native_heap()  # a long job is a long-running process too
     storage = settings.storage_config()
     hints = input_hints(resolve(args.input, storage))
     model = args.model or hints.model or settings.model
@@ -50,7 +50,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     task = args.task if args.task != "auto" else hints.task or service.engine.task
     if task == "generate":
         args.sampling = {"temperature": 0.7, "top_p": 0.9, "seed": 0, **args.sampling}
-    trimmer = start_heap_trimmer()
     try:
         spec = spec_from_args(args, os.path.abspath(args.output), model, task, webhook_url=args.webhook)
         job = run_embedded(spec, service, storage=storage, webhooks=settings.webhook_config(),

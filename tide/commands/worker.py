@@ -64,11 +64,11 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from tide.jobs.specs import queue_for
     from tide.workers.collector import settle_after_startup
     from tide.workers.engine_service import BeforeSubmit
-    from tide.workers.heap import bound_native_heap, start_heap_trimmer
+    from tide.workers.heap import bound_native_heap
     from tide.workers.registry import Heartbeat
     from tide.workers.tasks import register_tasks
 
-    bound_native_heap()
+    trimmer = bound_native_heap()
     storage = settings.storage_config()
     store, dispatcher = connect(args.redis_url)
     served = args.served_name or args.model
@@ -91,7 +91,6 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     register_tasks(dispatcher.app, context, finalizer)
     heartbeat = Heartbeat(store.redis, name, served, args.concurrency, service.figures).start()
     reaper = Reaper(store, dispatcher, leases, finalizer).start(settings.reaper_interval_s)
-    trimmer = start_heap_trimmer()
     settle_after_startup()
     try:
         dispatcher.app.worker_main(["worker", "--pool=threads", f"--concurrency={args.concurrency}",
