@@ -1,6 +1,7 @@
 """`tide bench`: Tide's engine against HF transformers `generate` on the same seeded workload, in one run.
 
-Both sides get the same token ids, greedy decoding and the same dtype and thread count. HF runs static batches with
+Both sides get the same token ids, greedy decoding and the same dtype, device and thread count; the run counts the
+requests whose greedy outputs are identical. HF runs static batches with
 left padding at each of a few batch sizes and its best is the reference. Besides the throughput ratios the run
 reports the engine's stats, the share of engine time spent in paged attention, and the model FLOP/s reached as a
 fraction of the best rate the engine's own linear layers reach on the model's shapes, measured in the same run.
@@ -21,6 +22,8 @@ import torch
 from tide.benchmarks.workloads import Workload, build_workload
 from tide.engine.llm import LLM
 from tide.engine.loader import resolve_model
+from tide.engine.startup import pick_device
+from tide.engine.stats import EngineStats
 from tide.engine.sampling_params import SamplingParams
 
 
@@ -89,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the same seeded workload, in one run.")
     p.add_argument("--model", default="smollm2-135m", help="alias, HF directory or GGUF file (default smollm2-135m)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where both sides run (auto: CUDA when torch sees a GPU)")
     p.add_argument("--workload", default="both", choices=["chat", "fixed", "both"])
     p.add_argument("--num-prompts", type=int, default=64, help="requests per workload")
     p.add_argument("--input-len", type=int, default=256, help="prompt tokens per request in the fixed workload")
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, default=1024)
     p.add_argument("--kv-cache-gib", type=float, default=None, help="KV budget (default: the engine's fraction)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", action="store_true",
+                   help="run each side once, untimed, on the workload drawn with seed + 1 first (a GPU compiles "
+                        "kernels on first use)")
     p.add_argument("--peer", choices=["vllm"], default=None,
                    help="also run the workload on vLLM's CPU build, right after Tide (prefix caching off on both)")
     p.add_argument("--peer-python", default=os.environ.get("TIDE_PEER_PYTHON", "python"),
@@ -124,17 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     threads = args.threads or os.cpu_count() or 1
     names = ["chat", "fixed"] if args.workload == "both" else [args.workload]
-    print(f"tide bench: model {args.model}, dtype {args.dtype}, {threads} threads, "
+    args.device = str(pick_device(args.device))
+    print(f"tide bench: model {args.model}, dtype {args.dtype}, device {args.device}, {threads} threads, "
           f"max_num_seqs {args.max_num_seqs}, max_num_batched_tokens {args.max_num_batched_tokens}")
     peak = None
     for name in names:
         llm = _make_llm(args, threads)
         if peak is None:
             print(f"paged attention: {attention_path(llm)}")
-            peak = measure_linear_peak(llm.engine.runner.model, sorted({args.max_num_seqs, 256}))
+            peak = measure_linear_peak(llm.engine.runner.model, sorted({args.max_num_seqs, 256}), args.device)
         workload = build_workload(name, llm.tokenizer, args.num_prompts, args.input_len, args.output_len, args.seed)
         print(f"\nworkload {workload.describe()}")
         twins = run_twin_baseline(args, workload, threads) if args.twin_baseline else None
+        warm = build_workload(name, llm.tokenizer, args.num_prompts, args.input_len, args.output_len, args.seed + 1)
+        if args.warmup:
+            run_tide(llm, warm)
+            # The report counts the timed pass only.
+            llm.engine.stats = EngineStats(load_time_s=llm.engine.stats.load_time_s)
         probe = Probe()
         probe.install(llm)
         tide = run_tide(llm, workload)
@@ -148,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.peer:
             run_peer(args, workload, tide, threads)
         if not args.skip_hf:
-            best = run_hf_best(args, workload, batch_sizes, threads)
+            best = run_hf_best(args, workload, batch_sizes, threads, warm if args.warmup else None)
             _print_ratios(tide, best)
     return 0
 
@@ -180,7 +194,7 @@ def attention_path(llm: LLM) -> str:
 
 def _make_llm(args: argparse.Namespace, threads: int) -> LLM:
     kv_bytes = None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30)
-    return LLM(model=args.model, dtype=args.dtype, num_threads=threads, max_num_seqs=args.max_num_seqs,
+    return LLM(model=args.model, dtype=args.dtype, device=args.device, num_threads=threads, max_num_seqs=args.max_num_seqs,
                max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=kv_bytes, seed=args.seed,
                enable_prefix_caching=not (args.peer or args.no_prefix_caching), speculative=args.speculative,
                draft_model=args.draft_model)
@@ -220,19 +234,23 @@ def run_peer(args: argparse.Namespace, workload: Workload, tide: RunResult, thre
           f"{ratios[2]:.2f}x; identical outputs {same}/{len(result.token_ids)}")
 
 
-def run_hf_best(args: argparse.Namespace, workload: Workload, batch_sizes: list[int], threads: int) -> RunResult:
-    """HF `generate` at each batch size; prints each and returns the best by output tokens/s."""
+def run_hf_best(args: argparse.Namespace, workload: Workload, batch_sizes: list[int], threads: int,
+                warm: Workload | None = None) -> RunResult:
+    """HF `generate` at each batch size (after an untimed pass over `warm`, if given); prints each and returns the best
+    by output tokens/s."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
     model_dir = resolve_model(args.model)
     dtype = getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     results = []
     for batch_size in batch_sizes:
+        if warm is not None:
+            run_hf(model, warm, batch_size, eos, pad)
         result = run_hf(model, workload, batch_size, eos, pad)
         print(result.line())
         results.append(result)
@@ -246,16 +264,17 @@ def run_hf(model, workload: Workload, batch_size: int, eos: set[int], pad: int) 
     config = GenerationConfig(do_sample=False, max_new_tokens=workload.max_tokens,
                               min_new_tokens=workload.max_tokens if workload.ignore_eos else 0,
                               eos_token_id=sorted(eos), pad_token_id=pad)
-    output_tokens = 0
+    token_ids: list[list[int]] = []
     started = time.perf_counter()
     for i in range(0, len(workload.prompts), batch_size):
         input_ids, mask = _left_pad(workload.prompts[i : i + batch_size], pad)
         with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
-        output_tokens += sum(_generated_length(row, eos) for row in out[:, input_ids.shape[1]:].tolist())
+            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                                 generation_config=config)
+        token_ids += [row[: _generated_length(row, eos)] for row in out[:, input_ids.shape[1]:].tolist()]
     seconds = time.perf_counter() - started
     return RunResult(f"hf batch {batch_size}", len(workload.prompts), sum(len(p) for p in workload.prompts),
-                     output_tokens, seconds)
+                     sum(map(len, token_ids)), seconds, token_ids)
 
 
 def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,20 +316,24 @@ def linear_shapes(model) -> dict[str, tuple[torch.nn.Module, int, int]]:
 
 
 @torch.inference_mode()
-def measure_linear_peak(model, token_counts: list[int], min_seconds: float = 0.1) -> float:
+def measure_linear_peak(model, token_counts: list[int], device: str = "cpu", min_seconds: float = 0.1) -> float:
     """Best FLOP/s of the engine's linear layers over the model's shapes at `token_counts` rows; prints each shape."""
     dtype = next(model.parameters()).dtype
+    # A GPU runs the products asynchronously: the clock is read only once they have finished.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = 0.0
     print("linear layers (the engine's own modules), best GFLOP/s at rows " + "/".join(map(str, token_counts)) + ":")
     for name, (module, k, n) in linear_shapes(model).items():
         rates = []
         for m in token_counts:
-            x = torch.randn(m, k, dtype=dtype)
+            x = torch.randn(m, k, dtype=dtype, device=device)
             module(x)
+            sync()
             reps, elapsed = 0, 0.0
             started = time.perf_counter()
             while elapsed < min_seconds:
                 module(x)
+                sync()
                 reps += 1
                 elapsed = time.perf_counter() - started
             rates.append(2 * m * k * n * reps / elapsed)
@@ -343,8 +366,9 @@ def _print_engine_report(llm: LLM, probe: Probe, tide: RunResult, peak: float) -
 
 def _print_ratios(tide: RunResult, hf: RunResult) -> None:
     ratios = [t / h for t, h in zip(tide.rates, hf.rates)]
+    same = sum(a == b for a, b in zip(tide.token_ids or [], hf.token_ids or []))
     print(f"  ratio tide/hf (best: {hf.label}): requests/s {ratios[0]:.2f}x, total tokens/s {ratios[1]:.2f}x, "
-          f"output tokens/s {ratios[2]:.2f}x")
+          f"output tokens/s {ratios[2]:.2f}x; identical outputs {same}/{len(hf.token_ids or [])}")
 
 
 if __name__ == "__main__":

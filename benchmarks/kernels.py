@@ -1,5 +1,5 @@
 """`python -P -m tide.benchmarks.kernels`: times each Triton kernel on CUDA against its PyTorch twin and against the
-bytes/FLOPs floor of the GPU, and checks the Triton results in bf16.
+bytes/FLOPs floor of the GPU, and checks the Triton results against the twins' in bf16 and fp16.
 
 Without CUDA it says so and exits 0. The CPU's attention strategies have their own benchmark,
 `python -P -m tide.benchmarks.kernels_cpu`.
@@ -100,12 +100,11 @@ def elementwise_cases(args, triton_ops, dtype) -> list[Case]:
     ]
 
 
-def run_cuda_bench(args: argparse.Namespace) -> bool:
+def run_cuda_bench(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     import triton.testing
 
     from tide.kernels import triton_ops
 
-    dtype = torch.bfloat16
     ctx, n = args.decode_context, args.decode_batch
     cases = elementwise_cases(args, triton_ops, dtype) + [
         attention_case(f"decode {n}x{ctx}", [ctx - i for i in range(n)], [], args, triton_ops, dtype),
@@ -114,7 +113,7 @@ def run_cuda_bench(args: argparse.Namespace) -> bool:
         attention_case(f"mixed {n} decodes + 2x256 chunks", [ctx] * n, [(ctx + 256, 256)] * 2, args, triton_ops,
                        dtype),
     ]
-    print(f"{torch.cuda.get_device_name()}: bf16, floor = max(bytes / {args.peak_gbps} GB/s, "
+    print(f"{torch.cuda.get_device_name()}: {dtype}, floor = max(bytes / {args.peak_gbps} GB/s, "
           f"FLOPs / {args.peak_tflops} TFLOP/s)")
     ok = True
     for case in cases:
@@ -127,7 +126,7 @@ def run_cuda_bench(args: argparse.Namespace) -> bool:
         floor = max(case.bytes_moved / (args.peak_gbps * 1e9), case.flops / (args.peak_tflops * 1e12))
         print(f"{case.name:>34}: triton {t_triton * 1e6:9.1f} us | twin {t_twin * 1e6:9.1f} us "
               f"(x{t_twin / t_triton:5.1f}) | floor {floor * 1e6:8.1f} us ({floor / t_triton:5.1%} of it) | "
-              f"bf16 max err vs twin {err:.2e} {'ok' if passed else 'FAIL'}")
+              f"max err vs twin {err:.2e} {'ok' if passed else 'FAIL'}")
     return ok
 
 
@@ -139,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intermediate", type=int, default=14336)
     parser.add_argument("--decode-batch", type=int, default=64)
     parser.add_argument("--decode-context", type=int, default=2048)
+    parser.add_argument("--dtypes", default="bfloat16,float16", help="comma list of the dtypes to check and time")
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="memory bandwidth (H100 SXM: 3350)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 tensor FLOPs (H100 SXM: 989)")
     add_shape_args(parser)
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: nothing to time for the Triton kernels (python -P -m tide.benchmarks.kernels_cpu "
               "compares the CPU's attention strategies)")
         return 0
-    return 0 if run_cuda_bench(args) else 1
+    results = [run_cuda_bench(args, getattr(torch, name.strip())) for name in args.dtypes.split(",")]
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":

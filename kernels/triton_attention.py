@@ -46,7 +46,9 @@ def _load_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr, seq, stride_bt, st
     return k, v, key_ok
 
 
-@triton.jit
+# Integer arguments that change from step to step are not specialised on (Triton would otherwise compile a variant
+# for the value 1 and for multiples of 16, each a pause of a fraction of a second in the middle of a job).
+@triton.jit(do_not_specialize=["num_decodes"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr,
     scale_log2, num_decodes,
@@ -85,13 +87,13 @@ def _prefill_kernel(
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["blocks_per_split", "num_splits"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_out_ptr, part_lse_ptr, block_tables_ptr, seq_lens_ptr,
-    scale_log2, blocks_per_split, num_q_heads,
+    scale_log2, blocks_per_split, num_q_heads, num_splits,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One program: all q heads sharing one kv head of one decode, over one split of its blocks."""
     seq = tl.program_id(0)
@@ -116,7 +118,7 @@ def _decode_kernel(
                                      kv_head, stride_cb, stride_cs, stride_ch, offs_s, offs_d, d_ok, BLOCK_SIZE)
         m_i, l_i, acc = _online_softmax_step(q, k, v, key_ok[None, :], m_i, l_i, acc, scale_log2, DOT_PRECISION)
     store_mask = g_ok[:, None] & d_ok[None, :]
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
                  (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=store_mask)
     else:
@@ -124,23 +126,23 @@ def _decode_kernel(
         has_keys = l_i > 0
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         part_out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
-        row = (seq * num_q_heads + heads) * NUM_SPLITS + split
+        row = (seq * num_q_heads + heads) * num_splits + split
         tl.store(part_lse_ptr + row, lse, mask=g_ok)
         tl.store(part_out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], part_out, mask=store_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _reduce_splits_kernel(
-    part_out_ptr, part_lse_ptr, out_ptr, num_q_heads, stride_ot, stride_oh,
-    NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    part_out_ptr, part_lse_ptr, out_ptr, num_q_heads, num_splits, stride_ot, stride_oh,
+    BLOCK_SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Merges one (decode, q head)'s split results, weighting each by exp2(its lse - the max lse)."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_SPLITS)
     offs_d = tl.arange(0, BLOCK_D)
-    row = (seq * num_q_heads + head) * NUM_SPLITS + offs_p
-    p_ok = offs_p < NUM_SPLITS
+    row = (seq * num_q_heads + head) * num_splits + offs_p
+    p_ok = offs_p < num_splits
     lse = tl.load(part_lse_ptr + row, mask=p_ok, other=float("-inf"))
     weight = tl.exp2(lse - tl.max(lse, 0))
     parts = tl.load(part_out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :],
@@ -182,17 +184,17 @@ def decode_attention(
     block_d = triton.next_power_of_2(head_dim)
     _decode_kernel[(num_decodes, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, part_out, part_lse, block_tables, seq_lens,
-        scale * LOG2E, blocks_per_split, num_q_heads,
+        scale * LOG2E, blocks_per_split, num_q_heads, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, DOT_PRECISION=_dot_precision(k_cache.dtype),
+        BLOCK_SIZE=block_size, SPLIT=num_splits > 1, DOT_PRECISION=_dot_precision(k_cache.dtype),
     )
     if num_splits > 1:
+        # One compiled reduction for every split count up to MAX_SPLITS.
         _reduce_splits_kernel[(num_decodes, num_q_heads)](
-            part_out, part_lse, out, num_q_heads, out.stride(0), out.stride(1),
-            NUM_SPLITS=num_splits, BLOCK_SPLITS=triton.next_power_of_2(num_splits), HEAD_DIM=head_dim,
-            BLOCK_D=block_d,
+            part_out, part_lse, out, num_q_heads, num_splits, out.stride(0), out.stride(1),
+            BLOCK_SPLITS=triton.next_power_of_2(MAX_SPLITS), HEAD_DIM=head_dim, BLOCK_D=block_d,
         )
 
 

@@ -6,8 +6,10 @@ import os
 import sys
 
 # Triton kernels run in its interpreter on CPU; the flag must be set before anything imports triton (transformers
-# does), or it has no effect.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# does), or it has no effect. With TIDE_TEST_DEVICE=cuda the kernel tests compile them for the GPU instead
+# (tests/helpers/kernel_device.py).
+if os.environ.get("TIDE_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The checkout's top-level folders (kernels/, engine/, ...) install as tide.*; on sys.path (`python -m pytest` puts
 # the working directory there) `kernels/` would shadow Hugging Face's `kernels`, which transformers imports.

@@ -1,4 +1,4 @@
-"""Smoke test of `tide bench` on a tiny random model: both workloads run on both sides and the ratios print."""
+"""`tide bench` on a tiny random model: both workloads run on both sides, the ratios and agreement print."""
 from __future__ import annotations
 
 from tide.benchmarks.engine import main
@@ -7,11 +7,15 @@ from tide.benchmarks.engine import main
 def test_bench_prints_ratios_for_both_workloads(tiny_model_dir, capsys) -> None:
     argv = ["--model", str(tiny_model_dir("llama")), "--dtype", "float32", "--workload", "both",
             "--num-prompts", "3", "--input-len", "8", "--output-len", "5", "--hf-batch-sizes", "2,3",
-            "--max-num-seqs", "4", "--kv-cache-gib", "0.01", "--threads", "1"]
+            "--max-num-seqs", "4", "--kv-cache-gib", "0.01", "--threads", "1", "--device", "cpu", "--warmup"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     ratio_lines = [line for line in out.splitlines() if line.strip().startswith("ratio tide/hf")]
     assert len(ratio_lines) == 2, out
+    # fp32 greedy: Tide's outputs are HF's, and the bench compares them request by request.
+    assert all(line.endswith("identical outputs 3/3") for line in ratio_lines), out
+    # The untimed warm-up pass is not in the report: 1 prefill step and 4 decode steps for 5 tokens each.
+    assert "engine: 5 steps" in out, out
     # The fixed workload ignores EOS, so each side generates exactly 3 x 5 tokens.
     assert out.count("(15 output tokens in") == 3, out  # tide and both HF batch sizes
     assert "of the best linear-shape rate measured" in out

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from tests.helpers.kernel_device import DEVICE, ON_GPU
 from tide.kernels.metadata import AttentionMetadata
 
 
@@ -13,7 +14,7 @@ def _use_triton_interpreter() -> None:
     """Triton decides when it is imported whether @triton.jit functions (its own tl.* library included) are
     interpreted. tests/conftest.py imports transformers, which imports triton through torch._dynamo before this
     file runs, so a triton imported without TRITON_INTERPRET is dropped here and imported afresh with it."""
-    if os.environ.get("TRITON_INTERPRET"):
+    if os.environ.get("TRITON_INTERPRET") or ON_GPU:
         return
     os.environ["TRITON_INTERPRET"] = "1"
     # The compiled extension (triton._C) stays: it cannot be initialised twice in one process.
@@ -40,12 +41,13 @@ class PagedBatch:
 
 def build_paged_batch(
     decode_lens: list[int], prefills: list[tuple[int, int]], num_q_heads: int, num_kv_heads: int, head_dim: int,
-    block_size: int, dtype: torch.dtype, poison: float, seed: int,
+    block_size: int, dtype: torch.dtype, poison: float, seed: int, device: torch.device = DEVICE,
 ) -> PagedBatch:
     """Random batch of decodes (context lengths) then prefill chunks ((context length, chunk length) pairs) over
     a cache whose blocks are handed out in shuffled order.
 
     Cache slots that hold no token of the batch are filled with `poison`, so reading past a sequence shows up.
+    Drawn on the CPU, then moved to `device`.
     """
     gen = torch.Generator().manual_seed(seed)
     seq_lens = list(decode_lens) + [seq_len for seq_len, _ in prefills]
@@ -69,9 +71,9 @@ def build_paged_batch(
     for n in query_lens:
         starts.append(starts[-1] + n)
     meta = AttentionMetadata(
-        query_start_loc=torch.tensor(starts, dtype=torch.int32),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-        block_tables=tables,
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_tables=tables.to(device),
         num_decodes=len(decode_lens),
         max_query_len=max(query_lens),
         max_seq_len=max(seq_lens),
@@ -79,10 +81,23 @@ def build_paged_batch(
         seq_lens_host=list(seq_lens),
     )
     q = torch.randn(starts[-1], num_q_heads, head_dim, generator=gen).to(dtype)
-    return PagedBatch(q, k_cache, v_cache, meta, head_dim**-0.5)
+    return PagedBatch(q.to(device), k_cache.to(device), v_cache.to(device), meta, head_dim**-0.5)
 
 
 @pytest.fixture
 def paged_batch():
     """The batch builder, as a fixture so test modules need not import conftest."""
     return build_paged_batch
+
+
+# The modules that exercise the Triton kernels and the twins; the others test the CPU's native library.
+GPU_MODULES = {"test_attention.py", "test_elementwise.py", "test_engine_triton.py"}
+
+
+def pytest_collection_modifyitems(items):
+    if not ON_GPU:
+        return
+    cpu_only = pytest.mark.skip(reason="CPU kernels: run these without TIDE_TEST_DEVICE")
+    for item in items:
+        if item.path.name not in GPU_MODULES and item.path.parent.name == "kernels":
+            item.add_marker(cpu_only)

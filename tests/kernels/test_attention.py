@@ -1,8 +1,9 @@
-"""Paged attention: Triton (interpreter) and the PyTorch twin against a float64 reference."""
+"""Paged attention: Triton (interpreter, or a GPU) and the PyTorch twin against a float64 reference."""
 import pytest
 import torch
 
 from tests.helpers.attention import reference
+from tests.helpers.kernel_device import TRITON_DTYPES
 from tide.kernels import torch_attention, torch_ops, triton_attention
 
 # name: (decode context lengths, prefill (context, chunk) pairs, Hq, Hkv, head_dim, block_size)
@@ -15,7 +16,7 @@ CASES = {
     "decode_only_gqa8_d128_block32": ([97, 32, 33, 1], [], 8, 1, 128, 32),
 }
 # bf16 runs the twin's products in bf16 (as HF's eager attention does); the interpreter gets bf16 wrong, so Triton
-# is checked in bf16 only by `python -P -m tide.benchmarks.kernels` on a GPU.
+# is checked in bf16 only on a GPU (tests/helpers/kernel_device.py).
 TOLERANCE = {torch.float32: 3e-5, torch.float16: 4e-3, torch.bfloat16: 4e-2}
 
 
@@ -25,14 +26,14 @@ def build(paged_batch, case: str, dtype: torch.dtype, poison: float):
     return paged_batch(decodes, prefills, hq, hkv, head_dim, block_size, dtype, poison, seed)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_triton_matches_twin_and_reference(paged_batch, case, dtype):
     batch = build(paged_batch, case, dtype, poison=float("nan"))
     expected = reference(batch)
     out = triton_attention.paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
     tol = TOLERANCE[dtype]
-    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(out.double().cpu(), expected, atol=tol, rtol=tol)
     # The twin reads whole blocks in decodes, so it gets finite garbage instead of NaN past each sequence's end.
     twin_batch = build(paged_batch, case, dtype, poison=1e4)
     twin = torch_ops.paged_attention(twin_batch.q, twin_batch.k_cache, twin_batch.v_cache, twin_batch.meta,
@@ -49,22 +50,22 @@ def test_twin_matches_reference(paged_batch, case, dtype, chunk_bytes, monkeypat
     batch = build(paged_batch, case, dtype, poison=1e4)
     out = torch_attention.paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
     tol = TOLERANCE[dtype]
-    torch.testing.assert_close(out.double(), reference(batch), atol=tol, rtol=tol)
+    torch.testing.assert_close(out.double().cpu(), reference(batch), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
 def test_split_k_equals_single_pass(paged_batch, dtype):
     """Splits of 1 block leave the short decodes with empty splits, which must weigh nothing."""
     batch = paged_batch([1, 5, 100, 47, 16], [], 6, 2, 64, 16, dtype, float("nan"), seed=11)
     meta = batch.meta
     results = []
     for splits in (1, 3, 7):
-        out = torch.full(batch.q.shape, float("nan"), dtype=dtype)
+        out = torch.full_like(batch.q, float("nan"))
         triton_attention.decode_attention(batch.q, batch.k_cache, batch.v_cache, out, meta.block_tables,
                                           meta.seq_lens, meta.max_seq_len, batch.scale, splits)
         results.append(out)
     tol = TOLERANCE[dtype]
-    torch.testing.assert_close(results[0].double(), reference(batch), atol=tol, rtol=tol)
+    torch.testing.assert_close(results[0].double().cpu(), reference(batch), atol=tol, rtol=tol)
     for out in results[1:]:
         torch.testing.assert_close(out, results[0], atol=tol / 10, rtol=tol / 10)
 
@@ -73,11 +74,11 @@ def test_every_output_row_is_written(paged_batch):
     """Decode and prefill kernels together cover every row of a NaN-poisoned output."""
     batch = paged_batch([9, 40], [(23, 11), (5, 5)], 6, 2, 64, 16, torch.float32, float("nan"), seed=5)
     meta = batch.meta
-    out = torch.full(batch.q.shape, float("nan"))
+    out = torch.full_like(batch.q, float("nan"))
     triton_attention.decode_attention(batch.q[: meta.num_decodes], batch.k_cache, batch.v_cache, out,
                                       meta.block_tables, meta.seq_lens, 40, batch.scale, 2)
     triton_attention.prefill_attention(batch.q, batch.k_cache, batch.v_cache, out, meta, batch.scale)
-    torch.testing.assert_close(out.double(), reference(batch), atol=3e-5, rtol=3e-5)
+    torch.testing.assert_close(out.double().cpu(), reference(batch), atol=3e-5, rtol=3e-5)
 
 
 def test_split_count_is_one_off_gpu():

@@ -1,9 +1,11 @@
-"""The whole engine on tiny random models yields the same greedy tokens with the Triton kernels (interpreter) as
-with the PyTorch twins."""
+"""The whole engine on tiny random models yields the same greedy tokens with the Triton kernels (interpreter, or a
+GPU) as with the PyTorch twins."""
 import pytest
 import torch
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from tests.helpers.kernel_device import DEVICE
 
 pytest.importorskip("tide.engine.llm_engine")
 from tide.engine import LLM, SamplingParams  # noqa: E402
@@ -35,7 +37,7 @@ def greedy_tokens(model_dir: str, backend: str, monkeypatch) -> list[list[int]]:
     monkeypatch.setenv("TIDE_KERNELS", backend)
     # A small token budget splits the longer prompts into chunks that attend to their cached prefix, and mixes
     # them with decodes of the shorter ones.
-    llm = LLM(model=model_dir, dtype="float32", device="cpu", kv_cache_bytes=1 << 20, max_num_batched_tokens=16,
+    llm = LLM(model=model_dir, dtype="float32", device=DEVICE.type, kv_cache_bytes=1 << 20, max_num_batched_tokens=16,
               max_num_seqs=4)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     return [out.outputs[0].token_ids for out in llm.generate(PROMPTS, params)]
