@@ -130,6 +130,42 @@ def run_cuda_bench(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     return ok
 
 
+def sweep_decode(args: argparse.Namespace, dtype: torch.dtype) -> bool:
+    """The decode kernel at each keys-per-iteration tile and warp count, on the benchmark's two decode batches:
+    microseconds per call, each checked against the twin."""
+    import triton.testing
+
+    from tide.kernels import triton_attention
+
+    ctx, n, d = args.decode_context, args.decode_batch, args.head_dim
+    batches = {f"decode {n}x{ctx}": ([ctx - i for i in range(n)], 1),
+               f"split-K decode 2x{8 * ctx}": ([8 * ctx, 8 * ctx - 5], None)}
+    print(f"decode tiles ({dtype}): us per call at tile_keys x num_warps")
+    ok = True
+    for name, (lens, splits) in batches.items():
+        q, k_cache, v_cache, meta, _ = paged_batch(lens, [], args.q_heads, args.kv_heads, d, args.block_size, dtype)
+        if splits is None:
+            splits = triton_attention.choose_num_splits(len(lens), args.kv_heads, -(-max(lens) // args.block_size),
+                                                        q.device)
+        want = torch_ops.paged_attention(q, k_cache, v_cache, meta, d**-0.5).float()
+        cells = []
+        for tile in (16, 32, 64, 128):
+            for warps in (2, 4, 8):
+                out = torch.empty_like(q)
+
+                def call():
+                    triton_attention.decode_attention(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens,
+                                                      meta.max_seq_len, d**-0.5, splits, tile, warps)
+                    return out
+
+                err = (call().float() - want).abs().max().item()
+                passed = err <= 2e-2 * max(1.0, want.abs().max().item())
+                ok &= passed
+                cells.append(f"{tile}x{warps}: {triton.testing.do_bench(call) * 1e3:7.1f}{'' if passed else ' FAIL'}")
+        print(f"  {name:>26}: " + " | ".join(cells))
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-batch", type=int, default=64)
     parser.add_argument("--decode-context", type=int, default=2048)
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma list of the dtypes to check and time")
+    parser.add_argument("--sweep-decode", action="store_true",
+                        help="also time the decode kernel at each keys-per-iteration tile and warp count")
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="memory bandwidth (H100 SXM: 3350)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 tensor FLOPs (H100 SXM: 989)")
     add_shape_args(parser)
@@ -147,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: nothing to time for the Triton kernels (python -P -m tide.benchmarks.kernels_cpu "
               "compares the CPU's attention strategies)")
         return 0
-    results = [run_cuda_bench(args, getattr(torch, name.strip())) for name in args.dtypes.split(",")]
+    dtypes = [getattr(torch, name.strip()) for name in args.dtypes.split(",")]
+    results = [run_cuda_bench(args, dtype) for dtype in dtypes]
+    if args.sweep_decode:
+        results += [sweep_decode(args, dtype) for dtype in dtypes]
     return 0 if all(results) else 1
 
 

@@ -54,15 +54,17 @@ def test_twin_matches_reference(paged_batch, case, dtype, chunk_bytes, monkeypat
 
 
 @pytest.mark.parametrize("dtype", TRITON_DTYPES)
-def test_split_k_equals_single_pass(paged_batch, dtype):
-    """Splits of 1 block leave the short decodes with empty splits, which must weigh nothing."""
+@pytest.mark.parametrize("tile_keys", [16, 64])
+def test_split_k_equals_single_pass(paged_batch, dtype, tile_keys):
+    """Splits of 1 block leave the short decodes with empty splits, which must weigh nothing; 64-key tiles run past
+    the end of 3-block splits, which must not count keys twice."""
     batch = paged_batch([1, 5, 100, 47, 16], [], 6, 2, 64, 16, dtype, float("nan"), seed=11)
     meta = batch.meta
     results = []
     for splits in (1, 3, 7):
         out = torch.full_like(batch.q, float("nan"))
         triton_attention.decode_attention(batch.q, batch.k_cache, batch.v_cache, out, meta.block_tables,
-                                          meta.seq_lens, meta.max_seq_len, batch.scale, splits)
+                                          meta.seq_lens, meta.max_seq_len, batch.scale, splits, tile_keys)
         results.append(out)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(results[0].double().cpu(), reference(batch), atol=tol, rtol=tol)
