@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    args.kv_cache_gib, args.speculative, args.draft_model, args.peer = None, "off", None, None
+    args.kv_cache_gib, args.speculative, args.draft_model, args.peer, args.device = None, "off", None, None, "cpu"
     args.no_prefix_caching = True  # as in the side-by-side runs
     threads = args.threads or torch.get_num_threads()
     llm = _make_llm(args, threads)

@@ -76,3 +76,13 @@ def test_short_embedding_texts_are_query_length_and_stream_the_same_texts():
     short = embedding_texts(200, seed=3, mix=SHORT_EMBEDDING_MIX)
     assert all(3 <= len(t.split()) <= 16 for t in short)
     assert list(iter_embedding_texts(200, 3, SHORT_EMBEDDING_MIX)) == short != embedding_texts(200, seed=3)
+
+
+def test_the_step_profile_accounts_for_a_run_of_a_tiny_model(tiny_model_dir, capsys):
+    from tide.benchmarks.step_profile import main
+
+    argv = ["--model", str(tiny_model_dir("llama")), "--dtype", "float32", "--workload", "fixed", "--num-prompts",
+            "3", "--input-len", "8", "--output-len", "4", "--threads", "1", "--clock", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "linear qkv" in out and "decode" in out, out
