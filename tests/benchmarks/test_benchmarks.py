@@ -3,6 +3,7 @@ with their seed and keep their sizes; the quantization benchmark's memory probe 
 from __future__ import annotations
 
 import ast
+import itertools
 import importlib
 import random
 
@@ -76,3 +77,17 @@ def test_short_embedding_texts_are_query_length_and_stream_the_same_texts():
     short = embedding_texts(200, seed=3, mix=SHORT_EMBEDDING_MIX)
     assert all(3 <= len(t.split()) <= 16 for t in short)
     assert list(iter_embedding_texts(200, 3, SHORT_EMBEDDING_MIX)) == short != embedding_texts(200, seed=3)
+
+
+def test_cpu_kernel_candidates_take_the_cache_copies_in_turn_across_candidates():
+    from tide.benchmarks.kernels_cpu import rotating
+
+    seen = []
+    record = lambda q, k, v, tables, lens, scale: seen.append(k)  # noqa: E731
+    copies = [(f"k{i}", f"v{i}") for i in range(3)]
+    turn = itertools.count()
+    first, second = (rotating(record, turn, None, copies, None, None, 1.0) for _ in range(2))
+    for _ in range(2):
+        first()
+        second()
+    assert seen == ["k0", "k1", "k2", "k0"]  # no call reuses the copy the call before it read, whoever made it
