@@ -3,6 +3,7 @@ with their seed and keep their sizes; the quantization benchmark's memory probe 
 from __future__ import annotations
 
 import ast
+import itertools
 import importlib
 import random
 
@@ -86,3 +87,17 @@ def test_the_step_profile_accounts_for_a_run_of_a_tiny_model(tiny_model_dir, cap
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "linear qkv" in out and "decode" in out, out
+
+
+def test_cpu_kernel_candidates_take_the_cache_copies_in_turn_across_candidates():
+    from tide.benchmarks.kernels_cpu import rotating
+
+    seen = []
+    record = lambda q, k, v, tables, lens, scale: seen.append(k)  # noqa: E731
+    copies = [(f"k{i}", f"v{i}") for i in range(3)]
+    turn = itertools.count()
+    first, second = (rotating(record, turn, None, copies, None, None, 1.0) for _ in range(2))
+    for _ in range(2):
+        first()
+        second()
+    assert seen == ["k0", "k1", "k2", "k0"]  # no call reuses the copy the call before it read, whoever made it
