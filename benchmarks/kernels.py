@@ -166,6 +166,33 @@ def sweep_decode(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     return ok
 
 
+def sweep_prefill(args: argparse.Namespace, dtype: torch.dtype) -> bool:
+    """The prefill kernel at each keys-per-iteration tile and warp count, on the benchmark's prefill batch."""
+    import triton.testing
+
+    from tide.kernels import triton_attention
+
+    d = args.head_dim
+    q, k_cache, v_cache, meta, _ = paged_batch([], [(1024, 512)] * 4, args.q_heads, args.kv_heads, d,
+                                               args.block_size, dtype)
+    want = torch_ops.paged_attention(q, k_cache, v_cache, meta, d**-0.5).float()
+    print(f"prefill tiles ({dtype}): us per call at tile_keys x num_warps")
+    ok, cells = True, []
+    for tile in (16, 32, 64, 128):
+        for warps in (4, 8):
+            out = torch.empty_like(q)
+
+            def call():
+                triton_attention.prefill_attention(q, k_cache, v_cache, out, meta, d**-0.5, tile, warps)
+                return out
+
+            passed = (call().float() - want).abs().max().item() <= 2e-2 * max(1.0, want.abs().max().item())
+            ok &= passed
+            cells.append(f"{tile}x{warps}: {triton.testing.do_bench(call) * 1e3:7.1f}{'' if passed else ' FAIL'}")
+    print("  prefill 4x512 on 512 prefix: " + " | ".join(cells))
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -P -m tide.benchmarks.kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-batch", type=int, default=64)
     parser.add_argument("--decode-context", type=int, default=2048)
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma list of the dtypes to check and time")
-    parser.add_argument("--sweep-decode", action="store_true",
-                        help="also time the decode kernel at each keys-per-iteration tile and warp count")
+    parser.add_argument("--sweep-tiles", action="store_true",
+                        help="also time the attention kernels at each keys-per-iteration tile and warp count")
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="memory bandwidth (H100 SXM: 3350)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 tensor FLOPs (H100 SXM: 989)")
     add_shape_args(parser)
@@ -187,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dtypes = [getattr(torch, name.strip()) for name in args.dtypes.split(",")]
     results = [run_cuda_bench(args, dtype) for dtype in dtypes]
-    if args.sweep_decode:
-        results += [sweep_decode(args, dtype) for dtype in dtypes]
+    if args.sweep_tiles:
+        results += [sweep(args, dtype) for dtype in dtypes for sweep in (sweep_decode, sweep_prefill)]
     return 0 if all(results) else 1
 
 

@@ -22,6 +22,9 @@ MAX_SPLITS = 16
 # many keys x head dims, so it halves at head_dim 128 to keep K and V in registers.
 DECODE_TILE_ELEMENTS = 128 * 64
 DECODE_NUM_WARPS = 4
+# The prefill kernel's keys per loop iteration (several cache blocks, as in decode); not yet measured on a GPU.
+PREFILL_TILE_KEYS = 16
+PREFILL_NUM_WARPS = 4
 
 
 @triton.jit
@@ -39,28 +42,13 @@ def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, scale_log2, DOT_PRECISIO
     return m_new, l_i, acc
 
 
-@triton.jit
-def _load_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr, seq, stride_bt, start, seq_len, kv_head,
-                  stride_cb, stride_cs, stride_ch, offs_s, offs_d, d_ok, BLOCK_SIZE: tl.constexpr):
-    """K and V of the cache block holding positions start..start+BLOCK_SIZE of `seq`, zero past seq_len."""
-    block = tl.load(block_tables_ptr + seq * stride_bt + start // BLOCK_SIZE).to(tl.int64)
-    key_ok = start + offs_s < seq_len
-    tile_off = block * stride_cb + offs_s[:, None] * stride_cs + kv_head * stride_ch + offs_d[None, :]
-    kv_mask = key_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_cache_ptr + tile_off, mask=kv_mask, other=0.0)
-    v = tl.load(v_cache_ptr + tile_off, mask=kv_mask, other=0.0)
-    return k, v, key_ok
-
-
-# Integer arguments that change from step to step are not specialised on (Triton would otherwise compile a variant
-# for the value 1 and for multiples of 16, each a pause of a fraction of a second in the middle of a job).
 @triton.jit(do_not_specialize=["num_decodes"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr,
     scale_log2, num_decodes,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one prefill chunk, one q head, over the prefix and the chunk (causal)."""
     seq = num_decodes + tl.program_id(0)
@@ -73,7 +61,7 @@ def _prefill_kernel(
         seq_len = tl.load(seq_lens_ptr + seq)
         offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        offs_s = tl.arange(0, BLOCK_SIZE)
+        offs_n = tl.arange(0, BLOCK_N)
         row_ok = offs_m < q_len
         d_ok = offs_d < HEAD_DIM
         q = tl.load(q_ptr + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
@@ -83,10 +71,10 @@ def _prefill_kernel(
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        for start in range(0, kv_end, BLOCK_SIZE):
-            k, v, key_ok = _load_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr, seq, stride_bt, start, seq_len,
-                                         kv_head, stride_cb, stride_cs, stride_ch, offs_s, offs_d, d_ok, BLOCK_SIZE)
-            valid = ((start + offs_s)[None, :] <= q_pos[:, None]) & key_ok[None, :]
+        for start in range(0, kv_end, BLOCK_N):
+            k, v, key_ok = _load_kv_keys(k_cache_ptr, v_cache_ptr, block_tables_ptr, seq, stride_bt, start + offs_n,
+                                         kv_end, kv_head, stride_cb, stride_cs, stride_ch, offs_d, d_ok, BLOCK_SIZE)
+            valid = ((start + offs_n)[None, :] <= q_pos[:, None]) & key_ok[None, :]
             m_i, l_i, acc = _online_softmax_step(q, k, v, valid, m_i, l_i, acc, scale_log2, DOT_PRECISION)
         out = acc / l_i[:, None]
         tl.store(out_ptr + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
@@ -226,9 +214,10 @@ def decode_attention(
 
 def prefill_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor, meta: AttentionMetadata,
-    scale: float,
+    scale: float, tile_keys: int = PREFILL_TILE_KEYS, num_warps: int = PREFILL_NUM_WARPS,
 ) -> None:
-    """Writes the prefill rows of out (all rows of sequences num_decodes.. in meta)."""
+    """Writes the prefill rows of out (all rows of sequences num_decodes.. in meta), reading `tile_keys` keys (a
+    power of two, at least one cache block) per loop iteration."""
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     max_chunk = max(meta.query_lens_host[meta.num_decodes :])
@@ -240,7 +229,8 @@ def prefill_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         GROUP=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=block_m, BLOCK_SIZE=block_size, DOT_PRECISION=_dot_precision(k_cache.dtype),
+        BLOCK_M=block_m, BLOCK_SIZE=block_size, BLOCK_N=max(tile_keys, block_size),
+        DOT_PRECISION=_dot_precision(k_cache.dtype), num_warps=num_warps,
     )
 
 

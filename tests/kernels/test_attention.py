@@ -72,6 +72,17 @@ def test_split_k_equals_single_pass(paged_batch, dtype, tile_keys):
         torch.testing.assert_close(out, results[0], atol=tol / 10, rtol=tol / 10)
 
 
+@pytest.mark.parametrize("tile_keys", [16, 64])
+def test_prefill_tiles_of_several_blocks_match_the_reference(paged_batch, tile_keys):
+    """Prefill tiles reading 64 keys over 4 blocks: chunks ending mid-tile, causal edges inside a tile, a 1-token
+    chunk, on a NaN-poisoned cache."""
+    batch = paged_batch([], [(19, 19), (70, 21), (1, 1), (130, 64), (40, 1)], 6, 2, 64, 16, torch.float32,
+                        float("nan"), seed=13)
+    out = torch.full_like(batch.q, float("nan"))
+    triton_attention.prefill_attention(batch.q, batch.k_cache, batch.v_cache, out, batch.meta, batch.scale, tile_keys)
+    torch.testing.assert_close(out.double().cpu(), reference(batch), atol=3e-5, rtol=3e-5)
+
+
 def test_every_output_row_is_written(paged_batch):
     """Decode and prefill kernels together cover every row of a NaN-poisoned output."""
     batch = paged_batch([9, 40], [(23, 11), (5, 5)], 6, 2, 64, 16, torch.float32, float("nan"), seed=5)
