@@ -22,9 +22,9 @@ import torch
 from tide.benchmarks.workloads import Workload, build_workload
 from tide.engine.llm import LLM
 from tide.engine.loader import resolve_model
+from tide.engine.sampling_params import SamplingParams
 from tide.engine.startup import pick_device
 from tide.engine.stats import EngineStats
-from tide.engine.sampling_params import SamplingParams
 
 
 @dataclass
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         workload = build_workload(name, llm.tokenizer, args.num_prompts, args.input_len, args.output_len, args.seed)
         print(f"\nworkload {workload.describe()}")
         twins = run_twin_baseline(args, workload, threads) if args.twin_baseline else None
-        warm = build_workload(name, llm.tokenizer, args.num_prompts, args.input_len, args.output_len, args.seed + 1)
-        if args.warmup:
+        warm = (build_workload(name, llm.tokenizer, args.num_prompts, args.input_len, args.output_len, args.seed + 1)
+                if args.warmup else None)
+        if warm is not None:
             run_tide(llm, warm)
             # The report counts the timed pass only.
             llm.engine.stats = EngineStats(load_time_s=llm.engine.stats.load_time_s)
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.peer:
             run_peer(args, workload, tide, threads)
         if not args.skip_hf:
-            best = run_hf_best(args, workload, batch_sizes, threads, warm if args.warmup else None)
+            best = run_hf_best(args, workload, batch_sizes, threads, warm)
             _print_ratios(tide, best)
     return 0
 
@@ -194,8 +195,9 @@ def attention_path(llm: LLM) -> str:
 
 def _make_llm(args: argparse.Namespace, threads: int) -> LLM:
     kv_bytes = None if args.kv_cache_gib is None else int(args.kv_cache_gib * 2**30)
-    return LLM(model=args.model, dtype=args.dtype, device=args.device, num_threads=threads, max_num_seqs=args.max_num_seqs,
-               max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=kv_bytes, seed=args.seed,
+    return LLM(model=args.model, dtype=args.dtype, device=args.device, num_threads=threads,
+               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+               kv_cache_bytes=kv_bytes, seed=args.seed,
                enable_prefix_caching=not (args.peer or args.no_prefix_caching), speculative=args.speculative,
                draft_model=args.draft_model)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
 
 import torch
 
@@ -130,6 +131,21 @@ def run_cuda_bench(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     return ok
 
 
+def _decode_into(out, q, k_cache, v_cache, meta, splits, tile, warps) -> torch.Tensor:
+    from tide.kernels import triton_attention
+
+    triton_attention.decode_attention(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, meta.max_seq_len,
+                                      q.shape[-1] ** -0.5, splits, tile, warps)
+    return out
+
+
+def _prefill_into(out, q, k_cache, v_cache, meta, tile, warps) -> torch.Tensor:
+    from tide.kernels import triton_attention
+
+    triton_attention.prefill_attention(q, k_cache, v_cache, out, meta, q.shape[-1] ** -0.5, tile, warps)
+    return out
+
+
 def sweep_decode(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     """The decode kernel at each keys-per-iteration tile and warp count, on the benchmark's two decode batches:
     microseconds per call, each checked against the twin."""
@@ -151,13 +167,7 @@ def sweep_decode(args: argparse.Namespace, dtype: torch.dtype) -> bool:
         cells = []
         for tile in (16, 32, 64, 128):
             for warps in (2, 4, 8):
-                out = torch.empty_like(q)
-
-                def call():
-                    triton_attention.decode_attention(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens,
-                                                      meta.max_seq_len, d**-0.5, splits, tile, warps)
-                    return out
-
+                call = partial(_decode_into, torch.empty_like(q), q, k_cache, v_cache, meta, splits, tile, warps)
                 err = (call().float() - want).abs().max().item()
                 passed = err <= 2e-2 * max(1.0, want.abs().max().item())
                 ok &= passed
@@ -170,7 +180,6 @@ def sweep_prefill(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     """The prefill kernel at each keys-per-iteration tile and warp count, on the benchmark's prefill batch."""
     import triton.testing
 
-    from tide.kernels import triton_attention
 
     d = args.head_dim
     q, k_cache, v_cache, meta, _ = paged_batch([], [(1024, 512)] * 4, args.q_heads, args.kv_heads, d,
@@ -180,12 +189,7 @@ def sweep_prefill(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     ok, cells = True, []
     for tile in (16, 32, 64, 128):
         for warps in (4, 8):
-            out = torch.empty_like(q)
-
-            def call():
-                triton_attention.prefill_attention(q, k_cache, v_cache, out, meta, d**-0.5, tile, warps)
-                return out
-
+            call = partial(_prefill_into, torch.empty_like(q), q, k_cache, v_cache, meta, tile, warps)
             passed = (call().float() - want).abs().max().item() <= 2e-2 * max(1.0, want.abs().max().item())
             ok &= passed
             cells.append(f"{tile}x{warps}: {triton.testing.do_bench(call) * 1e3:7.1f}{'' if passed else ' FAIL'}")

@@ -3,8 +3,8 @@ with their seed and keep their sizes; the quantization benchmark's memory probe 
 from __future__ import annotations
 
 import ast
-import itertools
 import importlib
+import itertools
 import random
 
 import pytest
@@ -93,7 +93,7 @@ def test_cpu_kernel_candidates_take_the_cache_copies_in_turn_across_candidates()
     from tide.benchmarks.kernels_cpu import rotating
 
     seen = []
-    record = lambda q, k, v, tables, lens, scale: seen.append(k)  # noqa: E731
+    record = lambda q, k, v, tables, lens, scale: seen.append(k)
     copies = [(f"k{i}", f"v{i}") for i in range(3)]
     turn = itertools.count()
     first, second = (rotating(record, turn, None, copies, None, None, 1.0) for _ in range(2))

@@ -5,7 +5,6 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from tests.helpers.kernel_device import DEVICE, ON_GPU, TRITON_DTYPES
-
 from tide import kernels
 from tide.kernels import native_ops, torch_ops, triton_ops
 
