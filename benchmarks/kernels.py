@@ -118,9 +118,7 @@ def run_cuda_bench(args: argparse.Namespace, dtype: torch.dtype) -> bool:
           f"FLOPs / {args.peak_tflops} TFLOP/s)")
     ok = True
     for case in cases:
-        got, want = case.triton_fn().float(), case.twin_fn().float()
-        err = (got - want).abs().max().item()
-        passed = err <= case.tolerance * max(1.0, want.abs().max().item())
+        err, passed = _close(case.triton_fn(), case.twin_fn().float(), case.tolerance)
         ok &= passed
         t_triton = triton.testing.do_bench(case.triton_fn) * 1e-3
         t_twin = triton.testing.do_bench(case.twin_fn) * 1e-3
@@ -131,70 +129,81 @@ def run_cuda_bench(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     return ok
 
 
-def _decode_into(out, q, k_cache, v_cache, meta, splits, tile, warps) -> torch.Tensor:
+def _close(got: torch.Tensor, want: torch.Tensor, tolerance: float) -> tuple[float, bool]:
+    """Max abs difference of got from want, and whether it is within tolerance of want's scale (at least 1)."""
+    err = (got.float() - want).abs().max().item()
+    return err, err <= tolerance * max(1.0, want.abs().max().item())
+
+
+def _decode_call(q, k_cache, v_cache, meta, splits, tile, warps) -> Callable[[], torch.Tensor]:
+    """The decode kernel at one tile and warp count, writing into an output of its own."""
     from tide.kernels import triton_attention
 
-    triton_attention.decode_attention(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, meta.max_seq_len,
-                                      q.shape[-1] ** -0.5, splits, tile, warps)
-    return out
+    out = torch.empty_like(q)
+
+    def call() -> torch.Tensor:
+        triton_attention.decode_attention(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens,
+                                          meta.max_seq_len, q.shape[-1] ** -0.5, splits, tile, warps)
+        return out
+
+    return call
 
 
-def _prefill_into(out, q, k_cache, v_cache, meta, tile, warps) -> torch.Tensor:
+def _prefill_call(q, k_cache, v_cache, meta, tile, warps) -> Callable[[], torch.Tensor]:
+    """The prefill kernel at one tile and warp count, writing into an output of its own."""
     from tide.kernels import triton_attention
 
-    triton_attention.prefill_attention(q, k_cache, v_cache, out, meta, q.shape[-1] ** -0.5, tile, warps)
-    return out
+    out = torch.empty_like(q)
+
+    def call() -> torch.Tensor:
+        triton_attention.prefill_attention(q, k_cache, v_cache, out, meta, q.shape[-1] ** -0.5, tile, warps)
+        return out
+
+    return call
+
+
+def _sweep_line(name: str, make_call: Callable[[int, int], Callable[[], torch.Tensor]], want: torch.Tensor,
+                warp_counts: tuple[int, ...]) -> bool:
+    """Times make_call(tile, warps) at each keys-per-iteration tile and warp count, checked against want; prints one
+    line of microseconds per call."""
+    import triton.testing
+
+    ok, cells = True, []
+    for tile in (16, 32, 64, 128):
+        for warps in warp_counts:
+            call = make_call(tile, warps)
+            passed = _close(call(), want, 2e-2)[1]
+            ok &= passed
+            cells.append(f"{tile}x{warps}: {triton.testing.do_bench(call) * 1e3:7.1f}{'' if passed else ' FAIL'}")
+    print(f"  {name:>28}: " + " | ".join(cells))
+    return ok
 
 
 def sweep_decode(args: argparse.Namespace, dtype: torch.dtype) -> bool:
-    """The decode kernel at each keys-per-iteration tile and warp count, on the benchmark's two decode batches:
-    microseconds per call, each checked against the twin."""
-    import triton.testing
-
+    """The decode kernel at each keys-per-iteration tile and warp count, on the benchmark's two decode batches."""
     from tide.kernels import triton_attention
 
     ctx, n, d = args.decode_context, args.decode_batch, args.head_dim
-    batches = {f"decode {n}x{ctx}": ([ctx - i for i in range(n)], 1),
-               f"split-K decode 2x{8 * ctx}": ([8 * ctx, 8 * ctx - 5], None)}
+    batches = {f"decode {n}x{ctx}": [ctx - i for i in range(n)], f"split-K decode 2x{8 * ctx}": [8 * ctx, 8 * ctx - 5]}
     print(f"decode tiles ({dtype}): us per call at tile_keys x num_warps")
     ok = True
-    for name, (lens, splits) in batches.items():
+    for name, lens in batches.items():
         q, k_cache, v_cache, meta, _ = paged_batch(lens, [], args.q_heads, args.kv_heads, d, args.block_size, dtype)
-        if splits is None:
-            splits = triton_attention.choose_num_splits(len(lens), args.kv_heads, -(-max(lens) // args.block_size),
-                                                        q.device)
+        splits = triton_attention.choose_num_splits(len(lens), args.kv_heads, -(-max(lens) // args.block_size),
+                                                    q.device)
         want = torch_ops.paged_attention(q, k_cache, v_cache, meta, d**-0.5).float()
-        cells = []
-        for tile in (16, 32, 64, 128):
-            for warps in (2, 4, 8):
-                call = partial(_decode_into, torch.empty_like(q), q, k_cache, v_cache, meta, splits, tile, warps)
-                err = (call().float() - want).abs().max().item()
-                passed = err <= 2e-2 * max(1.0, want.abs().max().item())
-                ok &= passed
-                cells.append(f"{tile}x{warps}: {triton.testing.do_bench(call) * 1e3:7.1f}{'' if passed else ' FAIL'}")
-        print(f"  {name:>26}: " + " | ".join(cells))
+        ok &= _sweep_line(name, partial(_decode_call, q, k_cache, v_cache, meta, splits), want, (2, 4, 8))
     return ok
 
 
 def sweep_prefill(args: argparse.Namespace, dtype: torch.dtype) -> bool:
     """The prefill kernel at each keys-per-iteration tile and warp count, on the benchmark's prefill batch."""
-    import triton.testing
-
-
     d = args.head_dim
     q, k_cache, v_cache, meta, _ = paged_batch([], [(1024, 512)] * 4, args.q_heads, args.kv_heads, d,
                                                args.block_size, dtype)
     want = torch_ops.paged_attention(q, k_cache, v_cache, meta, d**-0.5).float()
     print(f"prefill tiles ({dtype}): us per call at tile_keys x num_warps")
-    ok, cells = True, []
-    for tile in (16, 32, 64, 128):
-        for warps in (4, 8):
-            call = partial(_prefill_into, torch.empty_like(q), q, k_cache, v_cache, meta, tile, warps)
-            passed = (call().float() - want).abs().max().item() <= 2e-2 * max(1.0, want.abs().max().item())
-            ok &= passed
-            cells.append(f"{tile}x{warps}: {triton.testing.do_bench(call) * 1e3:7.1f}{'' if passed else ' FAIL'}")
-    print("  prefill 4x512 on 512 prefix: " + " | ".join(cells))
-    return ok
+    return _sweep_line("prefill 4x512 on 512 prefix", partial(_prefill_call, q, k_cache, v_cache, meta), want, (4, 8))
 
 
 def main(argv: list[str] | None = None) -> int:

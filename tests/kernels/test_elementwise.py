@@ -14,6 +14,8 @@ BACKENDS = {"triton": triton_ops, "torch": torch_ops}
 KV_WRITERS = BACKENDS if ON_GPU else {**BACKENDS, "native": native_ops}
 # Against float64, per output element: a few units in the last place of the dtype (bf16 keeps 8 bits).
 TOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+# RMSNorm's output rounds a product of the input and the weight, each already rounded: a little more in 16 bits.
+NORM_TOL = {**TOL, torch.float16: 1e-2}
 
 
 def rand(*shape, dtype=torch.float32, seed):
@@ -61,7 +63,7 @@ def test_fused_add_rms_norm(dtype, hidden, with_residual):
     assert torch.equal(res_out, summed) and torch.equal(twin_res, summed)
     # Triton and the twin sum the squares in other orders: one unit in the last place apart at most.
     torch.testing.assert_close(out, twin_out, atol=TOL[dtype] / 2, rtol=TOL[dtype] / 4)
-    tol = max(TOL[dtype], 1e-2) if dtype != torch.float32 else TOL[dtype]
+    tol = NORM_TOL[dtype]
     torch.testing.assert_close(out.double(), reference_rms_norm(summed, weight, 1e-6), atol=tol, rtol=tol)
 
 
@@ -74,7 +76,7 @@ def test_rms_norm_per_head_on_a_strided_view(dtype):
     out = triton_ops.rms_norm(q, weight, 1e-6)
     assert out.shape == q.shape
     torch.testing.assert_close(out, torch_ops.rms_norm(q, weight, 1e-6), atol=TOL[dtype] / 2, rtol=TOL[dtype] / 4)
-    tol = max(TOL[dtype], 1e-2) if dtype != torch.float32 else TOL[dtype]
+    tol = NORM_TOL[dtype]
     torch.testing.assert_close(out.double(), reference_rms_norm(q, weight, 1e-6), atol=tol, rtol=tol)
 
 
