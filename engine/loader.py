@@ -193,7 +193,27 @@ def _cached_conversion(gguf: Path, cache_dir: Path, quantization: str = "none") 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         logger.info("converted %s to %s in %.1fs", gguf, target, time.perf_counter() - start)
+    _remove_stale(cache_dir, stamp)
     return target
+
+
+def _remove_stale(cache_dir: Path, stamp: dict) -> None:
+    """Delete conversions nothing can ask for again: older versions of this source, and sources since deleted.
+
+    Without this every reinstall of a model package (a new mtime, so a new key) would leave another copy of the
+    weights behind, half a gigabyte each for the smallest alias.
+    """
+    for marker in cache_dir.glob(f"*/{MARKER_FILE}"):
+        try:
+            old = json.loads(marker.read_text())
+            replaced = old["source"] == stamp["source"] and old.get("quantization") == stamp.get("quantization")
+            stale = old != stamp and (replaced or not Path(old["source"]).exists())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours to judge; leave it
+        if stale:
+            logger.info("removing stale cached conversion %s", marker.parent)
+            shutil.rmtree(marker.parent, ignore_errors=True)
+            (cache_dir / f".{marker.parent.name}.lock").unlink(missing_ok=True)
 
 
 def _remove_leftovers(cache_dir: Path, key: str) -> None:

@@ -103,6 +103,23 @@ def test_gguf_conversion_is_cached_and_redone_when_file_changes(fake_converter, 
     assert len(fake_converter) == 2
 
 
+def test_a_new_conversion_removes_the_ones_nothing_can_ask_for_again(fake_converter, gguf_file, tmp_path):
+    cache = tmp_path / "cache"
+    gone = tmp_path / "src" / "deleted.gguf"
+    gone.write_bytes(b"GGUF from a removed package")
+    other = tmp_path / "src" / "other.gguf"
+    other.write_bytes(b"GGUF another model")
+    from_deleted, from_other = resolve_model(str(gone), cache_dir=cache), resolve_model(str(other), cache_dir=cache)
+    gone.unlink()
+    first = resolve_model(str(gguf_file), cache_dir=cache)
+    gguf_file.write_bytes(b"GGUF the reinstalled file")
+    second = resolve_model(str(gguf_file), cache_dir=cache)
+    assert not first.exists() and not from_deleted.exists()
+    assert second.is_dir() and from_other.is_dir()
+    assert resolve_model(str(other), cache_dir=cache) == from_other
+    assert len(fake_converter) == 4
+
+
 def test_cache_dir_comes_from_environment(fake_converter, gguf_file, tmp_path, monkeypatch):
     monkeypatch.setenv("TIDE_CACHE_DIR", str(tmp_path / "env-cache"))
     assert resolve_model(str(gguf_file)).parent == tmp_path / "env-cache"
