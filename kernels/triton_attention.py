@@ -22,8 +22,10 @@ MAX_SPLITS = 16
 # many keys x head dims, so it halves at head_dim 128 to keep K and V in registers.
 DECODE_TILE_ELEMENTS = 128 * 64
 DECODE_NUM_WARPS = 4
-# The prefill kernel's keys per loop iteration (several cache blocks, as in decode); not yet measured on a GPU.
-PREFILL_TILE_KEYS = 16
+# The prefill kernel's keys per loop iteration (several cache blocks, as in decode). Measured on an H200 (bf16,
+# head_dim 64, 4 prompts of 512 tokens on 512 cached): 64 keys x 4 warps 1.8x faster than one 16-key block; 128 keys
+# and 8 warps were slower.
+PREFILL_TILE_KEYS = 64
 PREFILL_NUM_WARPS = 4
 
 
