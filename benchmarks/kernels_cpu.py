@@ -4,6 +4,8 @@ Candidates: the twin's chunked online softmax at several chunk sizes (KiB of K g
 per-sequence gather + SDPA reference, a one-shot gather of every block + one masked SDPA, and the native library
 (on an AVX512_BF16 CPU also built without it, `native_no_dpbf16`, to show what vdpbf16ps buys). Shapes default to
 SmolLM2-135M decoding a full batch; times are per attention call and per step (x num_layers).
+`--prefill 300 256 200 128` times a prefill step instead: prompts of those lengths (no cached prefix) in one call,
+the native library against a causal SDPA per prompt, in GFLOP/s of causal attention.
 
 The batch's K/V (22 MB in bf16) fit the L3 cache of many CPUs, which an engine step, reading every layer's cache
 in turn, never sees. `--caches N` gives each call the next of N copies of the caches (same contents, other memory),
@@ -15,6 +17,7 @@ import argparse
 import itertools
 import sys
 import time
+from functools import partial
 from typing import Callable, Iterator
 
 import torch
@@ -155,6 +158,64 @@ def run_cpu_bench(args: argparse.Namespace) -> None:
                       f"x{base / sec:4.2f} vs per-seq, max err {errors[name]:.1e})")
 
 
+def sdpa_prefill(q, k_cache, v_cache, tables, lens, scale) -> torch.Tensor:
+    """Reference: each prompt's keys gathered, one causal SDPA over its query rows."""
+    outs, start = [], 0
+    for b, n in enumerate(lens):
+        k = gather_context(k_cache, tables[b], n).transpose(0, 1)
+        v = gather_context(v_cache, tables[b], n).transpose(0, 1)
+        o = F.scaled_dot_product_attention(q[start:start + n].transpose(0, 1), k, v, is_causal=True, scale=scale,
+                                           enable_gqa=True)
+        outs.append(o.transpose(0, 1))
+        start += n
+    return torch.cat(outs)
+
+
+def native_prefill(library) -> DecodeFn:
+    """The native library's paged attention on a batch of whole prompts."""
+    from tide.kernels import native_ops
+    from tide.kernels.metadata import AttentionMetadata
+
+    def run(q, k_cache, v_cache, tables, lens, scale):
+        starts = torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32)
+        meta = AttentionMetadata(starts, torch.tensor(lens, dtype=torch.int32), tables.to(torch.int32), 0,
+                                 max(lens), max(lens), list(lens), list(lens))
+        return native_ops.paged_attention(q, k_cache, v_cache, meta, scale, library=library)
+
+    return run
+
+
+def run_prefill_bench(args: argparse.Namespace) -> None:
+    from tide.kernels import native as native_library
+
+    candidates: dict[str, DecodeFn] = {"sdpa_per_prompt": sdpa_prefill}
+    best_build = native_library.load()
+    if best_build is not None:
+        candidates["native"] = native_prefill(best_build)
+        if best_build.bf16_dot_products:
+            candidates["native_no_dpbf16"] = native_prefill(native_library.load(isa="avx512"))
+    lens, gen, scale = args.prefill, torch.Generator().manual_seed(0), args.head_dim**-0.5
+    flops = sum(4 * n * (n + 1) / 2 * args.head_dim * args.q_heads for n in lens)
+    print(f"prefill attention: prompts of {lens} tokens, Hq {args.q_heads}, Hkv {args.kv_heads}, D {args.head_dim}, "
+          f"block {args.block_size}; best of {args.reps} per call; error vs float64")
+    for dtype in (torch.float32, torch.bfloat16):
+        shape = argparse.Namespace(**{**vars(args), "batch": len(lens), "min_ctx": max(lens), "max_ctx": max(lens)})
+        _, k_cache, v_cache, tables, _ = make_batch(shape, dtype, gen)  # room for the longest prompt in each row
+        q = torch.randn(sum(lens), args.q_heads, args.head_dim, generator=gen).to(dtype)
+        tables = tables.long()
+        expected = sdpa_prefill(q.double(), k_cache.double(), v_cache.double(), tables, lens, scale)
+        errors = {name: (fn(q, k_cache, v_cache, tables, lens, scale).double() - expected).abs().max().item()
+                  for name, fn in candidates.items()}
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            calls = {name: partial(fn, q, k_cache, v_cache, tables, lens, scale) for name, fn in candidates.items()}
+            best = time_round_robin(calls, args.reps)
+            for name, sec in best.items():
+                print(f"{str(dtype)[6:]:>8} threads={threads} {name:>18}: {sec * 1e3:7.2f} ms "
+                      f"({flops / sec / 1e9:6.1f} GFLOP/s, x{best['sdpa_per_prompt'] / sec:4.2f} vs SDPA, "
+                      f"max err {errors[name]:.1e})")
+
+
 def add_shape_args(parser: argparse.ArgumentParser) -> None:
     """The attention shapes both kernel benchmarks take (SmolLM2-135M's by default)."""
     parser.add_argument("--q-heads", type=int, default=9)
@@ -176,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--caches", type=int, default=1,
                         help="copies of the KV caches, one per call in turn (30: an engine step's layers, from DRAM)")
-    run_cpu_bench(parser.parse_args(argv))
+    parser.add_argument("--prefill", type=int, nargs="+", metavar="TOKENS",
+                        help="time a prefill of prompts of these lengths instead of the decode batch")
+    args = parser.parse_args(argv)
+    run_prefill_bench(args) if args.prefill else run_cpu_bench(args)
     return 0
 
 

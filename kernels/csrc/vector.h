@@ -89,6 +89,26 @@ inline float hsum(vf v) {
   return s;
 }
 
+// Max and sum of a vector's N lanes by halving (log2 N steps), where hsum adds lane by lane in order.
+template <int N>
+struct lanes {
+  typedef float type __attribute__((vector_size(N * 4)));
+};
+template <int N, bool Max>
+inline float reduce_tree(typename lanes<N>::type v) {
+  if constexpr (N == 1) {
+    return v[0];
+  } else {
+    typename lanes<N / 2>::type lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    if constexpr (Max) return reduce_tree<N / 2, Max>(lo > hi ? lo : hi);
+    else return reduce_tree<N / 2, Max>(lo + hi);
+  }
+}
+inline float hmax_tree(vf v) { return reduce_tree<W, true>(v); }
+inline float hsum_tree(vf v) { return reduce_tree<W, false>(v); }
+
 // Lane shuffle of two vectors by constant indices (0..W-1 from x, W..2W-1 from y). GCC before 12 lacks
 // __builtin_shufflevector and clang lacks __builtin_shuffle.
 #if defined(__clang__)

@@ -101,3 +101,16 @@ def test_cpu_kernel_candidates_take_the_cache_copies_in_turn_across_candidates()
         first()
         second()
     assert seen == ["k0", "k1", "k2", "k0"]  # no call reuses the copy the call before it read, whoever made it
+
+
+def test_cpu_prefill_benchmark_checks_every_candidate_against_float64(capsys):
+    from tide.benchmarks.kernels_cpu import main
+    from tide.kernels import native
+
+    assert main(["--prefill", "40", "17", "--reps", "1", "--threads", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "threads=1" in line]
+    names = {line.split()[2].rstrip(":") for line in lines}
+    assert "sdpa_per_prompt" in names and (native.load() is None or "native" in names), lines
+    for line in lines:
+        dtype, err = line.split()[0], float(line.rsplit("max err ", 1)[1].rstrip(")"))
+        assert err < (1e-5 if dtype == "float32" else 2e-2), line

@@ -58,6 +58,19 @@ def test_sixteen_wide_code_matches(paged_batch, dtype):
     torch.testing.assert_close(wide, run_native(batch), atol=TOLERANCE[dtype] / 4, rtol=TOLERANCE[dtype] / 4)
 
 
+@pytest.mark.skipif(native.isa_flags(native.cpu_flags(), "avx2") is None, reason="needs a CPU with AVX2 and FMA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_avx2_build_matches(paged_batch, dtype, block_size):
+    """The 8-wide AVX2 build (two vectors per 16-key block row in the prefill tiles) on decodes and prefills."""
+    decodes, prefills = SHAPES["mixed"]
+    batch = paged_batch(decodes, prefills, 6, 2, 64, block_size, dtype, float("nan"), seed=block_size)
+    library = native.load(isa="avx2")
+    assert library is not None and library.vector_width == 8
+    out = native_ops.paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.meta, batch.scale, library=library)
+    torch.testing.assert_close(out.double(), reference(batch), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("vector_width", [None, 16])
 @pytest.mark.parametrize("block_size", [16, 32])
