@@ -71,9 +71,10 @@ MODEL_ALIASES: dict[str, PackagedModel] = {
 
 
 def default_cache_dir() -> Path:
-    """Where converted models live: $TIDE_CACHE_DIR if set, else ~/.cache/tide/models."""
+    """Where converted models live: $TIDE_CACHE_DIR/models if set, else ~/.cache/tide/models (beside the built
+    kernels and tuned defaults)."""
     env = os.environ.get("TIDE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tide" / "models"
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "tide") / "models"
 
 
 def resolve_model(name: str, cache_dir: Path | None = None, quantization: str = "none") -> Path:

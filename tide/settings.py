@@ -62,7 +62,9 @@ class Settings(BaseSettings):
                              "for fewer `dimensions`")
     max_attempts: int = Field(3, ge=1, description="runs of one shard before its rows fail")
     shard_rows: int = Field(256, ge=1, description="rows per shard for jobs that do not say")
-    cache_dir: str | None = Field(None, description="converted models and built kernels (default ~/.cache/tide)")
+    cache_dir: str | None = Field(None, description="converted models (models/; a conversion whose source file "
+                                  "changed or is gone is removed when another is written), built kernels (kernels/) "
+                                  "and tuned defaults (tuned/); default ~/.cache/tide")
     log_level: str = Field("INFO", description="log level of the worker, API and scheduler")
     lease_ttl_s: float = Field(30.0, gt=0, description="a running shard's lease lasts this long unless its worker "
                                "renews it; a dead worker's shards run again after it lapses")

@@ -122,7 +122,7 @@ def test_a_new_conversion_removes_the_ones_nothing_can_ask_for_again(fake_conver
 
 def test_cache_dir_comes_from_environment(fake_converter, gguf_file, tmp_path, monkeypatch):
     monkeypatch.setenv("TIDE_CACHE_DIR", str(tmp_path / "env-cache"))
-    assert resolve_model(str(gguf_file)).parent == tmp_path / "env-cache"
+    assert resolve_model(str(gguf_file)).parent == tmp_path / "env-cache" / "models"
 
 
 def test_half_written_cache_dir_is_not_trusted(fake_converter, gguf_file, tmp_path):
