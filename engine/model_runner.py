@@ -6,6 +6,7 @@ from typing import Protocol
 
 import torch
 
+from tide.engine.kv_pages import PageWarmer, anonymous_zeros
 from tide.engine.models.llama import ForwardContext, LlamaForCausalLM, LowRankUpdates
 from tide.engine.sequence import Sequence
 from tide.kernels import build_cos_sin_cache
@@ -31,6 +32,8 @@ class ModelRunner:
         shape = (args.num_layers, 2, num_blocks, block_size, args.num_kv_heads, args.head_dim)
         self.kv_cache = _zeroed_cache(shape, dtype, device)
         self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
+        # A large CPU cache gets its pages mapped in the background, just ahead of the blocks the steps write.
+        self.page_warmer = PageWarmer.start(self.kv_cache) if _worth_warming(self.kv_cache) else None
         self.cos_sin_cache = build_cos_sin_cache(
             args.inv_freq, max_model_len, args.attention_scaling, dtype).to(device)
 
@@ -61,6 +64,8 @@ class ModelRunner:
                 ) -> tuple[torch.Tensor, list[Sequence], torch.Tensor]:
         """`run`, also returning the final hidden states at `hidden_rows` (rows of the step's flat token batch, in
         `scheduled` order) for what scores prompt tokens (engine/prompt_logprobs.py)."""
+        if self.page_warmer is not None:
+            self.page_warmer.reach(max(seq.block_table[-1] for seq, _ in scheduled))
         input_ids, ctx, logits_indices, sampling = self._prepare(scheduled)
         hidden = self.model(input_ids, ctx, self.kv_caches)
         asked = hidden[torch.tensor(hidden_rows, dtype=torch.long, device=hidden.device)]
@@ -98,7 +103,10 @@ class ModelRunner:
         return self.model(input_ids, ctx, self.kv_caches)
 
     def close(self) -> None:
-        """Release what lives outside this process (nothing here; the tensor-parallel runner stops its ranks)."""
+        """Stop the page warmer; release what lives outside this process (the tensor-parallel runner stops its
+        ranks)."""
+        if self.page_warmer is not None:
+            self.page_warmer.stop()
 
     def _prepare(self, scheduled: list[tuple[Sequence, int]]):
         tokens: list[int] = []
@@ -151,16 +159,13 @@ class ModelRunner:
 
 
 def _zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A zero-filled KV cache, without touching every page up front on CPU.
+    """A zero-filled KV cache; on the CPU a mapping of its own whose pages cost nothing until touched (torch.zeros
+    would write every page first, ~8 s for 5 GiB here)."""
+    return anonymous_zeros(shape, dtype) if device.type == "cpu" else torch.zeros(shape, dtype=dtype, device=device)
 
-    A CPU allocation above glibc's largest mmap threshold (32 MiB) is a fresh anonymous mapping whose pages the OS
-    zero-fills on first touch, so torch.empty already reads as zeros and costs nothing at start; torch.zeros would
-    write every page first (~8 s for 5 GiB here). Smaller ones may reuse heap memory, so they are zeroed.
-    """
-    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-    if device.type == "cpu" and nbytes > 64 * 2**20:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.zeros(shape, dtype=dtype, device=device)
+
+def _worth_warming(cache: torch.Tensor) -> bool:
+    return cache.device.type == "cpu" and cache.numel() * cache.element_size() > 64 * 2**20
 
 
 def _leading_ones(query_lens: list[int]) -> int:
