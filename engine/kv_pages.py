@@ -14,6 +14,7 @@ kernel refuses the call, it stops and the pages fault in lazily as before.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import mmap
@@ -60,8 +61,13 @@ def spans(cache: torch.Tensor, first: int, last: int, call_bytes: int = CALL_BYT
             yield start - start % PAGE, length + start % PAGE
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def madvise_populate(address: int, length: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)  # ctypes releases the GIL for the call
+    libc = _libc()  # ctypes releases the GIL for the call
     if libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), ctypes.c_int(MADV_POPULATE_WRITE)) == 0:
         return 0
     return ctypes.get_errno()

@@ -13,7 +13,6 @@
 // combines the splits' partial states by their softmax maxima.
 #include "vector.h"
 
-
 namespace {
 
 // exp(x), Cephes' expf polynomial: about 1 ulp. exp(-inf) and anything below the smallest normal float's
@@ -685,7 +684,7 @@ constexpr int SCORE_ROWS = 12;
 constexpr int VALUE_ROWS = VREGS == 32 ? 6 : 2;
 
 // A tile of query rows over its causal keys, block by block with an online softmax. Each block's keys are
-// transposed once for all the tile's rows (up to about 48: tokens x heads of the group), so scores come as a
+// transposed once for all the tile's rows (up to about 96: tokens x heads of the group), so scores come as a
 // matrix product, W keys to a vector.
 template <typename T>
 void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
