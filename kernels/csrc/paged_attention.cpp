@@ -269,24 +269,26 @@ void finish_item(const Args& a, const Item& it, const Scratch& sc, float* part, 
 }
 
 // Turns a row of scores s[lo, hi) into exp(s - m) in place, m = max(m_floor, max of s[lo, hi)) (whole vectors over
-// [0, span), zero outside [lo, hi)); returns m, and the sum of the exponentials in *sum.
+// [0, span), zero outside [lo, hi), masked by lane compares); returns m, and the sum of the exponentials in *sum
+// (both reduced across lanes by halving).
 inline float softmax_row(float* s, int lo, int hi, int span, float m_floor, float* sum) {
-  for (int j = 0; j < lo; ++j) s[j] = NEG_INF;
-  for (int j = hi; j < span; ++j) s[j] = NEG_INF;
+  vi lane;
+  for (int i = 0; i < W; ++i) lane[i] = i;
   vf vmax = splat(NEG_INF);
   for (int j = 0; j < span; j += W) {
-    const vf v = load(s + j);
+    const vi key = lane + j;
+    const vf v = (key >= lo) & (key < hi) ? load(s + j) : splat(NEG_INF);
+    store(s + j, v);
     vmax = v > vmax ? v : vmax;
   }
-  float m = m_floor;
-  for (int i = 0; i < W; ++i) m = std::max(m, vmax[i]);
+  const float m = std::max(m_floor, hmax_tree(vmax));
   vf psum = {};
   for (int j = 0; j < span; j += W) {
     const vf p = vexp(load(s + j) - m);
     store(s + j, p);
     psum += p;
   }
-  *sum = hsum(psum);
+  *sum = hsum_tree(psum);
   return m;
 }
 
@@ -398,7 +400,7 @@ inline void unpermute_rows(float* acc, int rows, int D) {
 
 // The softmax numerators of a row of scores s[lo, hi), rounded to bf16 into p[0, span) (zero outside [lo, hi); span
 // a multiple of 16): exp(s - m) with m = max(m_floor, max of s[lo, hi)). Returns m, and the fp32 sum of the
-// numerators in *sum. Tree reductions: the scalar loops of softmax_row keep a fixed order for the fp32 path.
+// numerators in *sum. The fp32 path is softmax_row.
 inline float softmax_bf16(const float* s, int lo, int hi, int span, float m_floor, float* sum, bf16* p) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   auto visible = [&](int j) {
@@ -656,28 +658,6 @@ inline void for_rows(int n, F&& fn) {
   rest_rows<N - 1>(n - r, r, fn);
 }
 
-// softmax_row for a tile's row of scores s[0, span): keys outside [lo, hi) masked by lane compares, tree reductions.
-inline float softmax_tile_row(float* s, int lo, int hi, int span, float m_floor, float* sum) {
-  vi lane;
-  for (int i = 0; i < W; ++i) lane[i] = i;
-  vf vmax = splat(NEG_INF);
-  for (int j = 0; j < span; j += W) {
-    const vi key = lane + j;
-    const vf v = (key >= lo) & (key < hi) ? load(s + j) : splat(NEG_INF);
-    store(s + j, v);
-    vmax = v > vmax ? v : vmax;
-  }
-  const float m = std::max(m_floor, hmax_tree(vmax));
-  vf psum = {};
-  for (int j = 0; j < span; j += W) {
-    const vf p = vexp(load(s + j) - m);
-    store(s + j, p);
-    psum += p;
-  }
-  *sum = hsum_tree(psum);
-  return m;
-}
-
 // Rows per pass: scores keep one accumulator per row (and a key vector and a broadcast) in registers; values keep
 // values_width(rows) output chunks per row.
 constexpr int SCORE_ROWS = 12;
@@ -728,7 +708,7 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
         }
         const float m_old = sc.m[r];
         float sum;
-        sc.m[r] = softmax_tile_row(sr, j0, je, BSP, m_old, &sum);
+        sc.m[r] = softmax_row(sr, j0, je, BSP, m_old, &sum);
         sc.alpha[r] = m_old == sc.m[r] ? 1.f : m_old == NEG_INF ? 0.f : std::exp(m_old - sc.m[r]);
         sc.l[r] = sc.l[r] * sc.alpha[r] + sum;
       }
