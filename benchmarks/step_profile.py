@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import torch
 
-from tide.benchmarks.engine import _make_llm, run_tide
+from tide.benchmarks.engine import _make_llm, _wait_for_kv_pages, run_tide
 from tide.benchmarks.workloads import build_workload
 from tide.engine.llm import LLM
 
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     llm = _make_llm(args, threads)
     workload = build_workload(args.workload, llm.tokenizer, args.num_prompts, args.input_len, args.output_len,
                               args.seed)
+    _wait_for_kv_pages(llm)  # as `tide bench` does before its timed pass
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     timers = Timers(args.torch_trace is not None, clock)
     install(llm, timers)
