@@ -165,6 +165,7 @@ def _zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
 
 
 def _worth_warming(cache: torch.Tensor) -> bool:
+    # A small cache (tests, an encoder's scratch) faults in within a step or two: not worth a thread.
     return cache.device.type == "cpu" and cache.numel() * cache.element_size() > 64 * 2**20
 
 
