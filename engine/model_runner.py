@@ -7,10 +7,10 @@ from typing import Protocol
 import torch
 
 from tide.engine.kv_pages import PageWarmer, anonymous_zeros
-from tide.engine.models.llama import ForwardContext, LlamaForCausalLM, LowRankUpdates
+from tide.engine.models.llama import ForwardContext, LastLayerRows, LlamaForCausalLM, LowRankUpdates
 from tide.engine.sequence import Sequence
 from tide.kernels import build_cos_sin_cache
-from tide.kernels.metadata import AttentionMetadata
+from tide.kernels.metadata import AttentionMetadata, count_decodes
 
 
 class StepAdapters(Protocol):
@@ -66,7 +66,7 @@ class ModelRunner:
         `scheduled` order) for what scores prompt tokens (engine/prompt_logprobs.py)."""
         if self.page_warmer is not None:
             self.page_warmer.reach(max(seq.block_table[-1] for seq, _ in scheduled))
-        input_ids, ctx, logits_indices, sampling = self._prepare(scheduled)
+        input_ids, ctx, logits_indices, sampling = self._prepare(scheduled, bool(hidden_rows))
         hidden = self.model(input_ids, ctx, self.kv_caches)
         asked = hidden[torch.tensor(hidden_rows, dtype=torch.long, device=hidden.device)]
         if not sampling:
@@ -93,7 +93,7 @@ class ModelRunner:
         attn = AttentionMetadata(
             query_start_loc=torch.tensor([0, *accumulate(lengths)], **as_int),
             seq_lens=torch.tensor(lengths, **as_int), block_tables=torch.tensor(tables, **as_int),
-            num_decodes=_leading_ones(lengths), max_query_len=max(lengths), max_seq_len=max(lengths),
+            num_decodes=count_decodes(lengths), max_query_len=max(lengths), max_seq_len=max(lengths),
             query_lens_host=list(lengths), seq_lens_host=list(lengths))
         positions = [p for n in lengths for p in range(n)]
         slots = [f * bs + p for f, n in zip(firsts, lengths) for p in range(n)]
@@ -108,13 +108,16 @@ class ModelRunner:
         if self.page_warmer is not None:
             self.page_warmer.stop()
 
-    def _prepare(self, scheduled: list[tuple[Sequence, int]]):
+    def _prepare(self, scheduled: list[tuple[Sequence, int]], every_row: bool = False):
+        """The step's flat inputs. Unless `every_row` (prompt tokens to score) or LoRA rows, the last layer computes
+        only the rows that sample, and `logits_indices` index the model's output rows, which are just those."""
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_lens: list[int] = []
         seq_lens: list[int] = []
         logits_indices: list[int] = []
+        kept: list[int] = []
         sampling: list[Sequence] = []
         bs = self.block_size
         for seq, num_new in scheduled:
@@ -127,9 +130,11 @@ class ModelRunner:
                 slots.extend(range(base + max(start, first), base + min(end, first + bs)))
             query_lens.append(num_new)
             seq_lens.append(end)
+            kept.append(0)
             if end == seq.num_tokens:
                 # a sequence carrying draft tokens is verified at each of them, plus the token before the first
-                logits_indices.extend(range(len(tokens) - 1 - seq.num_draft_tokens, len(tokens)))
+                kept[-1] = 1 + seq.num_draft_tokens
+                logits_indices.extend(range(len(tokens) - kept[-1], len(tokens)))
                 sampling.append(seq)
         max_blocks = max(len(seq.block_table) for seq, _ in scheduled)
         tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq, _ in scheduled]
@@ -141,18 +146,24 @@ class ModelRunner:
             query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            num_decodes=_leading_ones(query_lens),
+            num_decodes=count_decodes(query_lens),
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
         )
+        lora = None if self.adapters is None else self.adapters.batch(scheduled)
+        last_rows = None
+        if not every_row and lora is None and 0 < len(logits_indices) < len(tokens):
+            last_rows = LastLayerRows.of(attn, kept)
+            logits_indices = list(range(len(logits_indices)))
         ctx = ForwardContext(
             positions=torch.tensor(positions, dtype=torch.int64, device=dev),
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
             attn=attn,
             cos_sin_cache=self.cos_sin_cache,
-            lora=None if self.adapters is None else self.adapters.batch(scheduled),
+            lora=lora,
+            last_rows=last_rows,
         )
         input_ids = torch.tensor(tokens, dtype=torch.int64, device=dev)
         return input_ids, ctx, torch.tensor(logits_indices, dtype=torch.int64, device=dev), sampling
@@ -167,13 +178,3 @@ def _zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
 def _worth_warming(cache: torch.Tensor) -> bool:
     # A small cache (tests, an encoder's scratch) faults in within a step or two: not worth a thread.
     return cache.device.type == "cpu" and cache.numel() * cache.element_size() > 64 * 2**20
-
-
-def _leading_ones(query_lens: list[int]) -> int:
-    """Number of decode sequences: the run of one-token queries the scheduler put first."""
-    count = 0
-    for n in query_lens:
-        if n != 1:
-            break
-        count += 1
-    return count

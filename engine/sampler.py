@@ -19,6 +19,7 @@ import torch
 from tide.engine.decoding.token_bitmask import apply_token_bitmask_
 from tide.engine.outputs import TokenLogprob
 from tide.engine.sampling_params import SamplingParams
+from tide.kernels import torch_ops
 
 # top-p looks for its nucleus among this many candidates first, widening by _TOP_P_GROWTH until it is found:
 # a full sort of a 49k vocabulary costs ~3 ms a row on CPU, a top-256 a tenth of that.
@@ -44,7 +45,10 @@ class SamplerOutput:
 
 
 class Sampler:
-    """Samples the next token of every row of a batch."""
+    """Samples the next token of every row of a batch; `argmax` is the kernel backend's (`KernelOps.argmax`)."""
+
+    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] = torch_ops.argmax) -> None:
+        self.argmax = argmax
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow], eos_token_ids: set[int],
                  token_bitmask: torch.Tensor | None = None) -> SamplerOutput:
@@ -55,21 +59,20 @@ class Sampler:
         """
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [num_rows={len(rows)}, vocab], got shape {tuple(logits.shape)}")
-        raw = logits.float()
-        processed = raw
+        processed = logits  # greedy rows with nothing to edit take the argmax in the model's dtype, without a copy
         if token_bitmask is not None or any(_edits_logits(row) for row in rows):
-            processed = raw.clone()
+            processed = logits.to(torch.float32, copy=True)
             apply_penalties_(processed, rows)
             mask_stop_tokens_before_min_tokens_(processed, rows, eos_token_ids)
             if token_bitmask is not None:
                 apply_token_bitmask_(processed, token_bitmask)
         # one argmax over every row costs less than gathering the greedy rows first
-        token_ids = processed.argmax(dim=-1)
+        token_ids = self.argmax(processed)
         sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
         if sampled:
             idx = _index(sampled, logits.device)
-            token_ids[idx] = _sample(processed[idx], [rows[i] for i in sampled])
-        return SamplerOutput(token_ids.tolist(), token_logprobs(raw, rows, token_ids))
+            token_ids[idx] = _sample(processed[idx].float(), [rows[i] for i in sampled])
+        return SamplerOutput(token_ids.tolist(), token_logprobs(logits, rows, token_ids))
 
 
 def _edits_logits(row: SamplingRow) -> bool:
@@ -239,7 +242,7 @@ def token_logprobs(raw_logits: torch.Tensor, rows: Sequence[SamplingRow],
     if not asked:
         return result
     idx = _index(asked, raw_logits.device)
-    logprobs = raw_logits[idx].log_softmax(dim=-1)
+    logprobs = raw_logits[idx].float().log_softmax(dim=-1)
     chosen_ids = token_ids[idx]
     chosen = logprobs.gather(1, chosen_ids.unsqueeze(1)).squeeze(1).tolist()
     most = max(rows[i].params.logprobs for i in asked)

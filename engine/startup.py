@@ -115,7 +115,7 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         eos_token_ids=_eos_token_ids(model_dir, hf_config, tokenizer),
         block_manager=BlockManager(num_blocks, config.block_size, config.enable_prefix_caching),
         runner=runner,
-        sampler=Sampler(),
+        sampler=Sampler(argmax=model.ops.argmax),
         adapters=adapters,
         vocab_size=args.vocab_size,
         load_time_s=load_time,

@@ -26,6 +26,7 @@ _OP_NAMES = (
     "rotary_embedding",
     "silu_and_mul",
     "add_lora",
+    "argmax",
 )
 
 
@@ -41,6 +42,7 @@ class KernelOps:
     rotary_embedding: Callable[..., None]
     silu_and_mul: Callable[..., torch.Tensor]
     add_lora: Callable[..., None]
+    argmax: Callable[[torch.Tensor], torch.Tensor]
 
     @classmethod
     def from_module(cls, backend: str, module: ModuleType) -> "KernelOps":

@@ -3,6 +3,7 @@ LoRA adapter slot."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 
@@ -34,6 +35,30 @@ class AttentionMetadata:
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens_host)
+
+    def suffixes(self, kept: list[int]) -> "AttentionMetadata":
+        """The layout of only the last kept[b] query rows of each sequence b (0 <= kept[b] <= its query length, not
+        all 0): the same keys for fewer queries. Sequences that keep no row are left out."""
+        seqs = [b for b, n in enumerate(kept) if n]
+        query_lens = [kept[b] for b in seqs]
+        seq_lens = [self.seq_lens_host[b] for b in seqs]
+        device = self.seq_lens.device
+        return AttentionMetadata(
+            query_start_loc=torch.tensor([0, *accumulate(query_lens)], dtype=torch.int32, device=device),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+            block_tables=self.block_tables.index_select(0, torch.tensor(seqs, dtype=torch.long, device=device)),
+            num_decodes=count_decodes(query_lens), max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+            query_lens_host=query_lens, seq_lens_host=seq_lens)
+
+
+def count_decodes(query_lens: list[int]) -> int:
+    """Number of decode sequences: the run of one-token queries the scheduler puts first."""
+    count = 0
+    for n in query_lens:
+        if n != 1:
+            break
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Builds and loads the native CPU library (kernels/csrc: paged attention and element-wise ops, LoRA updates) on
+"""Builds and loads the native CPU library (kernels/csrc: paged attention, element-wise ops, LoRA updates, argmax) on
 first use, cached on disk.
 
 The library is a plain C ABI called through ctypes: no torch headers, so one compile takes about a second. The
@@ -25,7 +25,7 @@ from pathlib import Path
 logger = logging.getLogger("tide.kernels")
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = (CSRC / "paged_attention.cpp", CSRC / "lora.cpp")  # one library; both include csrc/vector.h
+SOURCES = (CSRC / "paged_attention.cpp", CSRC / "lora.cpp", CSRC / "argmax.cpp")  # one library, one vector.h
 DISABLE_ENV = "TIDE_NATIVE"  # TIDE_NATIVE=0 turns the native library off
 ISA_ENV = "TIDE_NATIVE_ISA"  # avx512 (no BF16) | avx2: build for less than the CPU has (tests, comparisons)
 BUILD_TIMEOUT_S = 120
@@ -175,5 +175,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tide_rotary_neox.argtypes = [p, p, i64, i64, i32, i32, p, i32, i32]
     lib.tide_lora_apply.restype = i32
     lib.tide_lora_apply.argtypes = [p, i64, p, i64, p, p, p, p, i32, i32, i32, i32, p, i32, i32]
+    lib.tide_argmax_rows.restype = None
+    lib.tide_argmax_rows.argtypes = [p, i64, i64, i64, i32, p, i32]
     lib.tide_write_kv_cache.restype = i32
     lib.tide_write_kv_cache.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64, i32]

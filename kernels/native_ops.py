@@ -1,5 +1,5 @@
-"""The CPU backend: the native C++ library's paged attention, KV write, fused add + RMSNorm, rotary embedding and
-SiLU-and-mul, with the same signatures and rounding as the PyTorch twins, and the LoRA updates of a step's rows.
+"""The CPU backend: the native C++ library's paged attention, KV write, fused add + RMSNorm, rotary embedding,
+SiLU-and-mul and argmax, with the same signatures and rounding as the PyTorch twins, and the LoRA updates of a step's rows.
 
 Each op checks that the library can serve its arguments (CPU tensors, fp32 or bf16, widths that are multiples of
 the vector width, the layouts below) and hands anything else to its twin, so the backend never fails where the
@@ -15,7 +15,7 @@ from tide.kernels import native, torch_ops
 from tide.kernels.metadata import AttentionMetadata, LoraRows
 from tide.kernels.torch_ops import rms_norm
 
-__all__ = ["add_lora", "fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
+__all__ = ["add_lora", "argmax", "fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
            "write_kv_cache"]
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -107,6 +107,18 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(x.shape[0], inter, dtype=x.dtype)
     library.lib.tide_silu_and_mul(x.data_ptr(), out.data_ptr(), x.shape[0], inter, _DTYPES[x.dtype],
                                   torch.get_num_threads())
+    return out
+
+
+def argmax(logits: torch.Tensor, library: native.NativeLibrary | None = None) -> torch.Tensor:
+    """Same contract as kernels.torch_ops.argmax, for fp32 or bf16 rows with unit column stride."""
+    library = library or native.load()
+    if not (library is not None and logits.dim() == 2 and logits.dtype in _DTYPES and logits.device.type == "cpu"
+            and logits.stride(1) == 1 and logits.shape[1] > 0):
+        return torch_ops.argmax(logits)
+    out = torch.empty(logits.shape[0], dtype=torch.int64)
+    library.lib.tide_argmax_rows(logits.data_ptr(), logits.stride(0), logits.shape[0], logits.shape[1],
+                                 _DTYPES[logits.dtype], out.data_ptr(), torch.get_num_threads())
     return out
 
 

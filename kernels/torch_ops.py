@@ -57,6 +57,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Index of each row's largest value ([rows] int64) of logits [rows, vocab]; the first of equal ones."""
+    return logits.argmax(dim=-1)
+
+
 def add_lora(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: LoraRows,
              part_columns: tuple[int, ...]) -> None:
     """y[i] += (x[i] @ a[slot]) @ b[slot] in place for each row i of each slot in `rows`.

@@ -89,6 +89,27 @@ class LowRankUpdates(Protocol):
     def apply(self, linear: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class LastLayerRows:
+    """The rows whose final hidden states a step uses: the last kept[b] query rows of each sequence b (the ones that
+    sample). The last layer writes every row's K/V, then computes attention, projections and MLP for these rows
+    only, since the other rows' outputs feed nothing: a prefill chunk's last layer shrinks to its sampling token."""
+
+    kept: list[int]
+    index: torch.Tensor  # [K] int64: the kept rows of the step's flat batch, in order
+    attn: AttentionMetadata  # their layout: the same keys, fewer queries
+
+    @classmethod
+    def of(cls, attn: AttentionMetadata, kept: list[int]) -> "LastLayerRows":
+        rows: list[int] = []
+        end = 0
+        for query_len, n in zip(attn.query_lens_host, kept):
+            end += query_len
+            rows.extend(range(end - n, end))
+        index = torch.tensor(rows, dtype=torch.int64, device=attn.seq_lens.device)
+        return cls(kept=list(kept), index=index, attn=attn.suffixes(kept))
+
+
 @dataclass
 class ForwardContext:
     """Everything a layer needs about this step besides its own weights and cache."""
@@ -98,6 +119,7 @@ class ForwardContext:
     attn: AttentionMetadata
     cos_sin_cache: torch.Tensor  # [max_pos, head_dim]
     lora: LowRankUpdates | None = None  # None: no row of this step uses a LoRA adapter
+    last_rows: LastLayerRows | None = None  # None: the last layer computes every row (the model returns all)
 
 
 def project(linear: nn.Module, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -120,8 +142,9 @@ class Attention(nn.Module):
         self.q_norm = nn.Parameter(torch.ones(args.head_dim)) if args.qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(args.head_dim)) if args.qk_norm else None
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext, k_cache: torch.Tensor, v_cache: torch.Tensor):
-        # x: [T, hidden]
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                rows: LastLayerRows | None = None):
+        """x: [T, hidden]; returns [T, hidden], or only `rows` when given (every row's K/V is written either way)."""
         T = x.shape[0]
         q, k, v = project(self.qkv_proj, x, ctx).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(T, self.num_heads, self.head_dim)
@@ -132,8 +155,11 @@ class Attention(nn.Module):
             k = self.ops.rms_norm(k, self.k_norm, self.eps)
         self.ops.rotary_embedding(ctx.positions, q, k, ctx.cos_sin_cache, True)
         self.ops.write_kv_cache(k, v, k_cache, v_cache, ctx.slot_mapping)
-        out = self.ops.paged_attention(q, k_cache, v_cache, ctx.attn, self.scale)  # [T, heads, head_dim]
-        return project(self.o_proj, out.reshape(T, self.q_size), ctx)
+        attn = ctx.attn
+        if rows is not None:
+            q, attn = q.index_select(0, rows.index), rows.attn
+        out = self.ops.paged_attention(q, k_cache, v_cache, attn, self.scale)  # [rows, heads, head_dim]
+        return project(self.o_proj, out.reshape(q.shape[0], self.q_size), ctx)
 
 
 class MLP(nn.Module):
@@ -157,9 +183,11 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.Parameter(torch.ones(args.hidden_size))
         self.post_attention_layernorm = nn.Parameter(torch.ones(args.hidden_size))
 
-    def forward(self, h, residual, ctx: ForwardContext, k_cache, v_cache):
+    def forward(self, h, residual, ctx: ForwardContext, k_cache, v_cache, rows: LastLayerRows | None = None):
         x, residual = self.ops.fused_add_rms_norm(h, residual, self.input_layernorm, self.eps)
-        x = self.self_attn(x, ctx, k_cache, v_cache)
+        x = self.self_attn(x, ctx, k_cache, v_cache, rows)
+        if rows is not None:
+            residual = residual.index_select(0, rows.index)
         x, residual = self.ops.fused_add_rms_norm(x, residual, self.post_attention_layernorm, self.eps)
         return self.mlp(x, ctx), residual
 
@@ -179,9 +207,11 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
+        """Final hidden states [T, hidden] of the step's rows, or of `ctx.last_rows` only when set."""
         h, residual = self.embed_tokens(input_ids), None  # h: [T, hidden]
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
-            h, residual = layer(h, residual, ctx, k_cache, v_cache)
+        last = len(self.layers) - 1
+        for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_caches)):
+            h, residual = layer(h, residual, ctx, k_cache, v_cache, ctx.last_rows if i == last else None)
         h, _ = self.ops.fused_add_rms_norm(h, residual, self.norm, self.args.rms_norm_eps)
         return h
 

@@ -25,8 +25,8 @@ class TensorParallelRunner(ModelRunner):
         except (RuntimeError, BrokenPipeError, OSError) as exc:
             raise self.group.failure(exc) from exc
 
-    def _prepare(self, scheduled: list[tuple[Sequence, int]]):
-        prepared = super()._prepare(scheduled)
+    def _prepare(self, scheduled: list[tuple[Sequence, int]], every_row: bool = False):
+        prepared = super()._prepare(scheduled, every_row)
         input_ids, ctx = prepared[0], prepared[1]
         self.group.announce_step(input_ids, ctx)
         return prepared

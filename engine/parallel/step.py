@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from tide.engine.models.llama import ForwardContext
+from tide.engine.models.llama import ForwardContext, LastLayerRows
 from tide.kernels.metadata import AttentionMetadata
 
 
@@ -24,6 +24,7 @@ class StepHeader:
     num_decodes: int
     query_lens: list[int]
     seq_lens: list[int]
+    kept: list[int] | None  # rows per sequence the last layer computes (ForwardContext.last_rows); None: all
 
     @property
     def payload_len(self) -> int:
@@ -34,7 +35,8 @@ def pack_step(input_ids: torch.Tensor, ctx: ForwardContext) -> tuple[StepHeader,
     """Rank 0: the header for the pipes and the payload to broadcast."""
     attn = ctx.attn
     header = StepHeader(num_tokens=input_ids.numel(), max_blocks=attn.block_tables.shape[1],
-                        num_decodes=attn.num_decodes, query_lens=attn.query_lens_host, seq_lens=attn.seq_lens_host)
+                        num_decodes=attn.num_decodes, query_lens=attn.query_lens_host, seq_lens=attn.seq_lens_host,
+                        kept=None if ctx.last_rows is None else ctx.last_rows.kept)
     payload = torch.cat([input_ids, ctx.positions, ctx.slot_mapping, attn.block_tables.flatten().long()])
     return header, payload
 
@@ -58,5 +60,6 @@ def receive_step(header: StepHeader, device: torch.device, cos_sin_cache: torch.
         seq_lens_host=header.seq_lens,
     )
     ctx = ForwardContext(positions=payload[t:2 * t], slot_mapping=payload[2 * t:3 * t], attn=attn,
-                         cos_sin_cache=cos_sin_cache)
+                         cos_sin_cache=cos_sin_cache,
+                         last_rows=None if header.kept is None else LastLayerRows.of(attn, header.kept))
     return payload[:t], ctx

@@ -292,6 +292,11 @@ inline float softmax_row(float* s, int lo, int hi, int span, float m_floor, floa
   return m;
 }
 
+// Blocks per online-softmax step of a prefill tile: whole blocks up to 64 keys (when the block size is a multiple of
+// 16, so each block's keys fill whole vectors). A step per 16-key block spent more on its max, sum, exp and rescale
+// than on its dot products at head_dim 64: at 64 keys bf16 prefill ran 1.45x and fp32 1.2x faster.
+inline int chunk_blocks(int block_size) { return block_size % 16 == 0 ? std::max(1, 64 / block_size) : 1; }
+
 #if TIDE_DPBF16
 // ---- bf16 attention on vdpbf16ps (AVX512_BF16) ----------------------------------------------------------------------
 // vdpbf16ps adds the products of 16 pairs of bf16 lanes to 16 fp32 lanes, so K and V are read as the cache holds them,
@@ -569,47 +574,54 @@ inline void for_six_rows(int n, F&& fn) {
 }
 
 // run_tile_item for a bf16 cache on vdpbf16ps (head_dim a multiple of 64): each block's K is transposed and its V
-// interleaved once for all the tile's rows, so scores come 16 keys to a vector and values two keys per instruction.
+// interleaved once for all the tile's rows, so scores come 16 keys to a vector and values two keys per instruction;
+// the online softmax steps a chunk of blocks at a time (chunk_blocks).
 void run_tile_item_dp(const Args& a, const Item& it, Scratch& sc, float* part) {
   const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, np = D / 2;
-  const int BSP = (BS + 15) / 16 * 16, R = (it.q1 - it.q0) * G;
+  const int NB = chunk_blocks(BS), CK = NB * BS, CSP = (CK + 15) / 16 * 16, R = (it.q1 - it.q0) * G;
   const int64_t kv_stride = int64_t(a.num_kv_heads) * D;
   start_item<bf16>(a, it, sc, R);
   load_queries_bf16(a, it, sc, R);
-  sc.s.resize(size_t(R) * BSP);
-  sc.pb.resize(size_t(R) * BSP);
-  sc.kt.resize(size_t(BSP) * np);
-  sc.vi.resize(size_t(BSP / 2) * D);
+  sc.s.resize(size_t(R) * CSP);
+  sc.pb.resize(size_t(R) * CSP);
+  sc.kt.resize(size_t(CSP) * np);
+  sc.vi.resize(size_t(CSP / 2) * D);
   const uint32_t* q = reinterpret_cast<const uint32_t*>(sc.qb.data());
   const uint32_t* pb = reinterpret_cast<const uint32_t*>(sc.pb.data());
   const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
   const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
-  for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += BS) {
-    const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head) * D;
-    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
-    if (key0 + BS < it.k1) {
-      block_ahead(a, k_cache, table[key0 / BS + 1], it.head).fetch(0, 1, 1);
-      block_ahead(a, v_cache, table[key0 / BS + 1], it.head).fetch(0, 1, 1);
+  for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += CK) {
+    int loaded = 0;  // keys of the chunk in kt and vi: whole blocks, the item's last one maybe in part
+    for (int b = 0; b < NB && key0 + b * BS < it.k1; ++b) {
+      const int kb = key0 + b * BS, n = std::min(BS, it.k1 - kb);
+      const int64_t base = (int64_t(table[kb / BS]) * BS * a.num_kv_heads + it.head) * D;
+      if (kb + BS < it.k1) {
+        block_ahead(a, k_cache, table[kb / BS + 1], it.head).fetch(0, 1, 1);
+        block_ahead(a, v_cache, table[kb / BS + 1], it.head).fetch(0, 1, 1);
+      }
+      // block b's keys start at 16-key group b * BS / 16 of kt (BS a multiple of 16 when NB > 1), its pairs at b * BS / 2
+      transpose_keys(k_cache + base, kv_stride, n, D, sc.kt.data() + size_t(b) * BS * np);
+      interleave_values(v_cache + base, kv_stride, n, D, sc.vi.data() + size_t(b) * BS / 2 * D);
+      loaded = b * BS + n;
     }
-    transpose_keys(k_cache + base, kv_stride, j1, D, sc.kt.data());
-    interleave_values(v_cache + base, kv_stride, j1, D, sc.vi.data());
-    const int visible = std::min(j1, sc.lim[R - 1] - key0);  // the tile's last row sees the most keys
+    const int j0 = std::max(it.k0 - key0, 0);
+    const int visible = std::min(loaded, sc.lim[R - 1] - key0);  // the tile's last row sees the most keys
     for_six_rows(R, [&](auto rows, int r0) {
       constexpr int n = decltype(rows)::value;
       for (int c = 0; 16 * c < visible; ++c)
-        tile_scores<n>(q + size_t(r0) * np, np, sc.kt.data() + size_t(c) * np * 16, &sc.s[size_t(r0) * BSP + 16 * c],
-                       BSP, a.scale);
+        tile_scores<n>(q + size_t(r0) * np, np, sc.kt.data() + size_t(c) * np * 16, &sc.s[size_t(r0) * CSP + 16 * c],
+                       CSP, a.scale);
       for (int r = r0; r < r0 + n; ++r) {
-        const int je = std::min(j1, sc.lim[r] - key0);
+        const int je = std::min(loaded, sc.lim[r] - key0);
         const float m_old = sc.m[r];
         float sum;
-        sc.m[r] = softmax_bf16(&sc.s[size_t(r) * BSP], j0, std::max(je, j0), BSP, m_old, &sum, &sc.pb[size_t(r) * BSP]);
+        sc.m[r] = softmax_bf16(&sc.s[size_t(r) * CSP], j0, std::max(je, j0), CSP, m_old, &sum, &sc.pb[size_t(r) * CSP]);
         sc.alpha[r] = m_old == NEG_INF ? 0.f : std::exp(m_old - sc.m[r]);
         sc.l[r] = sc.l[r] * sc.alpha[r] + sum;
       }
       for (int c = 0; c < D; c += 64)
-        tile_values<n>(&sc.acc[size_t(r0) * D], D, c, &sc.alpha[r0], pb + size_t(r0) * BSP / 2, BSP / 2,
+        tile_values<n>(&sc.acc[size_t(r0) * D], D, c, &sc.alpha[r0], pb + size_t(r0) * CSP / 2, CSP / 2,
                        sc.vi.data(), (visible + 1) / 2);
     });
   }
@@ -620,15 +632,16 @@ void run_tile_item_dp(const Args& a, const Item& it, Scratch& sc, float* part) {
 inline bool dp_serves(const Args& a) { return a.head_dim % 64 == 0 && a.block_size % 2 == 0; }
 #endif  // TIDE_DPBF16
 
-// Keys [0, n) of one head's block as fp32, transposed: kt[d * BSP + j] holds dim d of key j (zero for j >= n), so
+// Keys [0, n) of one head's block as fp32, transposed: kt[d * stride + j] holds dim d of key j, so
 // one vector of kt holds a dim of W keys and a row's scores add up as a matrix product, a broadcast dim at a time,
 // with no reduction across lanes.
+// Keys go to columns [0, n) of rows `stride` apart, and columns [n, end) are zeroed.
 template <typename T>
-inline void transpose_block(const T* kp, int64_t ks, int n, int D, int BSP, float* kt) {
+inline void transpose_block(const T* kp, int64_t ks, int n, int D, int stride, int end, float* kt) {
   for (int j = 0; j < n; ++j)
-    for (int d = 0; d < D; ++d) kt[size_t(d) * BSP + j] = to_float(kp[j * ks + d]);
+    for (int d = 0; d < D; ++d) kt[size_t(d) * stride + j] = to_float(kp[j * ks + d]);
   for (int d = 0; d < D; ++d)
-    for (int j = n; j < BSP; ++j) kt[size_t(d) * BSP + j] = 0.f;
+    for (int j = n; j < end; ++j) kt[size_t(d) * stride + j] = 0.f;
 }
 
 // Scores of R query rows (D apart at q, already scaled) against the W transposed keys at kt (dims BSP apart), into
@@ -663,9 +676,9 @@ inline void for_rows(int n, F&& fn) {
 constexpr int SCORE_ROWS = 12;
 constexpr int VALUE_ROWS = VREGS == 32 ? 6 : 2;
 
-// A tile of query rows over its causal keys, block by block with an online softmax. Each block's keys are
-// transposed once for all the tile's rows (up to about 96: tokens x heads of the group), so scores come as a
-// matrix product, W keys to a vector.
+// A tile of query rows over its causal keys, a chunk of blocks (chunk_blocks) per online-softmax step. Each block's
+// keys are transposed once for all the tile's rows (up to about 96: tokens x heads of the group), so scores come as
+// a matrix product, W keys to a vector.
 template <typename T>
 void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
 #if TIDE_DPBF16
@@ -673,50 +686,60 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
     if (dp_serves(a)) return run_tile_item_dp(a, it, sc, part);
 #endif
   const int G = a.num_q_heads / a.num_kv_heads, D = a.head_dim, BS = a.block_size, nc = D / W;
-  const int BSP = (BS + W - 1) / W * W, R = (it.q1 - it.q0) * G;
+  const int NB = chunk_blocks(BS), CK = NB * BS, CSP = (CK + W - 1) / W * W, R = (it.q1 - it.q0) * G;
   const int64_t kv_stride = int64_t(a.num_kv_heads) * D;  // elements between keys of one block
   start_item<T>(a, it, sc, R);
-  sc.s.resize(size_t(R) * BSP);
-  sc.k.resize(size_t(D) * BSP);
+  sc.s.resize(size_t(R) * CSP);
+  sc.k.resize(size_t(D) * CSP);
+  sc.v.resize(size_t(NB) * BS * D);
   const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
-  for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += BS) {
-    const int64_t base = (int64_t(table[key0 / BS]) * BS * a.num_kv_heads + it.head) * D;
-    const int j0 = std::max(it.k0 - key0, 0), j1 = std::min(BS, it.k1 - key0);
-    if (key0 + BS < it.k1) {
-      block_ahead(a, k_cache, table[key0 / BS + 1], it.head).fetch(0, 1, 1);
-      block_ahead(a, v_cache, table[key0 / BS + 1], it.head).fetch(0, 1, 1);
+  const float* vp[4];  // each block's value rows as fp32 (chunk_blocks <= 4), their key strides in vs
+  int64_t vs[4];
+  for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += CK) {
+    const int j0 = std::max(it.k0 - key0, 0);
+    int loaded = 0, blocks = 0;  // keys of the chunk in sc.k (whole blocks, the item's last one maybe in part)
+    for (; blocks < NB && key0 + blocks * BS < it.k1; ++blocks) {
+      const int b = blocks, kb = key0 + b * BS, n = std::min(BS, it.k1 - kb);
+      const int64_t base = (int64_t(table[kb / BS]) * BS * a.num_kv_heads + it.head) * D;
+      if (kb + BS < it.k1) {
+        block_ahead(a, k_cache, table[kb / BS + 1], it.head).fetch(0, 1, 1);
+        block_ahead(a, v_cache, table[kb / BS + 1], it.head).fetch(0, 1, 1);
+      }
+      const bool last = b + 1 == NB || kb + BS >= it.k1;
+      transpose_block(k_cache + base, kv_stride, n, D, CSP, last ? CSP - b * BS : n, sc.k.data() + b * BS);
+      vp[b] = block_rows(v_cache, base, kv_stride, b == 0 ? j0 : 0, n, D, sc.v.data() + size_t(b) * BS * D, &vs[b]);
+      loaded = b * BS + n;
     }
-    transpose_block(k_cache + base, kv_stride, j1, D, BSP, sc.k.data());
-    int64_t ks;
-    const float* vp = block_rows(v_cache, base, kv_stride, j0, j1, D, sc.v.data(), &ks);
     for_rows<SCORE_ROWS>(R, [&](auto rows, int r0) {
       constexpr int n = decltype(rows)::value;
-      const int visible = std::min(j1, sc.lim[r0 + n - 1] - key0);  // rows go by token: the last sees the most
+      const int visible = std::min(loaded, sc.lim[r0 + n - 1] - key0);  // rows go by token: the last sees the most
       if (visible <= j0) return;
-      float* s = &sc.s[size_t(r0) * BSP];
+      float* s = &sc.s[size_t(r0) * CSP];
       for (int c = j0 / W * W; c < visible; c += W)
-        tile_scores_f32<n>(&sc.q[size_t(r0) * D], D, sc.k.data() + c, BSP, s + c, BSP);
+        tile_scores_f32<n>(&sc.q[size_t(r0) * D], D, sc.k.data() + c, CSP, s + c, CSP);
       for (int r = r0; r < r0 + n; ++r) {
-        const int je = std::min(j1, sc.lim[r] - key0);
-        float* sr = &sc.s[size_t(r) * BSP];
-        if (je <= j0) {  // this row's token comes before every key of the block: it adds nothing
-          std::fill(sr, sr + BSP, 0.f);
+        const int je = std::min(loaded, sc.lim[r] - key0);
+        float* sr = &sc.s[size_t(r) * CSP];
+        if (je <= j0) {  // this row's token comes before every key of the chunk: it adds nothing
+          std::fill(sr, sr + CSP, 0.f);
           sc.alpha[r] = 1.f;
           continue;
         }
         const float m_old = sc.m[r];
         float sum;
-        sc.m[r] = softmax_row(sr, j0, je, BSP, m_old, &sum);
+        sc.m[r] = softmax_row(sr, j0, je, CSP, m_old, &sum);
         sc.alpha[r] = m_old == sc.m[r] ? 1.f : m_old == NEG_INF ? 0.f : std::exp(m_old - sc.m[r]);
         sc.l[r] = sc.l[r] * sc.alpha[r] + sum;
       }
-      for_rows<VALUE_ROWS>(n, [&](auto vrows, int v0) {
-        constexpr int m = decltype(vrows)::value;
-        block_values<m>(&sc.acc[size_t(r0 + v0) * D], nc, s + size_t(v0) * BSP, BSP, vp, ks, j0, visible,
-                        &sc.alpha[r0 + v0], Ahead());
-      });
+      for (int b = 0; b < blocks && b * BS < visible; ++b)  // the first block's pass also rescales by alpha
+        for_rows<VALUE_ROWS>(n, [&](auto vrows, int v0) {
+          constexpr int m = decltype(vrows)::value;
+          block_values<m>(&sc.acc[size_t(r0 + v0) * D], nc, s + size_t(v0) * CSP + b * BS, CSP, vp[b], vs[b],
+                          b == 0 ? j0 : 0, std::min(BS, visible - b * BS), b == 0 ? &sc.alpha[r0 + v0] : nullptr,
+                          Ahead());
+        });
     });
   }
   finish_item<T>(a, it, sc, part, R);
@@ -891,8 +914,6 @@ void paged_attention(const Args& a, int num_threads) {
 
 // ---- element-wise ops (same rounding as the PyTorch twins in kernels/torch_ops.py) ---------------------------------
 
-inline int threads_for(int64_t elems, int num_threads) { return elems < (1 << 16) ? 1 : num_threads; }
-
 // residual_out = x + residual (rounded to T); out = weight * T(r * rsqrt(mean(r^2) + eps)), the mean in fp32.
 template <typename T>
 void add_rms_norm(const T* x, const T* residual, const T* weight, T* out, T* residual_out, int64_t rows, int hidden,
@@ -930,33 +951,49 @@ void silu_and_mul(const T* x, T* out, int64_t rows, int inter, int num_threads) 
 #pragma omp parallel for schedule(static) num_threads(threads_for(rows * inter, num_threads))
   for (int64_t t = 0; t < rows; ++t) {
     const T* g = x + t * 2 * inter;
-    for (int c = 0; c < inter; c += W) {
+    int c = 0;
+    // Four vectors at a time: each exp is a long dependent chain, which one vector alone leaves the core waiting on.
+    for (; c + 4 * W <= inter; c += 4 * W) {
+      vf gate[4], e[4];
+      for (int u = 0; u < 4; ++u) gate[u] = load(g + c + u * W);
+      for (int u = 0; u < 4; ++u) e[u] = vexp(-gate[u]);
+      for (int u = 0; u < 4; ++u)
+        store(out + t * inter + c + u * W, round_to(gate[u] / (1.f + e[u]), tag) * load(g + inter + c + u * W));
+    }
+    for (; c < inter; c += W) {
       const vf gate = load(g + c);
-      const vf silu = round_to(gate / (1.f + vexp(-gate)), tag);
-      store(out + t * inter + c, silu * load(g + inter + c));
+      store(out + t * inter + c, round_to(gate / (1.f + vexp(-gate)), tag) * load(g + inter + c));
     }
   }
 }
 
 // Rotates heads [rows, num_heads, D] (token stride `stride`) in place by cos/sin rows [max_pos, D] = [cos | sin]:
-// neox pairs (i, i + D/2); each product and each sum rounded to T.
+// neox pairs (i, i + D/2); each product and each sum rounded to T. A token's cos and sin are read once for all of its
+// heads (held in registers up to D = 256 on AVX-512): re-read per head, they had to wait for the previous head's
+// stores, which the compiler cannot prove are elsewhere.
 template <typename T>
 void rotary_neox(const int64_t* positions, T* x, int64_t stride, int64_t rows, int num_heads, int head_dim,
                  const T* cos_sin, int num_threads) {
   const T* tag = nullptr;
   const int half = head_dim / 2;
+  constexpr int MAX_VECS = 128 / W;
 #pragma omp parallel for schedule(static) num_threads(threads_for(rows * num_heads * head_dim, num_threads))
   for (int64_t t = 0; t < rows; ++t) {
     const T* cs = cos_sin + positions[t] * head_dim;
-    for (int h = 0; h < num_heads; ++h) {
-      T* x1 = x + t * stride + int64_t(h) * head_dim;
-      T* x2 = x1 + half;
-      for (int c = 0; c < half; c += W) {
-        const vf a = load(x1 + c), b = load(x2 + c), cos = load(cs + c), sin = load(cs + half + c);
-        const vf r1 = no_contract(round_to(a * cos, tag)) - no_contract(round_to(b * sin, tag));
-        const vf r2 = no_contract(round_to(b * cos, tag)) + no_contract(round_to(a * sin, tag));
-        store(x1 + c, r1);
-        store(x2 + c, r2);
+    for (int c0 = 0; c0 < half; c0 += MAX_VECS * W) {  // one pass for every head_dim up to 256 at W = 16
+      const int n = std::min(MAX_VECS, (half - c0) / W);
+      vf cos[MAX_VECS], sin[MAX_VECS];
+      for (int i = 0; i < n; ++i) cos[i] = load(cs + c0 + i * W), sin[i] = load(cs + half + c0 + i * W);
+      for (int h = 0; h < num_heads; ++h) {
+        T* x1 = x + t * stride + int64_t(h) * head_dim + c0;
+        T* x2 = x1 + half;
+        for (int i = 0; i < n; ++i) {
+          const vf a = load(x1 + i * W), b = load(x2 + i * W);
+          const vf r1 = no_contract(round_to(a * cos[i], tag)) - no_contract(round_to(b * sin[i], tag));
+          const vf r2 = no_contract(round_to(b * cos[i], tag)) + no_contract(round_to(a * sin[i], tag));
+          store(x1 + i * W, r1);
+          store(x2 + i * W, r2);
+        }
       }
     }
   }

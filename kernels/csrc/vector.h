@@ -7,8 +7,10 @@
 #pragma once
 #include <omp.h>
 
-#if defined(__AVX512BF16__) && !defined(TIDE_VECTOR_WIDTH)
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512BF16__) && !defined(TIDE_VECTOR_WIDTH)
 #define TIDE_DPBF16 1  // bf16 dot products on the CPU's own bf16 arithmetic (vdpbf16ps)
 #else
 #define TIDE_DPBF16 0
@@ -50,27 +52,48 @@ inline vf load(const float* p) {
   return v;
 }
 
+// bf16 <-> fp32. On AVX-512 a load widens in one move (GCC splits the generic conversion into halves and lane
+// permutes); with AVX512_BF16 the rounding to nearest even is the CPU's own vcvtneps2bf16, one instruction where the
+// integer formula takes five (bf16 rotary 1.8x, SiLU-and-mul 1.3x faster). They agree on every normal number; the
+// instruction gives a quiet NaN for a NaN (the formula could carry a NaN into an infinity) and flushes results
+// below bf16's smallest normal (1.2e-38) to zero, where torch keeps a subnormal.
 inline vf load(const bf16* p) {  // bf16 -> fp32 is a 16-bit shift
+#if VW == 16 && defined(__AVX512F__)
+  return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+#else
   vh h;
   std::memcpy(&h, p, sizeof h);
   return (vf)(__builtin_convertvector(h, vu) << 16);
+#endif
 }
 
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
 inline void store(bf16* p, vf v) {  // round to nearest even
+#if TIDE_DPBF16
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh((__m512)v));
+#else
   vu u = (vu)v;
   u += 0x7fffu + ((u >> 16) & 1u);
+#if VW == 16 && defined(__AVX512F__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32((__m512i)u, 16)));
+#else
   vh h = __builtin_convertvector(u >> 16, vh);
   std::memcpy(p, &h, sizeof h);
+#endif
+#endif
 }
 
 // Rounds v to the precision of T (bf16: to nearest even, kept in fp32), as torch does after each bf16 op.
 inline vf round_to(vf v, const float*) { return v; }
 inline vf round_to(vf v, const bf16*) {
+#if TIDE_DPBF16
+  return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh((__m512)v)), 16);
+#else
   vu u = (vu)v;
   u += 0x7fffu + ((u >> 16) & 1u);
   return (vf)(u & 0xffff0000u);
+#endif
 }
 
 // Keeps the compiler from fusing a product into a following add (FMA), so results round as torch's do.
@@ -82,6 +105,9 @@ inline vf no_contract(vf v) {
 #endif
   return v;
 }
+
+// Threads for an element-wise op over `elems` elements: below ~64k, starting a second thread costs more than it saves.
+inline int threads_for(int64_t elems, int num_threads) { return elems < (1 << 16) ? 1 : num_threads; }
 
 inline float hsum(vf v) {
   float s = 0.f;

@@ -15,6 +15,7 @@ from tide.engine.sampler import (
     top_p_mask,
 )
 from tide.engine.sampling_params import SamplingParams
+from tide.kernels import native_ops, torch_ops
 
 EOS = 0
 
@@ -43,11 +44,12 @@ PROBS = torch.tensor([0.05, 0.35, 0.04, 0.25, 0.15, 0.10, 0.03, 0.02, 0.01])
 LOGITS = PROBS.log().unsqueeze(0)
 
 
-def test_greedy_is_argmax_of_any_dtype():
+@pytest.mark.parametrize("argmax", [torch_ops.argmax, native_ops.argmax], ids=["twin", "native"])
+def test_greedy_is_argmax_of_any_dtype(argmax):
     logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
     rows = [Row(SamplingParams(temperature=0.0)) for _ in range(8)]
     for dtype in (torch.float32, torch.bfloat16):
-        out = Sampler()(logits.to(dtype), rows, {EOS})
+        out = Sampler(argmax)(logits.to(dtype), rows, {EOS})
         assert out.token_ids == logits.to(dtype).float().argmax(dim=-1).tolist()
         assert out.logprobs == [None] * 8
 

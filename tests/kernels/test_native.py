@@ -226,8 +226,9 @@ def test_fused_add_rms_norm_matches_twin(dtype, rows):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 300])
-def test_silu_and_mul_matches_twin(dtype, rows):
-    x = _rand(rows, 2 * 1536, dtype=dtype, seed=4, scale=6.0)
+@pytest.mark.parametrize("inter", [1536, 80])  # 80: whole groups of four vectors, then one or two more
+def test_silu_and_mul_matches_twin(dtype, rows, inter):
+    x = _rand(rows, 2 * inter, dtype=dtype, seed=4, scale=6.0)
     x[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])
     torch.testing.assert_close(native_ops.silu_and_mul(x), torch_ops.silu_and_mul(x), **ELEMENTWISE_TOLERANCE[dtype])
 
@@ -246,3 +247,27 @@ def test_rotary_embedding_equals_twin_bit_for_bit(dtype, head_dim):
         k = buf[:, hq * head_dim : (hq + hkv) * head_dim].view(rows, hkv, head_dim)
         ops.rotary_embedding(positions, q, k, cos_sin, True)
     assert torch.equal(qkv, twin_qkv)
+
+
+def _argmax_cases(dtype):
+    """Rows that catch a wrong tie, lane, tail or NaN rule, as (name, logits) with unit column stride."""
+    wide = _rand(6, 49152 + 5, dtype=dtype, seed=8)
+    wide[1, 7] = wide[1, 40000] = wide[1, 49155] = 50.0  # equal maxima in different lanes and in the tail
+    wide[2] = 0.0  # every column ties: the first wins
+    wide[3] = float("-inf")
+    wide[3, 49156] = -1e30  # the only finite value, in the tail
+    wide[4, 300] = float("nan")  # a NaN is the maximum, as in torch.argmax
+    wide[4, 100] = float("nan")
+    wide[5, 49153] = 99.0  # the maximum in the tail, past the vectors
+    return [("wide", wide), ("strided", wide[:, :1000]), ("short", _rand(3, 5, dtype=dtype, seed=9)),
+            ("one column", _rand(4, 1, dtype=dtype, seed=10)), ("short ties", torch.zeros(2, 7, dtype=dtype))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("build", ["native", "avx2"])
+def test_argmax_equals_torch(dtype, build):
+    library = native.load(isa="avx2") if build == "avx2" else LIBRARY
+    if library is None:
+        pytest.skip("no AVX2 build on this CPU")
+    for name, logits in _argmax_cases(dtype):
+        assert torch.equal(native_ops.argmax(logits, library=library), logits.argmax(dim=-1)), name
