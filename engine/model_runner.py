@@ -54,8 +54,9 @@ class ModelRunner:
         self.kv_cache.index_copy_(2, dst, self.kv_cache.index_select(2, src))
 
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
-        """Compute the scheduled tokens; return fp32 logits for the sequences that reach their end: one row each, or
-        1 + num_draft_tokens consecutive rows for a sequence carrying draft tokens."""
+        """Compute the scheduled tokens; return logits (in the model's dtype: the sampler widens only what it edits)
+        for the sequences that reach their end: one row each, or 1 + num_draft_tokens consecutive rows for a
+        sequence carrying draft tokens."""
         logits, sampling, _ = self.forward(scheduled, [])
         return logits, sampling
 
@@ -71,7 +72,7 @@ class ModelRunner:
         asked = hidden[torch.tensor(hidden_rows, dtype=torch.long, device=hidden.device)]
         if not sampling:
             return torch.empty(0), [], asked
-        return self.model.compute_logits(hidden[logits_indices]).float(), sampling, asked
+        return self.model.compute_logits(hidden[logits_indices]), sampling, asked
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores of final hidden states (any rows of any step)."""

@@ -7,6 +7,7 @@
 
     ops = get_ops(device)   # TIDE_KERNELS=triton|native|torch overrides the choice
     ops.write_kv_cache / paged_attention / fused_add_rms_norm / rms_norm / rotary_embedding / silu_and_mul / add_lora
+    ops.rotary_write_kv_cache                             # rotary_embedding, then write_kv_cache, in one call
     ops.argmax                                            # greedy sampling
 
 Triton is imported only when the Triton backend is chosen, so this package imports on machines without it.

@@ -24,6 +24,7 @@ _OP_NAMES = (
     "fused_add_rms_norm",
     "rms_norm",
     "rotary_embedding",
+    "rotary_write_kv_cache",
     "silu_and_mul",
     "add_lora",
     "argmax",
@@ -40,6 +41,7 @@ class KernelOps:
     fused_add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     rms_norm: Callable[..., torch.Tensor]
     rotary_embedding: Callable[..., None]
+    rotary_write_kv_cache: Callable[..., None]
     silu_and_mul: Callable[..., torch.Tensor]
     add_lora: Callable[..., None]
     argmax: Callable[[torch.Tensor], torch.Tensor]

@@ -90,6 +90,9 @@ def load(vector_width: int | None = None, isa: str | None = None) -> NativeLibra
     `isa` ("avx512" or "avx2", else $TIDE_NATIVE_ISA) builds for less than the CPU has, to compare the paths.
     """
     key = (vector_width, isa or os.environ.get(ISA_ENV, ""), os.environ.get(DISABLE_ENV, ""))
+    loaded = _loaded.get(key, _loaded)  # every op asks, a few hundred times a step: no lock once it is known
+    if loaded is not _loaded:
+        return loaded
     with _lock:
         if key not in _loaded:
             try:
@@ -175,6 +178,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tide_rotary_neox.argtypes = [p, p, i64, i64, i32, i32, p, i32, i32]
     lib.tide_lora_apply.restype = i32
     lib.tide_lora_apply.argtypes = [p, i64, p, i64, p, p, p, p, i32, i32, i32, i32, p, i32, i32]
+    lib.tide_rotary_write_kv.restype = i32
+    lib.tide_rotary_write_kv.argtypes = [p, p, i64, i32, p, i64, p, i64, i32, i32, p, p, p, p, i64, i64, i32, i32]
     lib.tide_argmax_rows.restype = None
     lib.tide_argmax_rows.argtypes = [p, i64, i64, i64, i32, p, i32]
     lib.tide_write_kv_cache.restype = i32

@@ -15,8 +15,8 @@ from tide.kernels import native, torch_ops
 from tide.kernels.metadata import AttentionMetadata, LoraRows
 from tide.kernels.torch_ops import rms_norm
 
-__all__ = ["add_lora", "argmax", "fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
-           "write_kv_cache"]
+__all__ = ["add_lora", "argmax", "fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding",
+           "rotary_write_kv_cache", "silu_and_mul", "write_kv_cache"]
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
@@ -138,11 +138,40 @@ def rotary_embedding(
                                      head_dim, cos_sin_cache.data_ptr(), _DTYPES[x.dtype], torch.get_num_threads())
 
 
+def rotary_write_kv_cache(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_sin_cache: torch.Tensor,
+    is_neox: bool, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+) -> None:
+    """Same contract as kernels.torch_ops.rotary_write_kv_cache, in one native call: each token's q and k rotated
+    and its k and v rows copied to its slot in one pass (three calls before, two of them for the rotary)."""
+    library = native.load()
+    head_dim, row = q.shape[-1], k_cache.shape[2] * k_cache.shape[3]
+    if not (is_neox and _served(library, (cos_sin_cache, k_cache, v_cache), head_dim // 2)
+            and cos_sin_cache.dtype == q.dtype == k.dtype == v.dtype and positions.dtype == torch.int64
+            and positions.is_contiguous() and slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous()
+            and all(_heads_served(x, q.dtype) for x in (q, k, v)) and _rows_contiguous(v, row)
+            and _rows_contiguous(k, row)):
+        rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+        write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+        return
+    rc = library.lib.tide_rotary_write_kv(
+        positions.data_ptr(), q.data_ptr(), q.stride(0), q.shape[1], k.data_ptr(), k.stride(0), v.data_ptr(),
+        v.stride(0), k.shape[1], head_dim, cos_sin_cache.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+        slot_mapping.data_ptr(), q.shape[0], k_cache.shape[0] * k_cache.shape[1], _DTYPES[q.dtype],
+        torch.get_num_threads())
+    if rc != 0:  # a slot out of range, nothing touched: the twins rotate and then raise the usual error
+        torch_ops.rotary_write_kv_cache(positions, q, k, v, cos_sin_cache, is_neox, k_cache, v_cache, slot_mapping)
+
+
 def _served(library: native.NativeLibrary | None, tensors, width: int) -> bool:
     """CPU, one dtype the library knows, contiguous, and `width` a multiple of the vector width."""
     dtype = tensors[0].dtype
-    return (library is not None and width % library.vector_width == 0 and dtype in _DTYPES
-            and all(t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors))
+    if library is None or width % library.vector_width or dtype not in _DTYPES:
+        return False
+    for t in tensors:  # a plain loop: this runs for every element-wise op of every layer
+        if t.dtype != dtype or not t.is_cpu or not t.is_contiguous():
+            return False
+    return True
 
 
 def _heads_served(x: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -51,6 +51,15 @@ def rotary_embedding(
         x2.copy_(r2)
 
 
+def rotary_write_kv_cache(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_sin_cache: torch.Tensor,
+    is_neox: bool, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+) -> None:
+    """The glue between the qkv projection and attention: rotary_embedding(q, k), then write_kv_cache(k, v)."""
+    rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+    write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """silu(x[:, :I]) * x[:, I:] for x [T, 2I]."""
     gate, up = x.chunk(2, dim=-1)

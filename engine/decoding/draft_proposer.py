@@ -100,7 +100,7 @@ class DraftProposer:
         logits, rows = self.runner.run(scheduled)  # type: ignore[arg-type]  # _DraftSeq reads as a Sequence
         for draft, num_new in scheduled:
             draft.num_computed_tokens += num_new
-        for draft, token in zip(rows, logits.argmax(dim=-1).tolist()):
+        for draft, token in zip(rows, self.runner.model.ops.argmax(logits).tolist()):
             draft.token_ids.append(token)
 
     def _proposal(self, seq: Sequence) -> list[int]:

@@ -153,8 +153,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q = self.ops.rms_norm(q, self.q_norm, self.eps)
             k = self.ops.rms_norm(k, self.k_norm, self.eps)
-        self.ops.rotary_embedding(ctx.positions, q, k, ctx.cos_sin_cache, True)
-        self.ops.write_kv_cache(k, v, k_cache, v_cache, ctx.slot_mapping)
+        self.ops.rotary_write_kv_cache(ctx.positions, q, k, v, ctx.cos_sin_cache, True, k_cache, v_cache,
+                                       ctx.slot_mapping)
         attn = ctx.attn
         if rows is not None:
             q, attn = q.index_select(0, rows.index), rows.attn

@@ -967,35 +967,56 @@ void silu_and_mul(const T* x, T* out, int64_t rows, int inter, int num_threads) 
   }
 }
 
-// Rotates heads [rows, num_heads, D] (token stride `stride`) in place by cos/sin rows [max_pos, D] = [cos | sin]:
-// neox pairs (i, i + D/2); each product and each sum rounded to T. A token's cos and sin are read once for all of its
-// heads (held in registers up to D = 256 on AVX-512): re-read per head, they had to wait for the previous head's
-// stores, which the compiler cannot prove are elsewhere.
+// Rotates one token's heads [num_heads, D] in place by its position's cos/sin row cs = [cos | sin]: neox pairs
+// (i, i + D/2); each product and each sum rounded to T. cos and sin are read once for all of the token's heads (held
+// in registers up to D = 256 on AVX-512).
 template <typename T>
-void rotary_neox(const int64_t* positions, T* x, int64_t stride, int64_t rows, int num_heads, int head_dim,
-                 const T* cos_sin, int num_threads) {
+inline void rotate_heads(T* x, int num_heads, int head_dim, const T* cs) {
   const T* tag = nullptr;
   const int half = head_dim / 2;
   constexpr int MAX_VECS = 128 / W;
-#pragma omp parallel for schedule(static) num_threads(threads_for(rows * num_heads * head_dim, num_threads))
-  for (int64_t t = 0; t < rows; ++t) {
-    const T* cs = cos_sin + positions[t] * head_dim;
-    for (int c0 = 0; c0 < half; c0 += MAX_VECS * W) {  // one pass for every head_dim up to 256 at W = 16
-      const int n = std::min(MAX_VECS, (half - c0) / W);
-      vf cos[MAX_VECS], sin[MAX_VECS];
-      for (int i = 0; i < n; ++i) cos[i] = load(cs + c0 + i * W), sin[i] = load(cs + half + c0 + i * W);
-      for (int h = 0; h < num_heads; ++h) {
-        T* x1 = x + t * stride + int64_t(h) * head_dim + c0;
-        T* x2 = x1 + half;
-        for (int i = 0; i < n; ++i) {
-          const vf a = load(x1 + i * W), b = load(x2 + i * W);
-          const vf r1 = no_contract(round_to(a * cos[i], tag)) - no_contract(round_to(b * sin[i], tag));
-          const vf r2 = no_contract(round_to(b * cos[i], tag)) + no_contract(round_to(a * sin[i], tag));
-          store(x1 + i * W, r1);
-          store(x2 + i * W, r2);
-        }
+  for (int c0 = 0; c0 < half; c0 += MAX_VECS * W) {
+    const int n = std::min(MAX_VECS, (half - c0) / W);
+    vf cos[MAX_VECS], sin[MAX_VECS];
+    for (int i = 0; i < n; ++i) cos[i] = load(cs + c0 + i * W), sin[i] = load(cs + half + c0 + i * W);
+    for (int h = 0; h < num_heads; ++h) {
+      T* x1 = x + int64_t(h) * head_dim + c0;
+      T* x2 = x1 + half;
+      for (int i = 0; i < n; ++i) {
+        const vf a = load(x1 + i * W), b = load(x2 + i * W);
+        const vf r1 = no_contract(round_to(a * cos[i], tag)) - no_contract(round_to(b * sin[i], tag));
+        const vf r2 = no_contract(round_to(b * cos[i], tag)) + no_contract(round_to(a * sin[i], tag));
+        store(x1 + i * W, r1);
+        store(x2 + i * W, r2);
       }
     }
+  }
+}
+
+// Rotates heads [rows, num_heads, D] (token stride `stride`) in place by cos/sin rows [max_pos, D].
+template <typename T>
+void rotary_neox(const int64_t* positions, T* x, int64_t stride, int64_t rows, int num_heads, int head_dim,
+                 const T* cos_sin, int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * num_heads * head_dim, num_threads))
+  for (int64_t t = 0; t < rows; ++t) rotate_heads(x + t * stride, num_heads, head_dim, cos_sin + positions[t] * head_dim);
+}
+
+// The attention block's glue in one pass over the tokens: rotates q and k in place (as rotary_neox), then copies
+// each token's k and v rows ([num_kv_heads * D] contiguous) into its cache slot (slot -1: not written).
+template <typename T>
+void rotary_write_kv(const int64_t* positions, T* q, int64_t q_stride, int num_q_heads, T* k, int64_t k_stride,
+                     const T* v, int64_t v_stride, int num_kv_heads, int head_dim, const T* cos_sin, T* k_cache,
+                     T* v_cache, const int64_t* slots, int64_t rows, int num_threads) {
+  const int64_t row = int64_t(num_kv_heads) * head_dim;
+#pragma omp parallel for schedule(static) \
+    num_threads(threads_for(rows * (num_q_heads + num_kv_heads) * head_dim, num_threads))
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* cs = cos_sin + positions[t] * head_dim;
+    rotate_heads(q + t * q_stride, num_q_heads, head_dim, cs);
+    rotate_heads(k + t * k_stride, num_kv_heads, head_dim, cs);
+    if (slots[t] < 0) continue;
+    std::memcpy(k_cache + slots[t] * row, k + t * k_stride, sizeof(T) * row);
+    std::memcpy(v_cache + slots[t] * row, v + t * v_stride, sizeof(T) * row);
   }
 }
 
@@ -1078,6 +1099,28 @@ void tide_rotary_neox(const int64_t* positions, void* x, int64_t stride, int64_t
   else
     rotary_neox(positions, static_cast<bf16*>(x), stride, rows, num_heads, head_dim,
                 static_cast<const bf16*>(cos_sin), num_threads);
+}
+
+// rotary_write_kv for q [T, Hq, D], k and v [T, Hkv, D] (token strides in elements, heads contiguous), cos/sin
+// [max_pos, D] and caches of num_slots slots; dtype 0 = float32, 1 = bfloat16. Returns 0, or -1 (touching
+// nothing) when a slot is past num_slots.
+int tide_rotary_write_kv(const int64_t* positions, void* q, int64_t q_stride, int num_q_heads, void* k,
+                         int64_t k_stride, const void* v, int64_t v_stride, int num_kv_heads, int head_dim,
+                         const void* cos_sin, void* k_cache, void* v_cache, const int64_t* slots, int64_t rows,
+                         int64_t num_slots, int dtype, int num_threads) {
+  for (int64_t t = 0; t < rows; ++t)
+    if (slots[t] >= num_slots) return -1;
+  if (dtype == 0)
+    rotary_write_kv(positions, static_cast<float*>(q), q_stride, num_q_heads, static_cast<float*>(k), k_stride,
+                    static_cast<const float*>(v), v_stride, num_kv_heads, head_dim,
+                    static_cast<const float*>(cos_sin), static_cast<float*>(k_cache), static_cast<float*>(v_cache),
+                    slots, rows, num_threads);
+  else
+    rotary_write_kv(positions, static_cast<bf16*>(q), q_stride, num_q_heads, static_cast<bf16*>(k), k_stride,
+                    static_cast<const bf16*>(v), v_stride, num_kv_heads, head_dim,
+                    static_cast<const bf16*>(cos_sin), static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache),
+                    slots, rows, num_threads);
+  return 0;
 }
 
 }  // extern "C"

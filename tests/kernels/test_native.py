@@ -271,3 +271,32 @@ def test_argmax_equals_torch(dtype, build):
         pytest.skip("no AVX2 build on this CPU")
     for name, logits in _argmax_cases(dtype):
         assert torch.equal(native_ops.argmax(logits, library=library), logits.argmax(dim=-1)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_write_kv_cache_equals_twin_bit_for_bit(dtype):
+    """One native pass rotates q and k (views into a fused qkv output) and fills only the mapped slots."""
+    rows, hq, hkv, head_dim, block_size = 45, 9, 3, 64, 16
+    slots = torch.randperm(6 * block_size, generator=torch.Generator().manual_seed(11))[:rows]
+    slots[[3, 17]] = -1
+    qkv = _rand(rows, (hq + 2 * hkv) * head_dim, dtype=dtype, seed=12)
+    cos_sin = _rand(512, head_dim, dtype=dtype, seed=13)
+    positions = torch.randint(0, 512, (rows,), generator=torch.Generator().manual_seed(14))
+    results = []
+    for ops in (native_ops, torch_ops):
+        buf = qkv.clone()
+        q, k, v = (t.view(rows, -1, head_dim) for t in buf.split([hq * head_dim, hkv * head_dim, hkv * head_dim], 1))
+        caches = [torch.full((6, block_size, hkv, head_dim), float("nan"), dtype=dtype) for _ in range(2)]
+        ops.rotary_write_kv_cache(positions, q, k, v, cos_sin, True, *caches, slots)
+        results.append((buf, *caches))
+    for native_result, twin_result in zip(*results):
+        assert torch.equal(native_result.nan_to_num(7.0), twin_result.nan_to_num(7.0))
+    assert results[0][1].isnan().any()  # the unmapped slots were left alone
+
+
+def test_rotary_write_kv_cache_refuses_a_slot_past_the_cache():
+    q, k, v = (_rand(2, h, 64, dtype=torch.float32, seed=h) for h in (9, 3, 3))
+    caches = [torch.zeros(2, 16, 3, 64) for _ in range(2)]
+    with pytest.raises(IndexError):
+        native_ops.rotary_write_kv_cache(torch.tensor([0, 1]), q, k, v, _rand(8, 64, dtype=torch.float32, seed=1),
+                                         True, *caches, torch.tensor([0, 32]))
