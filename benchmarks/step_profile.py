@@ -27,7 +27,8 @@ from tide.engine.llm import LLM
 
 _LINEARS = {"qkv_proj": "linear qkv", "o_proj": "linear o", "gate_up_proj": "linear gate_up",
             "down_proj": "linear down"}
-_OPS = ("rotary_write_kv_cache", "write_kv_cache", "fused_add_rms_norm", "rms_norm", "rotary_embedding", "silu_and_mul")
+_OPS = ("rotary_write_kv_cache", "write_kv_cache", "fused_add_rms_norm", "rms_norm", "rotary_embedding",
+        "silu_and_mul")
 
 
 class Timers:

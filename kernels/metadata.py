@@ -36,7 +36,7 @@ class AttentionMetadata:
     def num_seqs(self) -> int:
         return len(self.seq_lens_host)
 
-    def suffixes(self, kept: list[int]) -> "AttentionMetadata":
+    def suffixes(self, kept: list[int]) -> AttentionMetadata:
         """The layout of only the last kept[b] query rows of each sequence b (0 <= kept[b] <= its query length, not
         all 0): the same keys for fewer queries. Sequences that keep no row are left out."""
         seqs = [b for b, n in enumerate(kept) if n]

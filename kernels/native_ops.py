@@ -1,5 +1,6 @@
 """The CPU backend: the native C++ library's paged attention, KV write, fused add + RMSNorm, rotary embedding,
-SiLU-and-mul and argmax, with the same signatures and rounding as the PyTorch twins, and the LoRA updates of a step's rows.
+SiLU-and-mul and argmax, with the same signatures and rounding as the PyTorch twins, and the LoRA updates of a step's
+rows.
 
 Each op checks that the library can serve its arguments (CPU tensors, fp32 or bf16, widths that are multiples of
 the vector width, the layouts below) and hands anything else to its twin, so the backend never fails where the

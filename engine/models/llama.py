@@ -100,7 +100,7 @@ class LastLayerRows:
     attn: AttentionMetadata  # their layout: the same keys, fewer queries
 
     @classmethod
-    def of(cls, attn: AttentionMetadata, kept: list[int]) -> "LastLayerRows":
+    def of(cls, attn: AttentionMetadata, kept: list[int]) -> LastLayerRows:
         rows: list[int] = []
         end = 0
         for query_len, n in zip(attn.query_lens_host, kept):
