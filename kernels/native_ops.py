@@ -152,8 +152,8 @@ def rotary_write_kv_cache(
             and positions.is_contiguous() and slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous()
             and all(_heads_served(x, q.dtype) for x in (q, k, v)) and _rows_contiguous(v, row)
             and _rows_contiguous(k, row)):
-        rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
-        write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+        torch_ops.rotary_then_write_kv(rotary_embedding, write_kv_cache, positions, q, k, v, cos_sin_cache, is_neox,
+                                       k_cache, v_cache, slot_mapping)
         return
     rc = library.lib.tide_rotary_write_kv(
         positions.data_ptr(), q.data_ptr(), q.stride(0), q.shape[1], k.data_ptr(), k.stride(0), v.data_ptr(),

@@ -1,6 +1,9 @@
 """PyTorch twins of the hot-path ops (CPU fast path, and the oracle for the Triton kernels)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -51,13 +54,18 @@ def rotary_embedding(
         x2.copy_(r2)
 
 
-def rotary_write_kv_cache(
-    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_sin_cache: torch.Tensor,
-    is_neox: bool, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+def rotary_then_write_kv(
+    rotary: Callable[..., None], write: Callable[..., None], positions: torch.Tensor, q: torch.Tensor,
+    k: torch.Tensor, v: torch.Tensor, cos_sin_cache: torch.Tensor, is_neox: bool, k_cache: torch.Tensor,
+    v_cache: torch.Tensor, slot_mapping: torch.Tensor,
 ) -> None:
-    """The glue between the qkv projection and attention: rotary_embedding(q, k), then write_kv_cache(k, v)."""
-    rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
-    write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    """The glue between the qkv projection and attention, `rotary_write_kv_cache`, from a backend's own two ops:
+    rotary(q, k) in place, then write(k, v) to their slots. The native backend does both in one call."""
+    rotary(positions, q, k, cos_sin_cache, is_neox)
+    write(k, v, k_cache, v_cache, slot_mapping)
+
+
+rotary_write_kv_cache = partial(rotary_then_write_kv, rotary_embedding, write_kv_cache)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
