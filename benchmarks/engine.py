@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 def _wait_for_kv_pages(llm: LLM) -> None:
     """Let the engine map the KV pages ahead of its first blocks before the timed pass, as a worker does while it
     waits for work (engine/kv_pages.py); the time is printed, not counted."""
-    warmer = getattr(llm.engine.runner, "page_warmer", None)
+    warmer = llm.engine.runner.page_warmer
     if warmer is None:
         return
     started = time.perf_counter()

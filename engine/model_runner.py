@@ -72,7 +72,9 @@ class ModelRunner:
         asked = hidden[torch.tensor(hidden_rows, dtype=torch.long, device=hidden.device)]
         if not sampling:
             return torch.empty(0), [], asked
-        return self.model.compute_logits(hidden[logits_indices]), sampling, asked
+        # with last_rows set, the model returned just the rows that sample
+        rows = hidden if ctx.last_rows is not None else hidden[logits_indices]
+        return self.model.compute_logits(rows), sampling, asked
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores of final hidden states (any rows of any step)."""
@@ -111,7 +113,7 @@ class ModelRunner:
 
     def _prepare(self, scheduled: list[tuple[Sequence, int]], every_row: bool = False):
         """The step's flat inputs. Unless `every_row` (prompt tokens to score) or LoRA rows, the last layer computes
-        only the rows that sample, and `logits_indices` index the model's output rows, which are just those."""
+        only the rows that sample (`ctx.last_rows`): the model then returns just the `logits_indices` rows."""
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -157,7 +159,6 @@ class ModelRunner:
         last_rows = None
         if not every_row and lora is None and 0 < len(logits_indices) < len(tokens):
             last_rows = LastLayerRows.of(attn, kept)
-            logits_indices = list(range(len(logits_indices)))
         ctx = ForwardContext(
             positions=torch.tensor(positions, dtype=torch.int64, device=dev),
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),

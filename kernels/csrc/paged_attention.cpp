@@ -292,10 +292,27 @@ inline float softmax_row(float* s, int lo, int hi, int span, float m_floor, floa
   return m;
 }
 
-// Blocks per online-softmax step of a prefill tile: whole blocks up to 64 keys (when the block size is a multiple of
-// 16, so each block's keys fill whole vectors). A step per 16-key block spent more on its max, sum, exp and rescale
-// than on its dot products at head_dim 64: at 64 keys bf16 prefill ran 1.6x and fp32 1.2x faster. At most 4.
-inline int chunk_blocks(int block_size) { return block_size % 16 == 0 ? std::max(1, 64 / block_size) : 1; }
+// Blocks per online-softmax step of a prefill tile: whole blocks up to CHUNK_KEYS keys (when the block size is a
+// multiple of 16, so each block's keys fill whole vectors). A step per 16-key block spent more on its max, sum, exp
+// and rescale than on its dot products at head_dim 64: at 64 keys bf16 prefill ran 1.6x and fp32 1.2x faster.
+constexpr int CHUNK_KEYS = 64, MAX_CHUNK_BLOCKS = CHUNK_KEYS / 16;
+inline int chunk_blocks(int block_size) { return block_size % 16 == 0 ? std::max(1, CHUNK_KEYS / block_size) : 1; }
+
+// Calls fn(std::integral_constant<int, N>(), first) over rows [0, n) in chunks of N, then the rest as one chunk.
+template <int N, typename F>
+inline void rest_rows(int left, int first, F& fn) {
+  if constexpr (N > 0) {
+    if (left == N) fn(std::integral_constant<int, N>(), first);
+    else rest_rows<N - 1>(left, first, fn);
+  }
+}
+template <int N, typename F>
+inline void for_rows(int n, F&& fn) {
+  int r = 0;
+  for (; r + N <= n; r += N) fn(std::integral_constant<int, N>(), r);
+  rest_rows<N - 1>(n - r, r, fn);
+}
+
 
 #if TIDE_DPBF16
 // ---- bf16 attention on vdpbf16ps (AVX512_BF16) ----------------------------------------------------------------------
@@ -558,21 +575,6 @@ inline void tile_values(float* acc, int D, int c, const float* alpha, const uint
     for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + r * D + c + 16 * i, o[r][i]);
 }
 
-// Calls fn(std::integral_constant<int, R>(), first) over rows [0, n) in chunks of up to 6.
-template <typename F>
-inline void for_six_rows(int n, F&& fn) {
-  int r = 0;
-  for (; r + 6 <= n; r += 6) fn(std::integral_constant<int, 6>(), r);
-  switch (n - r) {
-    case 5: fn(std::integral_constant<int, 5>(), r); break;
-    case 4: fn(std::integral_constant<int, 4>(), r); break;
-    case 3: fn(std::integral_constant<int, 3>(), r); break;
-    case 2: fn(std::integral_constant<int, 2>(), r); break;
-    case 1: fn(std::integral_constant<int, 1>(), r); break;
-    default: break;
-  }
-}
-
 // run_tile_item for a bf16 cache on vdpbf16ps (head_dim a multiple of 64): each block's K is transposed and its V
 // interleaved once for all the tile's rows, so scores come 16 keys to a vector and values two keys per instruction;
 // the online softmax steps a chunk of blocks at a time (chunk_blocks).
@@ -608,7 +610,7 @@ void run_tile_item_dp(const Args& a, const Item& it, Scratch& sc, float* part) {
     }
     const int j0 = std::max(it.k0 - key0, 0);
     const int visible = std::min(loaded, sc.lim[R - 1] - key0);  // the tile's last row sees the most keys
-    for_six_rows(R, [&](auto rows, int r0) {
+    for_rows<6>(R, [&](auto rows, int r0) {
       constexpr int n = decltype(rows)::value;
       for (int c = 0; 16 * c < visible; ++c)
         tile_scores<n>(q + size_t(r0) * np, np, sc.kt.data() + size_t(c) * np * 16, &sc.s[size_t(r0) * CSP + 16 * c],
@@ -657,21 +659,6 @@ inline void tile_scores_f32(const float* q, int D, const float* kt, int BSP, flo
   for (int r = 0; r < R; ++r) store(s + r * ss, acc[r]);
 }
 
-// Calls fn(std::integral_constant<int, N>(), first) over rows [0, n) in chunks of N, then the rest as one chunk.
-template <int N, typename F>
-inline void rest_rows(int left, int first, F& fn) {
-  if constexpr (N > 0) {
-    if (left == N) fn(std::integral_constant<int, N>(), first);
-    else rest_rows<N - 1>(left, first, fn);
-  }
-}
-template <int N, typename F>
-inline void for_rows(int n, F&& fn) {
-  int r = 0;
-  for (; r + N <= n; r += N) fn(std::integral_constant<int, N>(), r);
-  rest_rows<N - 1>(n - r, r, fn);
-}
-
 // Rows per pass: scores keep one accumulator per row (and a key vector and a broadcast) in registers; values keep
 // values_width(rows) output chunks per row.
 constexpr int SCORE_ROWS = 12;
@@ -696,8 +683,8 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
   const int32_t* table = a.block_tables + int64_t(it.seq) * a.table_stride;
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
-  const float* vp[4];  // each block's value rows as fp32 (chunk_blocks <= 4), their key strides in vs
-  int64_t vs[4];
+  const float* vp[MAX_CHUNK_BLOCKS];  // each block's value rows as fp32, their key strides in vs
+  int64_t vs[MAX_CHUNK_BLOCKS];
   for (int key0 = it.k0 / BS * BS; key0 < it.k1; key0 += CK) {
     const int j0 = std::max(it.k0 - key0, 0);
     int loaded = 0, blocks = 0;  // keys of the chunk in sc.k (whole blocks, the item's last one maybe in part)
