@@ -23,7 +23,7 @@ from tide.benchmarks.engine import RunResult, run_tide
 from tide.benchmarks.workloads import Workload, build_workload
 from tide.engine.llm import LLM
 from tide.engine.loader import load_config, load_tokenizer, resolve_model
-from tide.engine.models.cpu_linear import PackedLinear
+from tide.engine.models.cpu_linear import NativeLinear, PackedLinear
 
 SPLITTABLE_SMOLLM2 = "random-smollm2-8-heads"
 
@@ -96,10 +96,13 @@ def weight_memory(llm: LLM) -> str:
 
 
 def layer_bytes(layers: torch.nn.Module) -> int:
-    """Parameters plus the weights of packed linears, which are plain attributes (oneDNN tensors)."""
+    """Parameters plus the weights of packed linears, which are plain attributes (oneDNN tensors, or the native
+    kernel's panels)."""
     total = sum(p.numel() * p.element_size() for p in layers.parameters())
     for module in layers.modules():
-        if isinstance(module, PackedLinear):
+        if isinstance(module, NativeLinear):
+            total += module.weight.numel() * module.weight.element_size()
+        elif isinstance(module, PackedLinear):
             size = torch.empty((), dtype=module.compute_dtype).element_size()
             total += module.in_features * module.out_features * size
     return total

@@ -12,7 +12,7 @@ from tide.engine.models import build_model
 from tide.engine.models.cpu_linear import can_pack, pack_linears
 from tide.engine.models.quant_linear import quantize_weights, use_int8_linears
 from tide.engine.parallel.sharding import TensorShard
-from tide.kernels import get_ops
+from tide.kernels import get_ops, native
 
 
 def load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, shard: TensorShard | None = None,
@@ -43,5 +43,5 @@ def load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, s
 
         offload_layers(model, device, max_resident_layers)
     elif device.type == "cpu" and can_pack(dtype):
-        pack_linears(model)
+        pack_linears(model, native.load() if ops.backend == "native" else None)
     return model

@@ -1,5 +1,5 @@
-"""Builds and loads the native CPU library (kernels/csrc: paged attention, element-wise ops, LoRA updates, argmax) on
-first use, cached on disk.
+"""Builds and loads the native CPU library (kernels/csrc: paged attention, element-wise ops, LoRA updates, argmax,
+the fp32 linear) on first use, cached on disk.
 
 The library is a plain C ABI called through ctypes: no torch headers, so one compile takes about a second. The
 compiler flags follow the CPU's features, read at run time (AVX-512 with or without BF16, else AVX2 + FMA), and the
@@ -25,7 +25,7 @@ from pathlib import Path
 logger = logging.getLogger("tide.kernels")
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = (CSRC / "paged_attention.cpp", CSRC / "lora.cpp", CSRC / "argmax.cpp")  # one library, one vector.h
+SOURCES = (CSRC / "paged_attention.cpp", CSRC / "lora.cpp", CSRC / "argmax.cpp", CSRC / "linear.cpp")  # one vector.h
 DISABLE_ENV = "TIDE_NATIVE"  # TIDE_NATIVE=0 turns the native library off
 ISA_ENV = "TIDE_NATIVE_ISA"  # avx512 (no BF16) | avx2: build for less than the CPU has (tests, comparisons)
 BUILD_TIMEOUT_S = 120
@@ -182,5 +182,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tide_rotary_write_kv.argtypes = [p, p, i64, i32, p, i64, p, i64, i32, i32, p, p, p, p, i64, i64, i32, i32]
     lib.tide_argmax_rows.restype = None
     lib.tide_argmax_rows.argtypes = [p, i64, i64, i64, i32, p, i32]
+    lib.tide_linear_panel_width.restype = i32
+    lib.tide_linear_panel_width.argtypes = []
+    lib.tide_pack_linear_weight.restype = None
+    lib.tide_pack_linear_weight.argtypes = [p, i64, i64, p]
+    lib.tide_linear.restype = None
+    lib.tide_linear.argtypes = [p, i64, i64, i64, p, p, i64, p, i64, i32]
     lib.tide_write_kv_cache.restype = i32
     lib.tide_write_kv_cache.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64, i32]

@@ -1,8 +1,11 @@
-"""Linear layers for the CPU path: oneDNN matmuls on weights packed once at load.
+"""Linear layers for the CPU path, on weights packed once at load: oneDNN matmuls, or for the decoder's fp32
+linears on an AVX-512 CPU Tide's own kernel (kernels/native_linear.py).
 
 Measured on the 2-core AVX-512 CPU (docs/PERFORMANCE.md): fp32 `F.linear` goes through MKL at ~100-160 GFLOP/s
-for this model's shapes, while oneDNN with a pre-packed weight reaches ~260-360; bf16 also gains. Packing happens
-once, after the weights are loaded, so the hot path pays no reorder.
+for this model's shapes, while oneDNN with a pre-packed weight reaches ~260-360; bf16 also gains. In a decode step
+the weights stream from DRAM, where oneDNN's fp32 matmul loses a fifth to a third of its in-cache rate and the
+native kernel, which fetches its next panel ahead, keeps most of it. Packing happens once, after the weights are
+loaded, so the hot path pays no reorder.
 """
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ import logging
 
 import torch
 from torch import nn
+
+from tide.kernels import native_linear
+from tide.kernels.native import NativeLibrary
 
 logger = logging.getLogger("tide.engine")
 
@@ -44,16 +50,33 @@ class PackedLinear(nn.Module):
         return y.to(self.out_dtype)
 
 
+class NativeLinear(nn.Module):
+    """`y = x @ W.T + b` in fp32 on Tide's own kernel, W packed once into its column panels (inference only)."""
+
+    def __init__(self, linear: nn.Linear, library: NativeLibrary) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.library = library
+        self.weight = native_linear.pack_weight(linear.weight.detach(), library)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return native_linear.linear(x, self.weight, self.out_features, self.bias, self.library)
+
+
 def can_pack(dtype: torch.dtype) -> bool:
     return torch.backends.mkldnn.is_available() and dtype in (torch.float32, torch.bfloat16)
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Replace every nn.Linear in `model` with a PackedLinear; returns how many were replaced."""
+def pack_linears(model: nn.Module, library: NativeLibrary | None = None) -> int:
+    """Replace every nn.Linear in `model` with a packed one: a NativeLinear where `library` (the native CPU kernels)
+    serves the weight's dtype, else a PackedLinear; returns how many were replaced. The encoders pass no library:
+    their GELU and residual adds ride on oneDNN's post-ops (engine/encoder/fused.py)."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, PackedLinear(child))
+                native = native_linear.serves(library, child.weight.dtype)
+                setattr(parent, name, NativeLinear(child, library) if native else PackedLinear(child))
                 replaced += 1
     return replaced

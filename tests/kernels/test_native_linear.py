@@ -1,0 +1,84 @@
+"""The native fp32 linear (kernels/csrc/linear.cpp) against a float64 matmul, on every build this CPU can run."""
+import pytest
+import torch
+
+from tide.engine.models.cpu_linear import NativeLinear, PackedLinear, pack_linears
+from tide.kernels import native, native_linear
+
+LIBRARY = native.load()
+pytestmark = pytest.mark.skipif(LIBRARY is None, reason=f"native library unavailable: {native.status()}")
+
+# (rows, in, out): a partial last panel (out not a multiple of the panel width), odd in-features, row counts around
+# the 14-row tile and one past a prefill chunk (in 1536: 6 blocks of 14 rows a chunk).
+SHAPES = [(1, 576, 960), (13, 70, 100), (14, 16, 33), (15, 96, 160), (64, 576, 3072), (200, 1536, 64), (0, 32, 48)]
+
+
+def _library(build: str) -> native.NativeLibrary:
+    library = {"native": LIBRARY, "avx2": native.load(isa="avx2"), "sixteen-wide": native.load(vector_width=16)}[build]
+    if library is None:
+        pytest.skip(f"no {build} build on this CPU")
+    return library
+
+
+def _weights(rows: int, k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+
+
+@pytest.mark.parametrize("build", ["native", "avx2", "sixteen-wide"])
+@pytest.mark.parametrize("rows,k,n", SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_float64(build, rows, k, n, bias):
+    library = _library(build)
+    x, w, b = _weights(rows, k, n, seed=rows + k + n)
+    out = native_linear.linear(x, native_linear.pack_weight(w, library), n, b if bias else None, library)
+    expected = x.double() @ w.double().T + (b.double() if bias else 0)
+    assert out.shape == (rows, n) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, atol=1e-4 * k ** 0.5, rtol=1e-5)
+
+
+def test_rows_do_not_depend_on_the_batch():
+    """A row's result is the same bits alone or among 63 others: each output is one FMA chain over k in order."""
+    x, w, _ = _weights(64, 576, 960, seed=5)
+    packed = native_linear.pack_weight(w, LIBRARY)
+    together = native_linear.linear(x, packed, 960, None, LIBRARY)
+    for i in (0, 13, 27, 63):
+        assert torch.equal(native_linear.linear(x[i:i + 1], packed, 960, None, LIBRARY), together[i:i + 1])
+
+
+def test_strided_rows_and_leading_dims():
+    """x may be a view with a row stride wider than its width, and have leading dimensions."""
+    wide, w, _ = _weights(24, 100, 40, seed=6)
+    x = wide[:, :64]
+    packed = native_linear.pack_weight(w[:, :64].contiguous(), LIBRARY)
+    out = native_linear.linear(x.view(2, 12, 64), packed, 40, None, LIBRARY)
+    torch.testing.assert_close(out, (x @ w[:, :64].T).view(2, 12, 40), atol=1e-4, rtol=1e-5)
+
+
+def test_wrong_inputs_raise():
+    packed = native_linear.pack_weight(torch.randn(8, 16), LIBRARY)
+    with pytest.raises(ValueError, match="fp32 CPU rows of 16"):
+        native_linear.linear(torch.randn(3, 16, dtype=torch.bfloat16), packed, 8, None, LIBRARY)
+    with pytest.raises(ValueError, match="rows of 16"):
+        native_linear.linear(torch.randn(3, 15), packed, 8, None, LIBRARY)
+    with pytest.raises(ValueError, match="bias of 8"):
+        native_linear.linear(torch.randn(3, 16), packed, 8, torch.randn(7), LIBRARY)
+    with pytest.raises(ValueError, match="2-D fp32"):
+        native_linear.pack_weight(torch.randn(8, 16, dtype=torch.bfloat16), LIBRARY)
+
+
+def test_pack_linears_picks_the_kernel_by_dtype_and_library():
+    """fp32 layers go to the native kernel where the library serves them (an AVX-512 build); bf16 layers and a
+    model packed without a library stay on oneDNN."""
+    def model(dtype):
+        return torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(48, 16)).to(dtype)
+
+    fp32 = model(torch.float32)
+    pack_linears(fp32, LIBRARY)
+    expected = NativeLinear if native_linear.serves(LIBRARY, torch.float32) else PackedLinear
+    assert all(isinstance(layer, expected) for layer in fp32)
+    bf16, plain = model(torch.bfloat16), model(torch.float32)
+    pack_linears(bf16, LIBRARY)
+    pack_linears(plain)
+    assert all(isinstance(layer, PackedLinear) for layer in (*bf16, *plain))
+    assert not native_linear.serves(native.load(isa="avx2"), torch.float32)
