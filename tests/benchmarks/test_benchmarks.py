@@ -114,3 +114,21 @@ def test_cpu_prefill_benchmark_checks_every_candidate_against_float64(capsys):
     for line in lines:
         dtype, err = line.split()[0], float(line.rsplit("max err ", 1)[1].rstrip(")"))
         assert err < (1e-5 if dtype == "float32" else 2e-2), line
+
+
+def test_linear_benchmark_times_both_kernels_on_every_shape(capsys):
+    import torch
+
+    from tide.benchmarks.linears_cpu import SHAPES, main
+    from tide.kernels import native, native_linear
+
+    code = main(["--rows", "3", "--layers", "2", "--rounds", "1", "--threads", "1"])
+    captured = capsys.readouterr()
+    if not native_linear.serves(native.load(), torch.float32):
+        assert code == 1 and "does not run here" in captured.err
+        return
+    assert code == 0
+    lines = [line for line in captured.out.splitlines() if "rows" in line]
+    assert [line.split()[2] for line in lines] == ["native:", "onednn:"], lines
+    for line in lines:
+        assert all(f"{name} " in line for name in SHAPES), line
