@@ -1,4 +1,4 @@
-"""`python -P -m tide.benchmarks.linears_cpu`: the CPU path's fp32 linears, Tide's native kernel against oneDNN.
+"""`python -P -m tide.benchmarks.linears_cpu`: the CPU path's linears, Tide's native kernel against oneDNN.
 
 Times SmolLM2-135M's four decoder projections (qkv, o, gate_up, down) and its LM head at a few row counts, both
 kernels on the same random weights, in GFLOP/s. An engine step reads every layer's weights in turn, so each
@@ -26,29 +26,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=30, help="distinct weights per shape, called in turn")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="default: torch's thread count")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     library = native.load()
-    if not native_linear.serves(library, torch.float32):
-        print(f"the native fp32 linear does not run here ({native.status()})", file=sys.stderr)
+    dtype = getattr(torch, args.dtype)
+    if not native_linear.serves(library, dtype, 576):
+        print(f"the native {args.dtype} linear does not run here ({native.status()})", file=sys.stderr)
         return 1
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or threads)
     try:
-        _run(args, library)
+        _run(args, library, dtype)
     finally:
         torch.set_num_threads(threads)
     return 0
 
 
-def _run(args: argparse.Namespace, library: native.NativeLibrary) -> None:
-    print(f"{native.status()}; {torch.get_num_threads()} threads, {args.layers} weights per shape")
-    kernels = _kernels(library, args.layers)
+def _run(args: argparse.Namespace, library: native.NativeLibrary, dtype: torch.dtype) -> None:
+    print(f"{native.status()}; {args.dtype}, {torch.get_num_threads()} threads, {args.layers} weights per shape")
+    kernels = _kernels(library, args.layers, dtype)
     for rows in args.rows:
-        inputs = {name: torch.randn(rows, k) for name, (_, k) in SHAPES.items()}
+        inputs = {name: torch.randn(rows, k, dtype=dtype) for name, (_, k) in SHAPES.items()}
         for _ in range(args.rounds):
             for label, calls in kernels.items():
                 rates = {name: _rate(calls[name], inputs[name]) for name in SHAPES}
@@ -56,11 +58,11 @@ def _run(args: argparse.Namespace, library: native.NativeLibrary) -> None:
                       + " GFLOP/s")
 
 
-def _kernels(library: native.NativeLibrary, layers: int) -> dict[str, dict[str, list]]:
+def _kernels(library: native.NativeLibrary, layers: int, dtype: torch.dtype) -> dict[str, dict[str, list]]:
     """Per kernel and shape, one call per distinct weight."""
     out: dict[str, dict[str, list]] = {"native": {}, "onednn": {}}
     for name, (n, k) in SHAPES.items():
-        weights = [torch.randn(n, k) for _ in range(layers if name != "lm_head" else 1)]
+        weights = [torch.randn(n, k, dtype=dtype) for _ in range(layers if name != "lm_head" else 1)]
         out["native"][name] = [_native_call(native_linear.pack_weight(w, library), n, library) for w in weights]
         out["onednn"][name] = [_onednn_call(torch.ops.mkldnn._reorder_linear_weight(w, 128)) for w in weights]
     return out

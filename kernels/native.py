@@ -184,9 +184,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tide_argmax_rows.argtypes = [p, i64, i64, i64, i32, p, i32]
     lib.tide_linear_panel_width.restype = i32
     lib.tide_linear_panel_width.argtypes = []
+    lib.tide_linear_bf16.restype = i32
+    lib.tide_linear_bf16.argtypes = []
     lib.tide_pack_linear_weight.restype = None
-    lib.tide_pack_linear_weight.argtypes = [p, i64, i64, p]
-    lib.tide_linear.restype = None
-    lib.tide_linear.argtypes = [p, i64, i64, i64, p, p, i64, p, i64, i32]
+    lib.tide_pack_linear_weight.argtypes = [p, i64, i64, p, i32]
+    lib.tide_linear.restype = i32
+    lib.tide_linear.argtypes = [p, i64, i64, i64, p, p, i64, p, i64, i32, i32]
     lib.tide_write_kv_cache.restype = i32
     lib.tide_write_kv_cache.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64, i32]

@@ -51,7 +51,8 @@ class PackedLinear(nn.Module):
 
 
 class NativeLinear(nn.Module):
-    """`y = x @ W.T + b` in fp32 on Tide's own kernel, W packed once into its column panels (inference only)."""
+    """`y = x @ W.T + b` on Tide's own kernel (fp32, or bf16 on AVX512_BF16), W packed once into its column panels
+    (inference only)."""
 
     def __init__(self, linear: nn.Linear, library: NativeLibrary) -> None:
         super().__init__()
@@ -76,7 +77,7 @@ def pack_linears(model: nn.Module, library: NativeLibrary | None = None) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                native = native_linear.serves(library, child.weight.dtype)
+                native = native_linear.serves(library, child.weight.dtype, child.in_features)
                 setattr(parent, name, NativeLinear(child, library) if native else PackedLinear(child))
                 replaced += 1
     return replaced

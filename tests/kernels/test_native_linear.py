@@ -1,4 +1,5 @@
-"""The native fp32 linear (kernels/csrc/linear.cpp) against a float64 matmul, on every build this CPU can run."""
+"""The native linear (kernels/csrc/linear.cpp) against a float64 matmul (fp32, every build this CPU can run) and
+against fp32 sums rounded once (bf16, AVX512_BF16 builds)."""
 import pytest
 import torch
 
@@ -37,6 +38,31 @@ def test_linear_matches_float64(build, rows, k, n, bias):
     torch.testing.assert_close(out.double(), expected, atol=1e-4 * k ** 0.5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not native_linear.serves(LIBRARY, torch.bfloat16, 2), reason="no vdpbf16ps linear on this CPU")
+@pytest.mark.parametrize("rows,k,n", [shape for shape in SHAPES if shape[1] % 2 == 0])
+@pytest.mark.parametrize("bias", [False, True])
+def test_bf16_linear_is_the_fp32_sum_rounded_once(rows, k, n, bias):
+    x, w, b = (t.bfloat16() for t in _weights(rows, k, n, seed=rows + k + n))
+    out = native_linear.linear(x, native_linear.pack_weight(w, LIBRARY), n, b if bias else None, LIBRARY)
+    exact = x.double() @ w.double().T + (b.double() if bias else 0)
+    assert out.shape == (rows, n) and out.dtype == torch.bfloat16
+    # Within one bf16 rounding of the exact sum (fp32 sums in another order may land on the other side of a tie).
+    torch.testing.assert_close(out.double(), exact, atol=1e-4 * k ** 0.5, rtol=2 ** -8)
+    assert (out.double() - exact.bfloat16().double()).abs().le(exact.abs() * 2 ** -7 + 1e-3 * k ** 0.5).all()
+
+
+def test_bf16_needs_the_dot_product_build():
+    """Builds without vdpbf16ps tiles (and odd widths) raise rather than compute something else."""
+    w, x = torch.randn(8, 16).bfloat16(), torch.randn(3, 16).bfloat16()
+    for library in (native.load(isa="avx2"), native.load(isa="avx512")):
+        if library is None:
+            continue
+        assert not native_linear.serves(library, torch.bfloat16, 16)
+        with pytest.raises(ValueError, match="does not run"):
+            native_linear.linear(x, native_linear.pack_weight(w, library), 8, None, library)
+    assert not native_linear.serves(LIBRARY, torch.bfloat16, 15)
+
+
 def test_rows_do_not_depend_on_the_batch():
     """A row's result is the same bits alone or among 63 others: each output is one FMA chain over k in order."""
     x, w, _ = _weights(64, 576, 960, seed=5)
@@ -57,28 +83,28 @@ def test_strided_rows_and_leading_dims():
 
 def test_wrong_inputs_raise():
     packed = native_linear.pack_weight(torch.randn(8, 16), LIBRARY)
-    with pytest.raises(ValueError, match="fp32 CPU rows of 16"):
+    with pytest.raises(ValueError, match="float32 CPU rows of 16"):
         native_linear.linear(torch.randn(3, 16, dtype=torch.bfloat16), packed, 8, None, LIBRARY)
     with pytest.raises(ValueError, match="rows of 16"):
         native_linear.linear(torch.randn(3, 15), packed, 8, None, LIBRARY)
     with pytest.raises(ValueError, match="bias of 8"):
         native_linear.linear(torch.randn(3, 16), packed, 8, torch.randn(7), LIBRARY)
-    with pytest.raises(ValueError, match="2-D fp32"):
-        native_linear.pack_weight(torch.randn(8, 16, dtype=torch.bfloat16), LIBRARY)
+    with pytest.raises(ValueError, match="2-D fp32 or bf16"):
+        native_linear.pack_weight(torch.randn(8, 16, dtype=torch.float64), LIBRARY)
 
 
 def test_pack_linears_picks_the_kernel_by_dtype_and_library():
-    """fp32 layers go to the native kernel where the library serves them (an AVX-512 build); bf16 layers and a
-    model packed without a library stay on oneDNN."""
+    """Layers go to the native kernel where the library serves their dtype (fp32 on AVX-512, bf16 with vdpbf16ps);
+    everything else, and a model packed without a library, stays on oneDNN."""
     def model(dtype):
         return torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(48, 16)).to(dtype)
 
-    fp32 = model(torch.float32)
-    pack_linears(fp32, LIBRARY)
-    expected = NativeLinear if native_linear.serves(LIBRARY, torch.float32) else PackedLinear
-    assert all(isinstance(layer, expected) for layer in fp32)
-    bf16, plain = model(torch.bfloat16), model(torch.float32)
-    pack_linears(bf16, LIBRARY)
+    for dtype in (torch.float32, torch.bfloat16):
+        layers = model(dtype)
+        pack_linears(layers, LIBRARY)
+        expected = NativeLinear if native_linear.serves(LIBRARY, dtype, 32) else PackedLinear
+        assert all(isinstance(layer, expected) for layer in layers), dtype
+    plain = model(torch.float32)
     pack_linears(plain)
-    assert all(isinstance(layer, PackedLinear) for layer in (*bf16, *plain))
-    assert not native_linear.serves(native.load(isa="avx2"), torch.float32)
+    assert all(isinstance(layer, PackedLinear) for layer in plain)
+    assert not native_linear.serves(native.load(isa="avx2"), torch.float32, 32)
