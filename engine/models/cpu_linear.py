@@ -1,11 +1,11 @@
-"""Linear layers for the CPU path, on weights packed once at load: oneDNN matmuls, or for the decoder's fp32
-linears on an AVX-512 CPU Tide's own kernel (kernels/native_linear.py).
+"""Linear layers for the CPU path, on weights packed once at load: for the decoder on an AVX-512 CPU Tide's own
+kernel (kernels/native_linear.py: fp32, and bf16 where the CPU has AVX512_BF16), oneDNN matmuls otherwise.
 
 Measured on the 2-core AVX-512 CPU (docs/PERFORMANCE.md): fp32 `F.linear` goes through MKL at ~100-160 GFLOP/s
 for this model's shapes, while oneDNN with a pre-packed weight reaches ~260-360; bf16 also gains. In a decode step
-the weights stream from DRAM, where oneDNN's fp32 matmul loses a fifth to a third of its in-cache rate and the
-native kernel, which fetches its next panel ahead, keeps most of it. Packing happens once, after the weights are
-loaded, so the hot path pays no reorder.
+the weights stream from DRAM, where oneDNN's matmuls lose a fifth to a third of their in-cache rate and the native
+kernel, which fetches its next panel ahead, keeps most of it. Packing happens once, after the weights are loaded,
+so the hot path pays no reorder.
 """
 from __future__ import annotations
 
