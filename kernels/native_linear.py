@@ -5,8 +5,11 @@ CPU, and prefill on a par (docs/PERFORMANCE.md). Only measured on AVX-512, so `s
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
+from tide.kernels import native
 from tide.kernels.native import NativeLibrary
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -14,12 +17,23 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 def serves(library: NativeLibrary | None, dtype: torch.dtype, in_features: int) -> bool:
     """Whether `library` runs linears of this dtype and width: fp32 on a 16-wide AVX-512 build; bf16 where it has
-    the vdpbf16ps tiles (AVX512_BF16), for an even width (k goes in pairs)."""
+    the vdpbf16ps tiles (AVX512_BF16) and the CPU no AMX, for an even width (k goes in pairs)."""
     if library is None or library.vector_width != 16:
         return False
     if dtype == torch.bfloat16:
-        return bool(library.lib.tide_linear_bf16()) and in_features % 2 == 0
+        return bool(library.lib.tide_linear_bf16()) and in_features % 2 == 0 and bf16_pays(_cpu_flags())
     return dtype == torch.float32
+
+
+def bf16_pays(cpu_flags: set[str] | frozenset[str]) -> bool:
+    """Whether the vdpbf16ps tiles beat oneDNN's bf16 matmuls on a CPU with these flags: not where it has AMX, whose
+    tiles run oneDNN's bf16 linears at 1.1-2.7 TFLOP/s on 2 cores (issue 19's Xeon), past vdpbf16ps's peak."""
+    return "amx_bf16" not in cpu_flags
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    return frozenset(native.cpu_flags())
 
 
 def pack_weight(weight: torch.Tensor, library: NativeLibrary) -> torch.Tensor:

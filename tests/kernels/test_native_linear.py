@@ -63,6 +63,11 @@ def test_bf16_needs_the_dot_product_build():
     assert not native_linear.serves(LIBRARY, torch.bfloat16, 15)
 
 
+def test_bf16_stays_on_onednn_where_the_cpu_has_amx():
+    assert native_linear.bf16_pays({"avx512f", "avx512_bf16"})
+    assert not native_linear.bf16_pays({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+
+
 def test_rows_do_not_depend_on_the_batch():
     """A row's result is the same bits alone or among 63 others: each output is one FMA chain over k in order."""
     x, w, _ = _weights(64, 576, 960, seed=5)
