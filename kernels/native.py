@@ -1,5 +1,5 @@
 """Builds and loads the native CPU library (kernels/csrc: paged attention, element-wise ops, LoRA updates, argmax,
-the fp32 linear) on first use, cached on disk.
+the linears) on first use, cached on disk.
 
 The library is a plain C ABI called through ctypes: no torch headers, so one compile takes about a second. The
 compiler flags follow the CPU's features, read at run time (AVX-512 with or without BF16, else AVX2 + FMA), and the

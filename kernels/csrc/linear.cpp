@@ -2,10 +2,11 @@
 // (AVX512_BF16 builds).
 //
 // Why not oneDNN: in a decode step every layer's weights come from DRAM (SmolLM2's fp32 linears are 13x the L3), and
-// at 64 rows oneDNN's packed matmul then runs at 270-410 GFLOP/s on the 2-core AVX-512 CPU, where the same call with
-// the weight in cache reaches 410-500. This kernel requests the next column panel of W while it computes the current
-// one, so the weight stream hides behind the FMAs: 410-485 GFLOP/s at 64 rows with the weights in DRAM, and on a par
-// with oneDNN at 1000 rows (docs/PERFORMANCE.md).
+// at 64 rows oneDNN's packed matmuls then run at 310-430 GFLOP/s in fp32 (610-830 in bf16) on the 2-core AVX-512
+// CPU, where the same calls with the weight in cache reach 410-500 (710-950). This kernel requests the next column
+// panel of W while it computes the current one, so the weight stream hides behind the arithmetic: 390-490 GFLOP/s in
+// fp32 (860-990 in bf16) at 64 rows with the weights in DRAM, and on a par with oneDNN at 1000 rows
+// (benchmarks/linears_cpu.py, docs/KERNELS.md).
 //
 // Layout: W [N, K] is packed as ceil(N / NR) column panels, each [K][NR] (NR = two vectors, zero past N; bf16 keeps
 // pairs of k together, [K / 2][NR][2]), so one k step of a panel is two vector loads. A tile holds R <= MR rows x NR
