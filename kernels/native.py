@@ -38,7 +38,7 @@ class NativeLibrary:
     lib: ctypes.CDLL
     isa: str  # e.g. "avx512+bf16", "avx2+fma"
     vector_width: int  # floats per vector op
-    bf16_dot_products: bool  # bf16 attention on vdpbf16ps (AVX512_BF16) rather than widened to fp32 FMAs
+    bf16_dot_products: bool  # bf16 attention and linears on vdpbf16ps (AVX512_BF16), not widened to fp32 FMAs
     path: Path
 
 
@@ -184,10 +184,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tide_argmax_rows.argtypes = [p, i64, i64, i64, i32, p, i32]
     lib.tide_linear_panel_width.restype = i32
     lib.tide_linear_panel_width.argtypes = []
-    lib.tide_linear_bf16.restype = i32
-    lib.tide_linear_bf16.argtypes = []
     lib.tide_pack_linear_weight.restype = None
-    lib.tide_pack_linear_weight.argtypes = [p, i64, i64, p, i32]
+    lib.tide_pack_linear_weight.argtypes = [p, i64, i64, p, i32, i32]
     lib.tide_linear.restype = i32
     lib.tide_linear.argtypes = [p, i64, i64, i64, p, p, i64, p, i64, i32, i32]
     lib.tide_write_kv_cache.restype = i32

@@ -11,8 +11,7 @@ import torch
 
 from tide.kernels import native
 from tide.kernels.native import NativeLibrary
-
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+from tide.kernels.native_ops import _DTYPES
 
 
 def serves(library: NativeLibrary | None, dtype: torch.dtype, in_features: int) -> bool:
@@ -21,7 +20,7 @@ def serves(library: NativeLibrary | None, dtype: torch.dtype, in_features: int) 
     if library is None or library.vector_width != 16:
         return False
     if dtype == torch.bfloat16:
-        return bool(library.lib.tide_linear_bf16()) and in_features % 2 == 0 and bf16_pays(_cpu_flags())
+        return library.bf16_dot_products and in_features % 2 == 0 and bf16_pays(_cpu_flags())
     return dtype == torch.float32
 
 
@@ -45,7 +44,8 @@ def pack_weight(weight: torch.Tensor, library: NativeLibrary) -> torch.Tensor:
     n, k = weight.shape
     width = library.lib.tide_linear_panel_width()
     packed = torch.empty(-(-n // width), k, width, dtype=weight.dtype)
-    library.lib.tide_pack_linear_weight(weight.data_ptr(), n, k, packed.data_ptr(), _DTYPES[weight.dtype])
+    library.lib.tide_pack_linear_weight(weight.data_ptr(), n, k, packed.data_ptr(), _DTYPES[weight.dtype],
+                                         torch.get_num_threads())
     return packed
 
 

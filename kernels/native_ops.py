@@ -19,7 +19,7 @@ from tide.kernels.torch_ops import rms_norm
 __all__ = ["add_lora", "argmax", "fused_add_rms_norm", "paged_attention", "rms_norm", "rotary_embedding",
            "rotary_write_kv_cache", "silu_and_mul", "write_kv_cache"]
 
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the library's dtype argument (native_linear uses it too)
 
 
 def native_serves(q: torch.Tensor, k_cache: torch.Tensor, library: native.NativeLibrary | None) -> bool:

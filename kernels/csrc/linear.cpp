@@ -118,9 +118,10 @@ void tile_rows(int rows, const Call<T>& c, const T* x, const T* panel, T* y, int
 }
 
 template <typename T>
-void pack(const T* w, int64_t N, int64_t K, T* packed) {
+void pack(const T* w, int64_t N, int64_t K, T* packed, int num_threads) {
   constexpr int KS = Step<T>::K;
   const int64_t panels = (N + NR - 1) / NR;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t p = 0; p < panels; ++p) {
     T* out = packed + p * K * NR;
     for (int64_t k = 0; k < K; ++k) {
@@ -166,18 +167,15 @@ extern "C" {
 
 int tide_linear_panel_width() { return NR; }
 
-// Whether tide_linear serves bf16 (built with AVX512_BF16 at the native width: the vdpbf16ps tiles).
-int tide_linear_bf16() { return TIDE_DPBF16; }
-
 // packed: ceil(N / NR) panels of K x NR elements, zero past N; bf16 (dtype 1) needs an even K.
-void tide_pack_linear_weight(const void* w, int64_t N, int64_t K, void* packed, int dtype) {
-  if (dtype == 1) pack(static_cast<const bf16*>(w), N, K, static_cast<bf16*>(packed));
-  else pack(static_cast<const float*>(w), N, K, static_cast<float*>(packed));
+void tide_pack_linear_weight(const void* w, int64_t N, int64_t K, void* packed, int dtype, int num_threads) {
+  if (dtype == 1) pack(static_cast<const bf16*>(w), N, K, static_cast<bf16*>(packed), num_threads);
+  else pack(static_cast<const float*>(w), N, K, static_cast<float*>(packed), num_threads);
 }
 
 // y[M, N] (row stride ldy) = x[M, K] (row stride ldx) @ W.T + bias, W packed by tide_pack_linear_weight; fp32
-// (dtype 0), or bf16 (dtype 1, even K, fp32 sums rounded once) where tide_linear_bf16(). Returns 0, or -1 for a dtype
-// this build does not serve.
+// (dtype 0), or bf16 (dtype 1, even K, fp32 sums rounded once) where tide_bf16_dot_products(). Returns 0, or -1
+// for a dtype this build does not serve.
 int tide_linear(const void* x, int64_t ldx, int64_t M, int64_t K, const void* packed, const void* bias, int64_t N,
                 void* y, int64_t ldy, int dtype, int num_threads) {
   if (dtype == 0) {
