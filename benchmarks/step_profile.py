@@ -24,6 +24,7 @@ import torch
 from tide.benchmarks.engine import _make_llm, _wait_for_kv_pages, run_tide
 from tide.benchmarks.workloads import build_workload
 from tide.engine.llm import LLM
+from tide.engine.models.llama import GatedProjection
 
 _LINEARS = {"qkv_proj": "linear qkv", "o_proj": "linear o", "gate_up_proj": "linear gate_up",
             "down_proj": "linear down"}
@@ -68,6 +69,7 @@ def install(llm: LLM, timers: Timers) -> None:
     engine = llm.engine
     runner = engine.runner
     model = runner.model
+    model.native_layers = None  # each op timed on its own: the layers run as modules (engine/models/native_layers.py)
     ops = model.ops
     timed_ops = dataclasses.replace(
         ops, paged_attention=timers.wrap(_attention_label, ops.paged_attention),
@@ -78,6 +80,8 @@ def install(llm: LLM, timers: Timers) -> None:
         for child_name, child in module.named_children():
             if child_name in _LINEARS:
                 child.forward = timers.wrap(_LINEARS[child_name], child.forward)
+                if isinstance(child, GatedProjection):  # the gate/up product with SiLU in its tiles
+                    child.silu_and_mul = timers.wrap(f"{_LINEARS[child_name]} + silu", child.silu_and_mul)
     model.embed_tokens.forward = timers.wrap("embedding", model.embed_tokens.forward)
     model.compute_logits = timers.wrap("lm_head", model.compute_logits)
     # phases of a step, each including the ops above that run inside it
@@ -154,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     _wait_for_kv_pages(llm)  # as `tide bench` does before its timed pass
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     timers = Timers(args.torch_trace is not None, clock)
+    fused = llm.engine.runner.model.native_layers is not None
     install(llm, timers)
     load_before = _load()
     print(f"profile: {args.model}, {args.dtype}, {threads} threads, max_num_seqs {args.max_num_seqs}, "
           f"max_num_batched_tokens {args.max_num_batched_tokens}\nworkload {workload.describe()}")
+    if fused:
+        print("the engine runs its middle layers as one native call each; here they run as modules, one timed op at "
+              "a time (a few percent slower)")
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.torch_trace else None
     started = clock()
     with profiler or contextlib.nullcontext():

@@ -10,6 +10,7 @@ import torch
 from tide.engine.loader import checkpoint_quantization, iter_weights
 from tide.engine.models import build_model
 from tide.engine.models.cpu_linear import can_pack, pack_linears
+from tide.engine.models.native_layers import NativeLayers
 from tide.engine.models.quant_linear import quantize_weights, use_int8_linears
 from tide.engine.parallel.sharding import TensorShard
 from tide.kernels import get_ops, native
@@ -43,5 +44,7 @@ def load_model(hf_config, model_dir, device: torch.device, dtype: torch.dtype, s
 
         offload_layers(model, device, max_resident_layers)
     elif device.type == "cpu" and can_pack(dtype):
-        pack_linears(model, native.load() if ops.backend == "native" else None)
+        library = native.load() if ops.backend == "native" else None
+        pack_linears(model, library, head=model.lm_head)
+        model.native_layers = NativeLayers.build(model, library)
     return model

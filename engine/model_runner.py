@@ -1,6 +1,7 @@
 """Turns a scheduled step into flat tensors, runs the model over the paged KV cache, returns logits."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import accumulate
 from typing import Protocol
 
@@ -8,6 +9,7 @@ import torch
 
 from tide.engine.kv_pages import PageWarmer, anonymous_zeros
 from tide.engine.models.llama import ForwardContext, LastLayerRows, LlamaForCausalLM, LowRankUpdates
+from tide.engine.sampler import argmax_decides
 from tide.engine.sequence import Sequence
 from tide.kernels import build_cos_sin_cache
 from tide.kernels.metadata import AttentionMetadata, count_decodes
@@ -54,17 +56,22 @@ class ModelRunner:
         self.kv_cache.index_copy_(2, dst, self.kv_cache.index_select(2, src))
 
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
-        """Compute the scheduled tokens; return logits (in the model's dtype: the sampler widens only what it edits)
-        for the sequences that reach their end: one row each, or 1 + num_draft_tokens consecutive rows for a
-        sequence carrying draft tokens."""
-        logits, sampling, _ = self.forward(scheduled, [])
+        """Compute the scheduled tokens for a caller that reads only each logits row's argmax (the draft proposer);
+        return the logits for the sequences that reach their end: one row each, or 1 + num_draft_tokens consecutive
+        rows for a sequence carrying draft tokens (see `forward`)."""
+        logits, sampling, _ = self.forward(scheduled, [], argmax_only=_any_row)
         return logits, sampling
 
     @torch.inference_mode()
-    def forward(self, scheduled: list[tuple[Sequence, int]], hidden_rows: list[int]
+    def forward(self, scheduled: list[tuple[Sequence, int]], hidden_rows: list[int],
+                argmax_only: Callable[[Sequence], bool] | None = None
                 ) -> tuple[torch.Tensor, list[Sequence], torch.Tensor]:
-        """`run`, also returning the final hidden states at `hidden_rows` (rows of the step's flat token batch, in
-        `scheduled` order) for what scores prompt tokens (engine/prompt_logprobs.py)."""
+        """Compute the scheduled tokens; return logits (in the model's dtype: the sampler widens only what it edits)
+        for the sequences that reach their end, those sequences, and the final hidden states at `hidden_rows` (rows
+        of the step's flat token batch, in `scheduled` order) for what scores prompt tokens
+        (engine/prompt_logprobs.py). When `argmax_only` (default: `reads_argmax_only`) holds for every sequence
+        that samples, a head with a screen gives scores exact only where they can be a row's largest
+        (LlamaForCausalLM.compute_logits)."""
         if self.page_warmer is not None:
             self.page_warmer.reach(max(seq.block_table[-1] for seq, _ in scheduled))
         input_ids, ctx, logits_indices, sampling = self._prepare(scheduled, bool(hidden_rows))
@@ -74,7 +81,8 @@ class ModelRunner:
             return torch.empty(0), [], asked
         # with last_rows set, the model returned just the rows that sample
         rows = hidden if ctx.last_rows is not None else hidden[logits_indices]
-        return self.model.compute_logits(rows), sampling, asked
+        only = all(map(argmax_only or reads_argmax_only, sampling))
+        return self.model.compute_logits(rows, argmax_only=only), sampling, asked
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores of final hidden states (any rows of any step)."""
@@ -169,6 +177,16 @@ class ModelRunner:
         )
         input_ids = torch.tensor(tokens, dtype=torch.int64, device=dev)
         return input_ids, ctx, torch.tensor(logits_indices, dtype=torch.int64, device=dev), sampling
+
+
+def reads_argmax_only(seq: Sequence) -> bool:
+    """Whether the engine reads nothing of this sequence's logits rows (its own and its drafts') but their argmax:
+    the sampler's greedy rows, outside a beam search or a grammar."""
+    return argmax_decides(seq) and seq.guide is None and not seq.params.use_beam_search
+
+
+def _any_row(seq: Sequence) -> bool:
+    return True
 
 
 def _zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

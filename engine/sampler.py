@@ -75,6 +75,12 @@ class Sampler:
         return SamplerOutput(token_ids.tolist(), token_logprobs(logits, rows, token_ids))
 
 
+def argmax_decides(row: SamplingRow) -> bool:
+    """Whether this row's token is its logits' argmax and nothing else is read from them: greedy, no logprobs, no
+    penalty or min_tokens mask (a guided, beam or draft-carrying row is the caller's to rule out)."""
+    return row.params.greedy and row.params.logprobs is None and not _edits_logits(row)
+
+
 def _edits_logits(row: SamplingRow) -> bool:
     """Whether a penalty or the min_tokens mask changes this row's logits at this step."""
     params = row.params

@@ -25,7 +25,8 @@ from pathlib import Path
 logger = logging.getLogger("tide.kernels")
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = (CSRC / "paged_attention.cpp", CSRC / "lora.cpp", CSRC / "argmax.cpp", CSRC / "linear.cpp")  # one vector.h
+SOURCES = (CSRC / "paged_attention.cpp", CSRC / "lora.cpp", CSRC / "argmax.cpp", CSRC / "linear.cpp",
+           CSRC / "decoder_layer.cpp")  # one vector.h
 DISABLE_ENV = "TIDE_NATIVE"  # TIDE_NATIVE=0 turns the native library off
 ISA_ENV = "TIDE_NATIVE_ISA"  # avx512 (no BF16) | avx2: build for less than the CPU has (tests, comparisons)
 BUILD_TIMEOUT_S = 120
@@ -184,9 +185,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tide_argmax_rows.argtypes = [p, i64, i64, i64, i32, p, i32]
     lib.tide_linear_panel_width.restype = i32
     lib.tide_linear_panel_width.argtypes = []
-    lib.tide_pack_linear_weight.restype = None
-    lib.tide_pack_linear_weight.argtypes = [p, i64, i64, p, i32, i32]
+    lib.tide_pack_linear_weight.restype = i32
+    lib.tide_pack_linear_weight.argtypes = [p, i64, i64, p, i32, i32, i32]
     lib.tide_linear.restype = i32
-    lib.tide_linear.argtypes = [p, i64, i64, i64, p, p, i64, p, i64, i32, i32]
+    lib.tide_linear.argtypes = [p, i64, i64, i64, p, p, i64, p, i64, i32, i32, i32, i32]
+    lib.tide_decoder_layer.restype = i32
+    lib.tide_decoder_layer.argtypes = [p, p, p, p, p, p, p]
+    lib.tide_linear_refine_max.restype = i64
+    lib.tide_linear_refine_max.argtypes = [p, i64, i64, i64, p, i64, p, f32, f32, p, i64, i32]
     lib.tide_write_kv_cache.restype = i32
     lib.tide_write_kv_cache.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64, i32]

@@ -52,32 +52,67 @@ class PackedLinear(nn.Module):
 
 class NativeLinear(nn.Module):
     """`y = x @ W.T + b` on Tide's own kernel (fp32, or bf16 on AVX512_BF16), W packed once into its column panels
-    (inference only)."""
+    (inference only). With `screened`, `argmax_logits` finds each row's argmax through a bf16 copy of W
+    (kernels.native_linear.ArgmaxScreen): for a vocabulary head under greedy decoding."""
 
-    def __init__(self, linear: nn.Linear, library: NativeLibrary) -> None:
+    gated = False
+
+    def __init__(self, linear: nn.Linear, library: NativeLibrary, screened: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.library = library
-        self.weight = native_linear.pack_weight(linear.weight.detach(), library)
+        weight = linear.weight.detach()
+        self.weight = native_linear.pack_weight(weight, library, self.gated)
         self.bias = None if linear.bias is None else linear.bias.detach()
+        self.screen = native_linear.ArgmaxScreen.build(weight, library) if screened else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return native_linear.linear(x, self.weight, self.out_features, self.bias, self.library)
+        return native_linear.linear(x, self.weight, self.out_features, self.bias, self.library, gated=self.gated)
+
+    def argmax_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores whose row-wise argmax is that of `forward(x)`, exact only where an entry could be its row's
+        largest (kernels.native_linear.argmax_logits); `forward(x)` itself without a screen."""
+        if self.screen is not None and self.bias is None and x.dtype == torch.float32:
+            scores = native_linear.argmax_logits(x, self.weight, self.screen, self.library)
+            if scores is not None:
+                return scores.reshape(*x.shape[:-1], self.out_features)
+        return self.forward(x)
+
+
+class GatedNativeLinear(NativeLinear):
+    """A SiLU MLP's fused gate/up projection on the native kernel, packed so that each panel holds matching gate and
+    up outputs: `silu_and_mul(x)` gives silu(gate) * up straight from the tiles, the bits `forward` then the
+    separate op would give, without writing the [rows, 2I] product out."""
+
+    gated = True
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        return native_linear.silu_and_mul(x, self.weight, self.out_features, self.bias, self.library)
 
 
 def can_pack(dtype: torch.dtype) -> bool:
     return torch.backends.mkldnn.is_available() and dtype in (torch.float32, torch.bfloat16)
 
 
-def pack_linears(model: nn.Module, library: NativeLibrary | None = None) -> int:
+def pack_linears(model: nn.Module, library: NativeLibrary | None = None, head: nn.Module | None = None) -> int:
     """Replace every nn.Linear in `model` with a packed one: a NativeLinear where `library` (the native CPU kernels)
     serves the weight's dtype, else a PackedLinear; returns how many were replaced. The encoders pass no library:
-    their GELU and residual adds ride on oneDNN's post-ops (engine/encoder/fused.py)."""
+    their GELU and residual adds ride on oneDNN's post-ops (engine/encoder/fused.py). A module's projection named by
+    its `gated_projection` (a SiLU MLP's fused gate/up) becomes a GatedNativeLinear where its halves fit the panels;
+    `head`, the model's vocabulary head, gets an argmax screen where the library has one for its weight
+    (kernels.native_linear.screens)."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 native = native_linear.serves(library, child.weight.dtype, child.in_features)
-                setattr(parent, name, NativeLinear(child, library) if native else PackedLinear(child))
+                if native and name == getattr(parent, "gated_projection", None) \
+                        and native_linear.gates(library, child.weight):
+                    setattr(parent, name, GatedNativeLinear(child, library))
+                elif native:
+                    screened = child is head and native_linear.screens(library, child.weight)
+                    setattr(parent, name, NativeLinear(child, library, screened))
+                else:
+                    setattr(parent, name, PackedLinear(child))
                 replaced += 1
     return replaced

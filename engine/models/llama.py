@@ -6,7 +6,7 @@ through the `kernels` ops, so prefill chunks and decodes share one forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -89,6 +89,14 @@ class LowRankUpdates(Protocol):
     def apply(self, linear: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class ArgmaxHead(Protocol):
+    """A vocabulary head that finds each row's argmax for less than its full scores (NativeLinear with a screen,
+    engine/models/cpu_linear.py): the scores it returns are exact only where they can be a row's largest."""
+
+    def argmax_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class LastLayerRows:
     """The rows whose final hidden states a step uses: the last kept[b] query rows of each sequence b (the ones that
@@ -162,7 +170,29 @@ class Attention(nn.Module):
         return project(self.o_proj, out.reshape(q.shape[0], self.q_size), ctx)
 
 
+class FusedStep(Protocol):
+    """One step's fused layers (NativeLayerRunner.step)."""
+
+    def run(self, index: int, h: torch.Tensor, residual: torch.Tensor | None, k_cache: torch.Tensor,
+            v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class NativeLayerRunner(Protocol):
+    """Runs whole decoder layers in one call each (engine/models/native_layers.py): the same bits as the modules."""
+
+    def step(self, ctx: ForwardContext, rows: int, k_cache: torch.Tensor) -> FusedStep | None: ...
+
+
+@runtime_checkable
+class GatedProjection(Protocol):
+    """A fused gate/up projection that gives silu(gate) * up in one call (engine/models/cpu_linear.py)."""
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 class MLP(nn.Module):
+    gated_projection = "gate_up_proj"  # packed as a GatedProjection where the CPU kernel can (cpu_linear.pack_linears)
+
     def __init__(self, args: ModelArgs, ops) -> None:
         super().__init__()
         self.ops = ops
@@ -170,7 +200,14 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return project(self.down_proj, self.ops.silu_and_mul(project(self.gate_up_proj, x, ctx)), ctx)
+        # a GatedProjection's method (getattr: a runtime Protocol check costs microseconds a layer); LoRA adds to
+        # the product itself, so its steps take the separate op
+        fused = getattr(self.gate_up_proj, "silu_and_mul", None) if ctx.lora is None else None
+        if fused is not None:
+            hidden = fused(x)
+        else:
+            hidden = self.ops.silu_and_mul(project(self.gate_up_proj, x, ctx))
+        return project(self.down_proj, hidden, ctx)
 
 
 class DecoderLayer(nn.Module):
@@ -205,17 +242,29 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        # set at load where every layer can run as one native call (engine/models/native_layers.py)
+        self.native_layers: NativeLayerRunner | None = None
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
         """Final hidden states [T, hidden] of the step's rows, or of `ctx.last_rows` only when set."""
         h, residual = self.embed_tokens(input_ids), None  # h: [T, hidden]
         last = len(self.layers) - 1
+        # layers in one native call each, but a last layer that keeps only the sampling rows
+        fused = None if self.native_layers is None else self.native_layers.step(ctx, h.shape[0], kv_caches[0][0])
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_caches)):
-            h, residual = layer(h, residual, ctx, k_cache, v_cache, ctx.last_rows if i == last else None)
+            if fused is not None and (i < last or ctx.last_rows is None):
+                h, residual = fused.run(i, h, residual, k_cache, v_cache)
+            else:
+                h, residual = layer(h, residual, ctx, k_cache, v_cache, ctx.last_rows if i == last else None)
         h, _ = self.ops.fused_add_rms_norm(h, residual, self.norm, self.args.rms_norm_eps)
         return h
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor, argmax_only: bool = False) -> torch.Tensor:
+        """Vocabulary scores of `hidden`. `argmax_only`: the caller reads nothing but each row's argmax, and a head
+        that can find it for less (engine.models.cpu_linear.NativeLinear.argmax_logits) returns scores exact only
+        where they can be a row's largest."""
+        if argmax_only and isinstance(self.lm_head, ArgmaxHead):
+            return self.lm_head.argmax_logits(hidden)
         return self.lm_head(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

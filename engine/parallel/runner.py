@@ -1,6 +1,8 @@
 """Rank 0's model runner: the ordinary one, announcing each step to the other ranks before running its shard."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from tide.engine.model_runner import ModelRunner
@@ -18,10 +20,11 @@ class TensorParallelRunner(ModelRunner):
     # Forked beams copy KV blocks, and only rank 0 would copy its share: beam search is refused per request.
     copies_blocks = False
 
-    def forward(self, scheduled: list[tuple[Sequence, int]], hidden_rows: list[int]
+    def forward(self, scheduled: list[tuple[Sequence, int]], hidden_rows: list[int],
+                argmax_only: Callable[[Sequence], bool] | None = None
                 ) -> tuple[torch.Tensor, list[Sequence], torch.Tensor]:
         try:
-            return super().forward(scheduled, hidden_rows)
+            return super().forward(scheduled, hidden_rows, argmax_only)
         except (RuntimeError, BrokenPipeError, OSError) as exc:
             raise self.group.failure(exc) from exc
 

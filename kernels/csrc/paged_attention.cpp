@@ -15,28 +15,6 @@
 
 namespace {
 
-// exp(x), Cephes' expf polynomial: about 1 ulp. exp(-inf) and anything below the smallest normal float's
-// logarithm give exactly 0; arguments above 88.376 are clamped there (exp ~ 2.4e38).
-inline vf vexp(vf x) {
-  const vf lo = splat(-87.3365448f), hi = splat(88.3762626647949f);
-  vi dead = x < lo;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  vf t = x * 1.44269504088896341f;
-  vi n_i = __builtin_convertvector(t + (t >= 0 ? splat(0.5f) : splat(-0.5f)), vi);
-  vf n = __builtin_convertvector(n_i, vf);
-  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  vf y = splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3333452003e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.f;
-  y = y * (vf)((n_i + 127) << 23);
-  return (vf)((vi)y & ~dead);
-}
-
 // GCC deletes a loop of __builtin_prefetch calls as free of side effects once it can count the loop's trips.
 inline void prefetch(const void* p) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -639,8 +617,45 @@ inline bool dp_serves(const Args& a) { return a.head_dim % 64 == 0 && a.block_si
 // one vector of kt holds a dim of W keys and a row's scores add up as a matrix product, a broadcast dim at a time,
 // with no reduction across lanes.
 // Keys go to columns [0, n) of rows `stride` apart, and columns [n, end) are zeroed.
+#if VW == 16 && defined(__AVX512F__)
+// out[c] = column c of the 16 x 16 floats a[0..15] (a[r] = row r): pairs of rows interleaved, then quads of rows
+// within each 128-bit lane, then the 128-bit lanes of four rows at a time.
+inline void transpose16(__m512 a[16], float* out, int stride) {
+  __m512 b[16], c[16];
+  for (int p = 0; p < 8; ++p) {
+    b[2 * p] = _mm512_unpacklo_ps(a[2 * p], a[2 * p + 1]);
+    b[2 * p + 1] = _mm512_unpackhi_ps(a[2 * p], a[2 * p + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    c[4 * i] = _mm512_shuffle_ps(b[4 * i], b[4 * i + 2], 0x44);
+    c[4 * i + 1] = _mm512_shuffle_ps(b[4 * i], b[4 * i + 2], 0xEE);
+    c[4 * i + 2] = _mm512_shuffle_ps(b[4 * i + 1], b[4 * i + 3], 0x44);
+    c[4 * i + 3] = _mm512_shuffle_ps(b[4 * i + 1], b[4 * i + 3], 0xEE);
+  }
+  for (int m = 0; m < 4; ++m) {  // c[4i + m], lane k: rows 4i..4i+3 at column 4k + m
+    const __m512 e0 = _mm512_shuffle_f32x4(c[m], c[4 + m], 0x88), e1 = _mm512_shuffle_f32x4(c[m], c[4 + m], 0xDD);
+    const __m512 e2 = _mm512_shuffle_f32x4(c[8 + m], c[12 + m], 0x88);
+    const __m512 e3 = _mm512_shuffle_f32x4(c[8 + m], c[12 + m], 0xDD);
+    _mm512_storeu_ps(out + size_t(m) * stride, _mm512_shuffle_f32x4(e0, e2, 0x88));
+    _mm512_storeu_ps(out + size_t(4 + m) * stride, _mm512_shuffle_f32x4(e1, e3, 0x88));
+    _mm512_storeu_ps(out + size_t(8 + m) * stride, _mm512_shuffle_f32x4(e0, e2, 0xDD));
+    _mm512_storeu_ps(out + size_t(12 + m) * stride, _mm512_shuffle_f32x4(e1, e3, 0xDD));
+  }
+}
+#endif
+
 template <typename T>
 inline void transpose_block(const T* kp, int64_t ks, int n, int D, int stride, int end, float* kt) {
+#if VW == 16 && defined(__AVX512F__)
+  if (std::is_same_v<T, float> && n == 16 && D % 16 == 0) {  // a whole block: 16 x 16 tiles in registers
+    const float* k = reinterpret_cast<const float*>(kp);
+    for (int d0 = 0; d0 < D; d0 += 16) {
+      __m512 a[16];
+      for (int j = 0; j < 16; ++j) a[j] = _mm512_loadu_ps(k + j * ks + d0);
+      transpose16(a, kt + size_t(d0) * stride, stride);
+    }
+  } else
+#endif
   for (int j = 0; j < n; ++j)
     for (int d = 0; d < D; ++d) kt[size_t(d) * stride + j] = to_float(kp[j * ks + d]);
   for (int d = 0; d < D; ++d)
@@ -649,8 +664,11 @@ inline void transpose_block(const T* kp, int64_t ks, int n, int D, int stride, i
 
 // Scores of R query rows (D apart at q, already scaled) against the W transposed keys at kt (dims BSP apart), into
 // s[r * ss + 0..W). One key vector load feeds R FMAs.
-template <int R>
-inline void tile_scores_f32(const float* q, int D, const float* kt, int BSP, float* s, int64_t ss) {
+template <int R, int DC = 0>
+inline void tile_scores_f32(const float* q, int D_, const float* kt, int BSP, float* s, int64_t ss) {
+  // DC: head_dim known at compile time, so each row's query is a constant offset from one pointer (at run time the
+  // R row offsets need R registers, more than the core has free, and spill)
+  const int D = DC ? DC : D_;
   vf acc[R] = {};
   for (int d = 0; d < D; ++d) {
     const vf k = load(kt + size_t(d) * BSP);
@@ -706,7 +724,8 @@ void run_tile_item(const Args& a, const Item& it, Scratch& sc, float* part) {
       if (visible <= j0) return;
       float* s = &sc.s[size_t(r0) * CSP];
       for (int c = j0 / W * W; c < visible; c += W)
-        tile_scores_f32<n>(&sc.q[size_t(r0) * D], D, sc.k.data() + c, CSP, s + c, CSP);
+        if (D == 64) tile_scores_f32<n, 64>(&sc.q[size_t(r0) * D], D, sc.k.data() + c, CSP, s + c, CSP);
+        else tile_scores_f32<n>(&sc.q[size_t(r0) * D], D, sc.k.data() + c, CSP, s + c, CSP);
       for (int r = r0; r < r0 + n; ++r) {
         const int je = std::min(loaded, sc.lim[r] - key0);
         float* sr = &sc.s[size_t(r) * CSP];

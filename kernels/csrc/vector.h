@@ -1,4 +1,4 @@
-// Vector helpers shared by Tide's native CPU kernels (paged_attention.cpp, lora.cpp).
+// Vector helpers shared by Tide's native CPU kernels (paged_attention.cpp, lora.cpp, linear.cpp, argmax.cpp).
 //
 // The vector width W is 16 floats with AVX-512, 8 with AVX2, 4 otherwise (GCC vector extensions, so the same code is
 // exercised at every width); TIDE_VECTOR_WIDTH forces a width (the tests build the 16-wide code on an AVX2 machine,
@@ -104,6 +104,28 @@ inline vf no_contract(vf v) {
   asm("" : "+m"(v));  // a vector wider than the machine's registers (the tests' 16-wide build on AVX2)
 #endif
   return v;
+}
+
+// exp(x), Cephes' expf polynomial: about 1 ulp. exp(-inf) and anything below the smallest normal float's
+// logarithm give exactly 0; arguments above 88.376 are clamped there (exp ~ 2.4e38).
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.3365448f), hi = splat(88.3762626647949f);
+  vi dead = x < lo;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  vf t = x * 1.44269504088896341f;
+  vi n_i = __builtin_convertvector(t + (t >= 0 ? splat(0.5f) : splat(-0.5f)), vi);
+  vf n = __builtin_convertvector(n_i, vf);
+  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf y = splat(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3333452003e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.f;
+  y = y * (vf)((n_i + 127) << 23);
+  return (vf)((vi)y & ~dead);
 }
 
 // Threads for an element-wise op over `elems` elements: below ~64k, starting a second thread costs more than it saves.

@@ -42,3 +42,25 @@ def test_smollm2_chat_batch_matches_transformers(reference, mode):
         assert llm.engine.stats.preemptions > 0
     for out in outputs:
         assert out.finish_reason in ("stop", "length") and out.text
+
+
+def test_rows_that_read_only_their_argmax_take_the_screened_head(reference, monkeypatch):
+    """Greedy rows without logprobs go through the vocabulary head's bf16 screen where the CPU has one
+    (kernels.native_linear.ArgmaxScreen); their tokens are those of the full fp32 head (rows asking for logprobs),
+    which match transformers."""
+    model_dir, prompts, refs = reference
+    llm = LLM(model=str(model_dir), dtype="float32")
+    head = llm.engine.runner.model.lm_head
+    screened = getattr(head, "screen", None) is not None
+    calls = []
+    if screened:
+        argmax_logits = head.argmax_logits
+        monkeypatch.setattr(head, "argmax_logits", lambda x: calls.append(len(x)) or argmax_logits(x))
+    messages = [[{"role": "user", "content": c}] for c in CHATS]
+    plain = llm.generate(messages, SamplingParams(temperature=0.0, max_tokens=MAX_NEW))
+    steps = len(calls)
+    scored = llm.generate(messages, SamplingParams(temperature=0.0, max_tokens=MAX_NEW, logprobs=1))
+    assert [o.outputs[0].token_ids for o in plain] == [o.outputs[0].token_ids for o in scored]
+    assert sum(compare_greedy(out, *ref) for out, ref in zip(scored, refs)) <= 2
+    if screened:
+        assert steps >= MAX_NEW and len(calls) == steps  # every step of the first run, none of the second

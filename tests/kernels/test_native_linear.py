@@ -1,5 +1,7 @@
 """The native linear (kernels/csrc/linear.cpp) against a float64 matmul (fp32, every build this CPU can run) and
 against fp32 sums rounded once (bf16, AVX512_BF16 builds)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -113,3 +115,124 @@ def test_pack_linears_picks_the_kernel_by_dtype_and_library():
     pack_linears(plain)
     assert all(isinstance(layer, PackedLinear) for layer in plain)
     assert not native_linear.serves(native.load(isa="avx2"), torch.float32, 32)
+
+
+SCREENS = native_linear.screens(LIBRARY, torch.zeros(2, 2))
+needs_screen = pytest.mark.skipif(not SCREENS, reason="no vdpbf16ps linear on this CPU")
+
+
+def _near_ties(n: int, k: int, seed: int) -> torch.Tensor:
+    """A vocabulary whose rows come in near-copies (one coordinate nudged by ~1e-3) and exact copies (row j + 1
+    equal to row j), so that rows' top scores differ by less than the bf16 estimate's error, or not at all."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[1::4] = w[0::4]
+    w[2::4] = w[0::4]
+    w[2::4, 0] += 1e-3 * torch.randn(n // 4, generator=g)
+    return w
+
+
+@needs_screen
+@pytest.mark.parametrize("scale", [0.1, 1.0, 30.0])
+def test_argmax_screen_gives_the_exact_argmax(scale):
+    """Over near-ties and exact ties the screened scores' argmax (first among equals) is the fp32 product's: the
+    entries that can be a row's largest are the fp32 product's bits, every other one is below the row's maximum.
+    Taken without its bounds, the bf16 estimate picks another token in some of these rows."""
+    k, n = 576, 4096
+    w = _near_ties(n, k, seed=int(scale * 10))
+    x = torch.randn(96, k, generator=torch.Generator().manual_seed(1)) * scale
+    packed = native_linear.pack_weight(w, LIBRARY)
+    screen = native_linear.ArgmaxScreen.build(w, LIBRARY)
+    full = native_linear.linear(x, packed, n, None, LIBRARY)
+    scores = native_linear.argmax_logits(x, packed, screen, LIBRARY)
+    assert torch.equal(scores.argmax(dim=1), full.argmax(dim=1))
+    top = full.max(dim=1, keepdim=True).values
+    exact = scores == full
+    assert (exact | (scores < top)).all()
+    assert exact.gather(1, full.argmax(dim=1, keepdim=True)).all()
+    # without the bounds (each row's best estimate taken as it is) some rows get another token
+    unbounded = native_linear.argmax_logits(x, packed, dataclasses.replace(screen, c=0.0), LIBRARY)
+    assert (unbounded.argmax(dim=1) != full.argmax(dim=1)).sum() >= 5
+
+
+@needs_screen
+def test_bf16_estimate_stays_within_the_screens_bound():
+    """|estimate - fp32 product| <= c |x| |w_j| for every entry, with room to spare (the bound the screen rests on)."""
+    g = torch.Generator().manual_seed(3)
+    k, n = 1536, 512
+    w, x = torch.randn(n, k, generator=g), torch.randn(64, k, generator=g) * torch.rand(64, 1, generator=g) * 10
+    screen = native_linear.ArgmaxScreen.build(w, LIBRARY)
+    full = native_linear.linear(x, native_linear.pack_weight(w, LIBRARY), n, None, LIBRARY)
+    estimate = native_linear.linear(x.bfloat16(), screen.packed_bf16, n, None, LIBRARY, out_dtype=torch.float32)
+    bound = screen.c * x.double().norm(dim=1, keepdim=True) * screen.wnorm.double()
+    error = (estimate.double() - full.double()).abs()
+    assert (error <= bound).all()
+    assert error.max() > 0 and (error / bound).max() < 0.5
+
+
+@needs_screen
+def test_argmax_screen_refuses_rows_that_are_not_finite():
+    w = torch.randn(64, 32)
+    packed, screen = native_linear.pack_weight(w, LIBRARY), native_linear.ArgmaxScreen.build(w, LIBRARY)
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(3, 32)
+        x[1, 5] = bad
+        assert native_linear.argmax_logits(x, packed, screen, LIBRARY) is None
+    head = NativeLinear(torch.nn.Linear(32, 64, bias=False), LIBRARY, screened=True)
+    x = torch.randn(3, 32)
+    x[0, 0] = float("nan")
+    torch.testing.assert_close(head.argmax_logits(x), head(x), equal_nan=True, rtol=0, atol=0)  # the full product
+
+
+def test_only_the_vocabulary_head_gets_a_screen():
+    layers = torch.nn.Sequential(torch.nn.Linear(32, 48, bias=False), torch.nn.Linear(48, 160, bias=False))
+    pack_linears(layers, LIBRARY, head=layers[1])
+    assert layers[0].screen is None
+    assert (layers[1].screen is not None) == SCREENS
+    bf16 = torch.nn.Sequential(torch.nn.Linear(32, 48, bias=False)).bfloat16()
+    pack_linears(bf16, LIBRARY, head=bf16[0])
+    assert getattr(bf16[0], "screen", None) is None  # a bf16 head is already at bf16 cost
+    assert not native_linear.screens(native.load(isa="avx2"), torch.zeros(4, 4))
+
+
+def _dtypes() -> list[torch.dtype]:
+    return [torch.float32] + ([torch.bfloat16] if native_linear.serves(LIBRARY, torch.bfloat16, 2) else [])
+
+
+@pytest.mark.parametrize("dtype", _dtypes())
+@pytest.mark.parametrize("rows", [1, 13, 64, 200])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gated_weight_gives_the_plain_product_and_its_silu(dtype, rows, bias):
+    """A gate/up weight packed gated gives the plain packing's product bit for bit, in its own column order, and
+    silu_and_mul the bits of the separate op (native_ops.silu_and_mul) over that product."""
+    from tide.kernels import native_ops
+
+    x, w, b = (t.to(dtype) for t in _weights(rows, 576, 2 * 1536, seed=rows))
+    b = b if bias else None
+    plain = native_linear.linear(x, native_linear.pack_weight(w, LIBRARY), 3072, b, LIBRARY)
+    gated = native_linear.pack_weight(w, LIBRARY, gated=True)
+    assert torch.equal(native_linear.linear(x, gated, 3072, b, LIBRARY, gated=True), plain)
+    fused = native_linear.silu_and_mul(x, gated, 3072, b, LIBRARY)
+    assert fused.shape == (rows, 1536) and fused.dtype == dtype
+    assert torch.equal(fused, native_ops.silu_and_mul(plain))
+
+
+def test_gated_packing_needs_halves_of_whole_vectors():
+    with pytest.raises(ValueError, match="gated weight"):
+        native_linear.pack_weight(torch.randn(2 * 24, 16), LIBRARY, gated=True)
+    assert not native_linear.gates(LIBRARY, torch.zeros(48, 16)) and native_linear.gates(LIBRARY, torch.zeros(64, 16))
+
+
+def test_pack_linears_packs_the_named_gate_up_projection_gated():
+    from tide.engine.models.cpu_linear import GatedNativeLinear
+
+    class Mlp(torch.nn.Module):
+        gated_projection = "gate_up"
+
+        def __init__(self):
+            super().__init__()
+            self.gate_up, self.down = torch.nn.Linear(32, 64), torch.nn.Linear(32, 32)
+
+    mlp = Mlp()
+    pack_linears(mlp, LIBRARY)
+    assert isinstance(mlp.gate_up, GatedNativeLinear) and type(mlp.down) is NativeLinear
