@@ -48,7 +48,7 @@ def test_rows_that_read_only_their_argmax_take_the_screened_head(reference, monk
     """Greedy rows without logprobs go through the vocabulary head's bf16 screen where the CPU has one
     (kernels.native_linear.ArgmaxScreen); their tokens are those of the full fp32 head (rows asking for logprobs),
     which match transformers."""
-    model_dir, prompts, refs = reference
+    model_dir, _, refs = reference
     llm = LLM(model=str(model_dir), dtype="float32")
     head = llm.engine.runner.model.lm_head
     screened = getattr(head, "screen", None) is not None
