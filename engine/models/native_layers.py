@@ -1,8 +1,8 @@
-"""Decoder layers in one native call each (kernels/csrc/decoder_layer.cpp), for the CPU path's middle layers.
+"""Decoder layers in one native call each (kernels/csrc/decoder_layer.cpp), for the CPU path.
 
 A layer's modules call eight native kernels from Python, each behind a few microseconds of Python (argument checks,
 output tensors, the ctypes call); a 64-row fp32 decode step of SmolLM2-135M went from ~67 to ~57 ms with its 28
-middle layers fused (docs/PERFORMANCE.md). `tide_decoder_layer` calls the same kernels with the same arguments in
+middle layers fused, on a quiet machine (docs/PERFORMANCE.md). `tide_decoder_layer` calls the same kernels with the same arguments in
 the same order, so a layer's output is the same bits; the step's shapes, positions, slots and attention layout are
 gathered once per step (`NativeLayers.step`). It serves every layer of a step without adapter rows, but the last one
 of a step that keeps only the sampling rows there (a prefill chunk's, engine/models/llama.py's LastLayerRows), which
