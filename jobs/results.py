@@ -8,20 +8,26 @@ import pyarrow.parquet as pq
 from tide.jobs.state import Job
 from tide.jobs.storage import Location
 from tide.jobs.store import JobStore
+from tide.jobs.writers import errors_name, part_name
 
 
 def iter_output_rows(prefix: Location, errors: bool = False, shards: Collection[int] | None = None) -> Iterator[dict]:
     """Result rows (or, with `errors`, error rows) of the job whose output is `prefix`, as dicts; with `shards`, only
-    those shards' parts (a running job's: `committed_shards`)."""
+    those shards' parts."""
     kind = "errors-" if errors else "part-"
+    wanted = None if shards is None else {(errors_name if errors else part_name)(shard) for shard in shards}
     for name in prefix.list_names():
-        if not (name.startswith(kind) and name.endswith(".parquet")):
-            continue
-        if shards is not None and int(name[len(kind):-len(".parquet")]) not in shards:
+        if not (name.startswith(kind) and name.endswith(".parquet")) or (wanted is not None and name not in wanted):
             continue
         with prefix.child(name).open_read() as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
                 yield from batch.to_pylist()
+
+
+def iter_job_rows(store: JobStore, job: Job, prefix: Location, errors: bool = False) -> Iterator[dict]:
+    """`iter_output_rows` of a job that may still run: only the shards counted in its request counts so far, every
+    part once it has ended (what `GET /jobs/{id}/results` and `tide results` show)."""
+    return iter_output_rows(prefix, errors, committed_shards(store, job))
 
 
 def committed_shards(store: JobStore, job: Job) -> set[int] | None:

@@ -2,7 +2,7 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tide.jobs.results import committed_shards, iter_output_rows
+from tide.jobs.results import committed_shards, iter_job_rows
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job, JobStatus, ShardState, ShardStatus
 from tide.jobs.storage import LocalLocation
@@ -26,10 +26,9 @@ def test_a_running_job_reads_only_the_parts_of_shards_with_a_recorded_state(tmp_
     store.put_shards("j1", [ShardState(index=0, num_rows=2, status=ShardStatus.DONE),
                             ShardState(index=1, num_rows=2, status=ShardStatus.FAILED),
                             ShardState(index=2, num_rows=2, status=ShardStatus.RUNNING)])
-    shards = committed_shards(store, job)
-    assert shards == {0, 1}
-    assert [r["custom_id"] for r in iter_output_rows(prefix, shards=shards)] == ["r0a", "r0b", "r1a", "r1b"]
-    assert [r["custom_id"] for r in iter_output_rows(prefix, errors=True, shards=shards)] == ["e1"]
+    assert committed_shards(store, job) == {0, 1}
+    assert [r["custom_id"] for r in iter_job_rows(store, job, prefix)] == ["r0a", "r0b", "r1a", "r1b"]
+    assert [r["custom_id"] for r in iter_job_rows(store, job, prefix, errors=True)] == ["e1"]
     ended = job.moved_to(JobStatus.COMPLETED, 5.0)
     assert committed_shards(store, ended) is None
-    assert len(list(iter_output_rows(prefix, shards=committed_shards(store, ended)))) == 6
+    assert len(list(iter_job_rows(store, ended, prefix))) == 6

@@ -16,7 +16,7 @@ from tide.api.errors import APIError, not_found
 from tide.api.files import owned_file
 from tide.api.services import Services, owner, services
 from tide.jobs.lifecycle import cancel_job, create_job, job_status, new_job_id
-from tide.jobs.results import committed_shards, iter_output_rows
+from tide.jobs.results import iter_job_rows
 from tide.jobs.specs import JobSpec
 from tide.jobs.state import Job
 from tide.jobs.storage import resolve
@@ -85,7 +85,7 @@ def results(job_id: str, errors: bool = False, who: str = Depends(owner),
     """Rows of the shards committed so far (all of them once the job has ended), as JSON lines."""
     job = svc.store.get_job(_owned(svc, who, job_id))
     prefix = resolve(job.output_prefix, svc.storage_config)
-    rows = iter_output_rows(prefix, errors, committed_shards(svc.store, job))
+    rows = iter_job_rows(svc.store, job, prefix, errors)
     lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return StreamingResponse(lines, media_type="application/jsonl")
 

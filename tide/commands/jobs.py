@@ -114,14 +114,14 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
-    from tide.jobs.results import committed_shards, iter_output_rows
+    from tide.jobs.results import iter_job_rows
     from tide.jobs.storage import resolve
     from tide.jobs.store import RedisJobStore
 
     store = RedisJobStore.from_url(args.redis_url)
     job = store.get_job(args.job_id)
     prefix = resolve(job.output_prefix, settings.storage_config())
-    for i, row in enumerate(iter_output_rows(prefix, args.errors, committed_shards(store, job))):
+    for i, row in enumerate(iter_job_rows(store, job, prefix, args.errors)):
         if args.limit is not None and i >= args.limit:
             break
         print(json.dumps(row, ensure_ascii=False))
