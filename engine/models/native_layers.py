@@ -2,11 +2,11 @@
 
 A layer's modules call eight native kernels from Python, each behind a few microseconds of Python (argument checks,
 output tensors, the ctypes call); a 64-row fp32 decode step of SmolLM2-135M went from ~67 to ~57 ms with its 28
-middle layers fused, on a quiet machine (docs/PERFORMANCE.md). `tide_decoder_layer` calls the same kernels with the same arguments in
-the same order, so a layer's output is the same bits; the step's shapes, positions, slots and attention layout are
-gathered once per step (`NativeLayers.step`). It serves every layer of a step without adapter rows, but the last one
-of a step that keeps only the sampling rows there (a prefill chunk's, engine/models/llama.py's LastLayerRows), which
-the modules run.
+middle layers fused, on a quiet machine (docs/PERFORMANCE.md). `tide_decoder_layer` calls the same kernels with the
+same arguments in the same order, so a layer's output is the same bits; the step's shapes, positions, slots and
+attention layout are gathered once per step (`NativeLayers.step`). It serves every layer of a step without adapter
+rows, but the last one of a step that keeps only the sampling rows there (a prefill chunk's, engine/models/llama.py's
+LastLayerRows), which the modules run.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from tide.engine.models.cpu_linear import GatedNativeLinear, NativeLinear
 from tide.kernels.native import NativeLibrary
-from tide.kernels.native_ops import _DTYPES, native_serves
+from tide.kernels.native_ops import _DTYPES, _int32, native_serves
 
 
 class _Weights(ctypes.Structure):
@@ -41,8 +41,8 @@ class LayerStep:
         self._library, self._weights = layers.library, layers.weights
         q_size, kv_size = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
         # held for the step: the library reads them during every layer's call
-        self._held = [attn.query_start_loc.to(torch.int32).contiguous(), attn.seq_lens.to(torch.int32).contiguous(),
-                      attn.block_tables.to(torch.int32).contiguous(), ctx.positions.contiguous(),
+        self._held = [_int32(attn.query_start_loc), _int32(attn.seq_lens), _int32(attn.block_tables),
+                      ctx.positions.contiguous(),
                       ctx.slot_mapping.contiguous(), ctx.cos_sin_cache,
                       *(torch.empty(rows, n, dtype=dtype) for n in (args.hidden_size, q_size + 2 * kv_size, q_size,
                                                                     args.hidden_size, args.intermediate_size))]

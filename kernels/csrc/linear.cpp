@@ -76,8 +76,6 @@ struct Call {
   int layout;  // Layout
 };
 
-// Rows x[0, R) against one panel. `ahead` (or null) is the panel this thread computes next: its cache lines are
-// requested during the k loop, one k step's worth per step, so they are in L2 by the time it starts.
 // A gated panel's gate and up vectors for one row, each with its bias: stored in place (GATED) or as
 // silu(gate) * up (GATED_SILU), each rounded to T first as the separate silu_and_mul reads them.
 template <typename T, typename O>
@@ -90,10 +88,11 @@ inline void store_gated(const Call<T>& c, vf gate, vf up, O* row, int64_t p) {
     return;
   }
   const T* tag = nullptr;
-  gate = round_to(gate, tag);
-  store(row + g0, round_to(gate / (1.f + vexp(-gate)), tag) * round_to(up, tag));
+  store(row + g0, silu<T>(round_to(gate, tag)) * round_to(up, tag));
 }
 
+// Rows x[0, R) against one panel. `ahead` (or null) is the panel this thread computes next: its cache lines are
+// requested during the k loop, one k step's worth per step, so they are in L2 by the time it starts.
 template <typename T, typename O, int R>
 void tile(const Call<T>& c, const T* x, const T* panel, O* y, int64_t p, const char* ahead) {
   vf acc[R][2];

@@ -613,10 +613,6 @@ void run_tile_item_dp(const Args& a, const Item& it, Scratch& sc, float* part) {
 inline bool dp_serves(const Args& a) { return a.head_dim % 64 == 0 && a.block_size % 2 == 0; }
 #endif  // TIDE_DPBF16
 
-// Keys [0, n) of one head's block as fp32, transposed: kt[d * stride + j] holds dim d of key j, so
-// one vector of kt holds a dim of W keys and a row's scores add up as a matrix product, a broadcast dim at a time,
-// with no reduction across lanes.
-// Keys go to columns [0, n) of rows `stride` apart, and columns [n, end) are zeroed.
 #if VW == 16 && defined(__AVX512F__)
 // out[c] = column c of the 16 x 16 floats a[0..15] (a[r] = row r): pairs of rows interleaved, then quads of rows
 // within each 128-bit lane, then the 128-bit lanes of four rows at a time.
@@ -644,6 +640,10 @@ inline void transpose16(__m512 a[16], float* out, int stride) {
 }
 #endif
 
+// Keys [0, n) of one head's block as fp32, transposed: kt[d * stride + j] holds dim d of key j, so
+// one vector of kt holds a dim of W keys and a row's scores add up as a matrix product, a broadcast dim at a time,
+// with no reduction across lanes.
+// Keys go to columns [0, n) of rows `stride` apart, and columns [n, end) are zeroed.
 template <typename T>
 inline void transpose_block(const T* kp, int64_t ks, int n, int D, int stride, int end, float* kt) {
 #if VW == 16 && defined(__AVX512F__)
@@ -951,26 +951,20 @@ void add_rms_norm(const T* x, const T* residual, const T* weight, T* out, T* res
   }
 }
 
-// out[t] = T(silu(gate)) * up for x [rows, 2I] = [gate | up]; silu in fp32.
+// out[t] = T(silu(gate)) * up for x [rows, 2I] = [gate | up] (vector.h's silu).
 template <typename T>
 void silu_and_mul(const T* x, T* out, int64_t rows, int inter, int num_threads) {
-  const T* tag = nullptr;
 #pragma omp parallel for schedule(static) num_threads(threads_for(rows * inter, num_threads))
   for (int64_t t = 0; t < rows; ++t) {
     const T* g = x + t * 2 * inter;
     int c = 0;
     // Four vectors at a time: each exp is a long dependent chain, which one vector alone leaves the core waiting on.
     for (; c + 4 * W <= inter; c += 4 * W) {
-      vf gate[4], e[4];
-      for (int u = 0; u < 4; ++u) gate[u] = load(g + c + u * W);
-      for (int u = 0; u < 4; ++u) e[u] = vexp(-gate[u]);
-      for (int u = 0; u < 4; ++u)
-        store(out + t * inter + c + u * W, round_to(gate[u] / (1.f + e[u]), tag) * load(g + inter + c + u * W));
+      vf act[4];
+      for (int u = 0; u < 4; ++u) act[u] = silu<T>(load(g + c + u * W));
+      for (int u = 0; u < 4; ++u) store(out + t * inter + c + u * W, act[u] * load(g + inter + c + u * W));
     }
-    for (; c < inter; c += W) {
-      const vf gate = load(g + c);
-      store(out + t * inter + c, round_to(gate / (1.f + vexp(-gate)), tag) * load(g + inter + c));
-    }
+    for (; c < inter; c += W) store(out + t * inter + c, silu<T>(load(g + c)) * load(g + inter + c));
   }
 }
 

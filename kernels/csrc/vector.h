@@ -128,6 +128,14 @@ inline vf vexp(vf x) {
   return (vf)((vi)y & ~dead);
 }
 
+// T(silu(x)) in fp32, x already in T's precision: the one formula of the separate op (silu_and_mul) and of the gated
+// linear's tiles (linear.cpp), so that both give the same bits.
+template <typename T>
+inline vf silu(vf x) {
+  const T* tag = nullptr;
+  return round_to(x / (1.f + vexp(-x)), tag);
+}
+
 // Threads for an element-wise op over `elems` elements: below ~64k, starting a second thread costs more than it saves.
 inline int threads_for(int64_t elems, int num_threads) { return elems < (1 << 16) ? 1 : num_threads; }
 
